@@ -1,0 +1,90 @@
+"""Learned-token files that diffusers, AUTOMATIC1111 and ComfyUI load (METHOD.md section 8).
+
+- diffusers: `learned_embeds.safetensors` = {placeholder: float32[k, d]} (+ `learned_embeds_2.safetensors`
+  for SDXL's second encoder), metadata {"format": "pt"}; `pipe.load_textual_inversion` expands a k-row
+  tensor into the tokens <p>, <p>_1, ...
+- AUTOMATIC1111 / ComfyUI: one `{name}.safetensors`; SDXL {"clip_l": [k, 768], "clip_g": [k, 1280]},
+  SD 1.x/2.x {"emb_params": [k, d]}.
+Provenance (method, base model, m, kappa, steps, code version) goes into every file's metadata.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from dti.errors import DtiError
+from dti.io import atomic_path
+from dti.sphere import normalize
+
+DIFFUSERS_FILES = {"clip_l": "learned_embeds.safetensors", "clip_g": "learned_embeds_2.safetensors"}
+
+
+def diffusers_file(slot: str, step: int | None = None) -> str:
+    name = DIFFUSERS_FILES[slot]
+    return name if step is None else name.replace(".safetensors", f"-steps-{step}.safetensors")
+
+
+def _save(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
+    with atomic_path(path) as tmp:
+        save_file({k: v.detach().float().cpu().contiguous() for k, v in tensors.items()}, str(tmp),
+                  metadata={"format": "pt", **{k: str(v) for k, v in metadata.items()}})
+
+
+def save_diffusers(out_dir: Path, placeholder: str, vectors: dict[str, torch.Tensor], metadata: dict,
+                   step: int | None = None) -> list[Path]:
+    """One diffusers file per text encoder slot; returns the paths written."""
+    paths = []
+    for slot, rows in vectors.items():
+        path = Path(out_dir) / diffusers_file(slot, step)
+        _save(path, {placeholder: rows}, {**metadata, "dti.slot": slot})
+        paths.append(path)
+    return paths
+
+
+def save_single_file(path: Path, vectors: dict[str, torch.Tensor], metadata: dict) -> Path:
+    """The one-file format of AUTOMATIC1111 and ComfyUI."""
+    tensors = dict(vectors) if len(vectors) > 1 else {"emb_params": next(iter(vectors.values()))}
+    _save(Path(path), tensors, metadata)
+    return Path(path)
+
+
+def load_diffusers(out_dir: Path, slots: list[str], step: int | None = None) -> tuple[str, dict[str, torch.Tensor]]:
+    """Read back (placeholder, {slot: rows}) from diffusers files."""
+    vectors, names = {}, set()
+    for slot in slots:
+        path = Path(out_dir) / diffusers_file(slot, step)
+        if not path.is_file():
+            raise DtiError(f"learned embedding file missing: {path}")
+        with safe_open(str(path), framework="pt") as f:
+            keys = list(f.keys())
+            if len(keys) != 1:
+                raise DtiError(f"{path} should hold one placeholder tensor, found keys {keys}")
+            names.add(keys[0])
+            vectors[slot] = f.get_tensor(keys[0])
+    if len(names) != 1:
+        raise DtiError(f"learned embedding files in {out_dir} disagree on the placeholder: {sorted(names)}")
+    return names.pop(), vectors
+
+
+def read_metadata(path: Path) -> dict[str, str]:
+    with safe_open(str(path), framework="pt") as f:
+        return dict(f.metadata() or {})
+
+
+def rescale(vectors: dict[str, torch.Tensor], magnitudes: dict[str, float]) -> dict[str, torch.Tensor]:
+    """TI-rescaled: keep each row's direction, set its norm to the slot's vocabulary magnitude m."""
+    return {slot: magnitudes[slot] * normalize(rows.float()) for slot, rows in vectors.items()}
+
+
+def load_into_pipeline(pipe, placeholder: str, vectors: dict[str, torch.Tensor]) -> None:
+    """Load learned rows with diffusers' own `load_textual_inversion` (the path users take)."""
+    components = {"clip_l": ("text_encoder", "tokenizer"), "clip_g": ("text_encoder_2", "tokenizer_2")}
+    for slot, rows in vectors.items():
+        encoder_name, tokenizer_name = components[slot]
+        encoder = getattr(pipe, encoder_name)
+        pipe.load_textual_inversion({placeholder: rows.to(encoder.dtype)}, token=placeholder,
+                                    text_encoder=encoder, tokenizer=getattr(pipe, tokenizer_name))

@@ -1,0 +1,312 @@
+"""Aggregate per-image benchmark scores into result tables (long/tidy layout, Parquet-friendly).
+
+Protocol (METHOD.md section 6, the authors' aggregation): within each group, first the mean of every
+subject's images, then the unweighted mean over subjects, so a subject with many images weighs no more
+than one with few. On top we give a 95% percentile bootstrap interval over subjects: subjects are
+resampled with replacement `n_boot` times and the 2.5/97.5 percentiles of the resampled subject-means
+are reported. Each group draws from a fresh `numpy.random.default_rng(seed)` over its subjects sorted
+by name, so identical inputs (in any row order) give identical tables, a group's interval never depends
+on which other groups are present, and groups over the same subjects resample the same subjects
+(a paired bootstrap across methods). With one subject every resample equals the mean, so the interval
+collapses to the mean: it then says nothing about between-subject spread.
+
+Every row keeps its `metric_model`: benchmarks disagree on the metric backbones, and two models for the
+same metric are never averaged together.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from dti.errors import DtiError
+from dti.io import write_parquet, write_text
+from dti.latex import METRIC_LABELS, to_latex
+
+SCORE_COLUMNS = ("backbone", "method", "subject", "subject_kind", "prompt_set", "prompt_id", "seed",
+                 "image", "metric", "metric_model", "value")
+NORM_COLUMNS = ("backbone", "method", "subject", "encoder", "vector", "norm", "vocab_norm_mean",
+                "vocab_norm_std")
+SUBJECT_KINDS = ("object", "live")
+METRIC_ORDER = tuple(METRIC_LABELS)
+STAT_COLUMNS = ("mean", "ci_low", "ci_high", "n_subjects", "n_images")
+
+# Row keys of the tables that carry a bootstrap interval, and of the breakdowns that do not.
+_CI_TABLES = {
+    "summary": ("backbone", "method"),
+    "by_prompt_set": ("backbone", "prompt_set", "method"),
+    "by_kind": ("backbone", "subject_kind", "method"),
+}
+TABLE_NAMES = (*_CI_TABLES, "per_subject", "per_prompt", "norms")
+
+# The same vocabulary gives the same statistics; a larger spread means runs of different
+# backbones/encoders were mixed into one group.
+_VOCAB_RTOL = 1e-3
+_MAX_LISTED_ROWS = 5
+
+
+def _describe_rows(frame: pd.DataFrame, columns: tuple[str, ...]) -> str:
+    shown = frame.head(_MAX_LISTED_ROWS)
+    rows = ["(" + ", ".join(f"{c}={row[c]!r}" for c in columns if c in frame.columns) + ")"
+            for _, row in shown.iterrows()]
+    more = f" and {len(frame) - len(shown)} more" if len(frame) > len(shown) else ""
+    return "; ".join(rows) + more
+
+
+def _validate(frame: pd.DataFrame, required: tuple[str, ...], what: str,
+              row_id: tuple[str, ...]) -> pd.DataFrame:
+    """Check columns, emptiness and missing values; return a copy restricted to the contract columns."""
+    if not isinstance(frame, pd.DataFrame):
+        raise DtiError(f"{what}: expected a pandas DataFrame, got {type(frame).__name__}")
+    missing = [c for c in required if c not in frame.columns]
+    if missing:
+        raise DtiError(f"{what}: missing column(s) {missing}; expected {list(required)}")
+    if frame.empty:
+        raise DtiError(f"{what}: no rows")
+    frame = frame.loc[:, list(required)].reset_index(drop=True)
+    bad = frame.isna().any(axis=1)
+    if bad.any():
+        columns = [c for c in required if frame[c].isna().any()]
+        raise DtiError(f"{what}: {int(bad.sum())} row(s) with missing values in {columns}: "
+                       f"{_describe_rows(frame[bad], row_id)}")
+    return frame
+
+
+def _numeric(frame: pd.DataFrame, column: str, what: str, row_id: tuple[str, ...],
+             dtype: str) -> pd.Series:
+    values = pd.to_numeric(frame[column], errors="coerce")
+    bad = values.isna() | ~np.isfinite(values.astype("float64"))
+    if bad.any():
+        raise DtiError(f"{what}: non-numeric or infinite {column!r} in {int(bad.sum())} row(s): "
+                       f"{_describe_rows(frame[bad], row_id)}")
+    if dtype == "int64" and (values != values.round()).any():
+        raise DtiError(f"{what}: column {column!r} must hold integers")
+    return values.astype(dtype)
+
+
+def validate_scores(scores: pd.DataFrame) -> pd.DataFrame:
+    """Return a clean copy of a Scores frame (contract columns, typed), or raise DtiError."""
+    row_id = ("backbone", "method", "subject", "image", "metric")
+    frame = _validate(scores, SCORE_COLUMNS, "scores", row_id)
+    for column in ("backbone", "method", "subject", "subject_kind", "prompt_set", "image", "metric",
+                   "metric_model"):
+        frame[column] = frame[column].astype(str)
+    frame["value"] = _numeric(frame, "value", "scores", row_id, "float64")
+    frame["prompt_id"] = _numeric(frame, "prompt_id", "scores", row_id, "int64")
+    frame["seed"] = _numeric(frame, "seed", "scores", row_id, "int64")
+
+    unknown = frame[~frame["subject_kind"].isin(SUBJECT_KINDS)]
+    if not unknown.empty:
+        raise DtiError(f"scores: subject_kind must be one of {list(SUBJECT_KINDS)}, got "
+                       f"{sorted(unknown['subject_kind'].unique())} in {_describe_rows(unknown, row_id)}")
+    kinds = frame.groupby("subject")["subject_kind"].nunique()
+    if (kinds > 1).any():
+        raise DtiError(f"scores: subject(s) {sorted(kinds[kinds > 1].index)} appear with more than one "
+                       "subject_kind")
+    # The same image scored twice (e.g. one file concatenated twice) would silently double its weight.
+    identity = ["backbone", "method", "subject", "prompt_set", "prompt_id", "seed", "image", "metric",
+                "metric_model"]
+    dup = frame[frame.duplicated(identity, keep=False)]
+    if not dup.empty:
+        raise DtiError(f"scores: {len(dup)} duplicate row(s) for the same image and metric: "
+                       f"{_describe_rows(dup, row_id)}")
+    return frame
+
+
+def validate_norms(norms: pd.DataFrame) -> pd.DataFrame:
+    """Return a clean copy of a Norms frame (contract columns, typed), or raise DtiError."""
+    row_id = ("backbone", "method", "subject", "encoder", "vector")
+    frame = _validate(norms, NORM_COLUMNS, "norms", row_id)
+    for column in ("backbone", "method", "subject", "encoder"):
+        frame[column] = frame[column].astype(str)
+    frame["vector"] = _numeric(frame, "vector", "norms", row_id, "int64")
+    for column in ("norm", "vocab_norm_mean", "vocab_norm_std"):
+        frame[column] = _numeric(frame, column, "norms", row_id, "float64")
+    nonpositive = frame[frame["vocab_norm_mean"] <= 0]
+    if not nonpositive.empty:
+        raise DtiError(f"norms: vocab_norm_mean must be positive: {_describe_rows(nonpositive, row_id)}")
+    return frame
+
+
+def _sort(table: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    """Sort by keys, then by the conventional metric order (unknown metrics last, alphabetically)."""
+    rank = {m: i for i, m in enumerate(METRIC_ORDER)}
+    order = table.assign(_metric_rank=table["metric"].map(lambda m: rank.get(m, len(rank))))
+    order = order.sort_values([*keys, "_metric_rank", "metric", "metric_model"], kind="stable")
+    return order.drop(columns="_metric_rank").reset_index(drop=True)
+
+
+def _subject_means(scores: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    """Mean and image count per subject within each (keys, metric, metric_model) group."""
+    group = [*keys, "subject", "metric", "metric_model"]
+    out = scores.groupby(group, sort=True)["value"].agg(mean="mean", n_images="size").reset_index()
+    out["n_images"] = out["n_images"].astype("int64")
+    return out
+
+
+def bootstrap_ci(subject_means: np.ndarray, *, n_boot: int, seed: int) -> tuple[float, float]:
+    """95% percentile bootstrap interval of the mean over subjects (subjects resampled with replacement)."""
+    values = np.asarray(subject_means, dtype="float64")
+    if values.size == 0:
+        raise DtiError("bootstrap_ci: no subject means")
+    if values.size == 1:
+        return float(values[0]), float(values[0])  # every resample is the one subject
+    rng = np.random.default_rng(seed)
+    resampled = values[rng.integers(0, values.size, size=(n_boot, values.size))].mean(axis=1)
+    low, high = np.percentile(resampled, [2.5, 97.5])
+    return float(low), float(high)
+
+
+def _over_subjects(per_subject: pd.DataFrame, keys: list[str], *, n_boot: int, seed: int) -> pd.DataFrame:
+    rows = []
+    for group, part in per_subject.groupby([*keys, "metric", "metric_model"], sort=True):
+        part = part.sort_values("subject")
+        means = part["mean"].to_numpy()
+        low, high = bootstrap_ci(means, n_boot=n_boot, seed=seed)
+        rows.append((*group, float(means.mean()), low, high, len(part), int(part["n_images"].sum())))
+    table = pd.DataFrame(rows, columns=[*keys, "metric", "metric_model", *STAT_COLUMNS])
+    return table.astype({"n_subjects": "int64", "n_images": "int64"})
+
+
+def _ci_table(scores: pd.DataFrame, keys: tuple[str, ...], *, n_boot: int, seed: int) -> pd.DataFrame:
+    per_subject = _subject_means(scores, list(keys))
+    return _sort(_over_subjects(per_subject, list(keys), n_boot=n_boot, seed=seed), list(keys))
+
+
+def _per_subject_table(scores: pd.DataFrame) -> pd.DataFrame:
+    keys = ["backbone", "method", "subject", "subject_kind"]
+    table = scores.groupby([*keys, "metric", "metric_model"], sort=True)["value"].agg(
+        mean="mean", n_images="size").reset_index()
+    return _sort(table.astype({"n_images": "int64"}), keys)
+
+
+def _per_prompt_table(scores: pd.DataFrame) -> pd.DataFrame:
+    """Per prompt: each subject's mean over its seeds, then the unweighted mean over subjects."""
+    keys = ["backbone", "method", "prompt_set", "prompt_id"]
+    per_subject = _subject_means(scores, keys)
+    table = per_subject.groupby([*keys, "metric", "metric_model"], sort=True).agg(
+        mean=("mean", "mean"), n_subjects=("subject", "size"), n_images=("n_images", "sum")).reset_index()
+    return _sort(table.astype({"n_subjects": "int64", "n_images": "int64"}), keys)
+
+
+def _norms_table(norms: pd.DataFrame) -> pd.DataFrame:
+    """Learned-token norms per (backbone, method, encoder) next to the vocabulary's norm statistics.
+
+    norm_mean follows the scores protocol (per-subject mean first, then over subjects); min and max are
+    over every learned vector; ratio = norm_mean / vocab_norm_mean.
+    """
+    keys = ["backbone", "method", "encoder"]
+    rows = []
+    for group, part in norms.groupby(keys, sort=True):
+        for column in ("vocab_norm_mean", "vocab_norm_std"):
+            spread = part[column].max() - part[column].min()
+            if spread > _VOCAB_RTOL * abs(part[column].mean()):
+                raise DtiError(f"norms: {column} differs within {dict(zip(keys, group, strict=True))} "
+                               f"({part[column].min()} .. {part[column].max()}); were runs of different "
+                               "vocabularies mixed?")
+        per_subject = part.groupby("subject")["norm"].mean()
+        norm_mean = float(per_subject.mean())
+        vocab_mean = float(part["vocab_norm_mean"].mean())
+        rows.append((*group, norm_mean, float(part["norm"].min()), float(part["norm"].max()), vocab_mean,
+                     float(part["vocab_norm_std"].mean()), norm_mean / vocab_mean, len(per_subject),
+                     len(part)))
+    columns = [*keys, "norm_mean", "norm_min", "norm_max", "vocab_norm_mean", "vocab_norm_std", "ratio",
+               "n_subjects", "n_vectors"]
+    return pd.DataFrame(rows, columns=columns).astype({"n_subjects": "int64", "n_vectors": "int64"})
+
+
+def build_tables(scores: pd.DataFrame, norms: pd.DataFrame | None, *, n_boot: int = 1000,
+                 seed: int = 0) -> dict[str, pd.DataFrame]:
+    """All result tables in long layout, keyed by name (see TABLE_NAMES); "norms" only if norms is given."""
+    if isinstance(n_boot, bool) or not isinstance(n_boot, (int, np.integer)) or n_boot < 1:
+        raise DtiError(f"n_boot must be a positive integer, got {n_boot!r}")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise DtiError(f"seed must be a non-negative integer, got {seed!r}")
+    scores = validate_scores(scores)
+    tables = {name: _ci_table(scores, keys, n_boot=int(n_boot), seed=int(seed))
+              for name, keys in _CI_TABLES.items()}
+    tables["per_subject"] = _per_subject_table(scores)
+    tables["per_prompt"] = _per_prompt_table(scores)
+    if norms is not None:
+        tables["norms"] = _norms_table(validate_norms(norms))
+    return tables
+
+
+def _compact_ints(values) -> str:
+    """[0, 1, 2, 3] -> "0-3"; [0, 2, 5] -> "0, 2, 5"."""
+    values = sorted({int(v) for v in values})
+    if len(values) > 2 and values == list(range(values[0], values[-1] + 1)):
+        return f"{values[0]}-{values[-1]}"
+    return ", ".join(str(v) for v in values)
+
+
+def _metric_models(scores: pd.DataFrame) -> str:
+    parts = []
+    metrics = sorted(scores["metric"].unique(), key=lambda m: (METRIC_ORDER.index(m)
+                                                                if m in METRIC_ORDER else len(METRIC_ORDER), m))
+    for metric in metrics:
+        models = sorted(scores.loc[scores["metric"] == metric, "metric_model"].unique())
+        parts.append(f"{METRIC_LABELS.get(metric, metric)}: {' / '.join(models)}")
+    return "; ".join(parts)
+
+
+_TITLES = {
+    "summary": "Subject and text fidelity per backbone and method.",
+    "by_prompt_set": "Subject and text fidelity per prompt set.",
+    "by_kind": "Subject and text fidelity for object and live subjects.",
+    "per_subject": "Scores per subject.",
+    "per_prompt": "Scores per prompt.",
+    "norms": "Norms of the learned token embeddings.",
+}
+
+
+def caption_for(scores: pd.DataFrame, table_name: str, *, n_boot: int = 1000) -> str:
+    """Plain-text caption stating the protocol, subject counts, seeds and metric models (to_latex escapes it)."""
+    if table_name not in _TITLES:
+        raise DtiError(f"caption_for: unknown table {table_name!r}; known: {list(_TITLES)}")
+    if table_name == "norms":
+        return (f"{_TITLES['norms']} L2 norm of each learned token embedding per text encoder: per-subject "
+                "mean, then the unweighted mean over subjects; min and max over all learned vectors; the "
+                "vocabulary's mean and std of token-embedding norms; ratio = learned mean / vocabulary mean.")
+    scores = validate_scores(scores)
+    subjects = scores.drop_duplicates("subject")
+    n_live = int((subjects["subject_kind"] == "live").sum())
+    n_subjects = len(subjects)
+    counts = f"{n_subjects} subjects in all: {n_subjects - n_live} object, {n_live} live"
+    if table_name in _CI_TABLES:
+        protocol = (f"Per-subject means, then the unweighted mean over subjects ({counts}); each cell is "
+                    f"mean ± half-width of the 95% percentile bootstrap CI over subjects ({n_boot} "
+                    "resamples; exact bounds in the Parquet file; a group with one subject has no "
+                    "spread).")
+    elif table_name == "per_subject":
+        protocol = f"Mean over all images of each subject ({counts})."
+    else:
+        protocol = f"Per-subject means over seeds, then the unweighted mean over subjects ({counts})."
+    best = {"summary": "per backbone", "by_prompt_set": "per backbone and prompt set",
+            "by_kind": "per backbone and subject kind", "per_subject": "per backbone and subject",
+            "per_prompt": "per backbone and prompt"}[table_name]
+    protocol += f" Higher is better; the best method {best} is in bold."
+    seeds = _compact_ints(scores["seed"].unique())
+    return (f"{_TITLES[table_name]} {protocol} Seeds {seeds} per prompt. "
+            f"Metric models: {_metric_models(scores)}.")
+
+
+def write_tables(tables: Mapping[str, pd.DataFrame], out_dir: str | os.PathLike, *,
+                 captions: Mapping[str, str], label_prefix: str = "tab:") -> list[Path]:
+    """Write {name}.parquet and {name}.tex for every table, each atomically; return the paths written."""
+    missing = [name for name in tables if name not in captions]
+    if missing:
+        raise DtiError(f"write_tables: no caption for table(s) {missing}")
+    out_dir = Path(out_dir)
+    written = []
+    for name, table in tables.items():
+        # Render before writing anything so an unrenderable table leaves no half-written pair.
+        latex = to_latex(table, caption=captions[name], label=f"{label_prefix}{name}")
+        write_parquet(out_dir / f"{name}.parquet", table)
+        write_text(out_dir / f"{name}.tex", latex)
+        written += [out_dir / f"{name}.parquet", out_dir / f"{name}.tex"]
+    return written

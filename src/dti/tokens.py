@@ -1,0 +1,155 @@
+"""Placeholder tokens: new vocabulary rows that train while the original vocabulary stays frozen.
+
+The text encoder's token embedding is swapped for a `PlaceholderEmbedding` that keeps the original
+table untouched (no resize, no copy-back after each step) and looks new ids up in a small fp32 table.
+For DTI that table holds unit directions v and the embedding is m * v; for TI/CrossInit it holds raw
+vectors. Either way the trainable parameters and their optimizer state stay fp32 under bf16 autocast.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from dti.errors import DtiError
+from dti.sphere import normalize
+
+MAGNITUDE_STATS = ("mean", "min", "max")
+
+
+class PlaceholderEmbedding(nn.Module):
+    """Frozen vocabulary rows plus `rows` (trainable, fp32) for ids >= the original vocabulary size."""
+
+    def __init__(self, frozen: nn.Embedding, init_rows: torch.Tensor, magnitude: float | None):
+        super().__init__()
+        self.frozen = frozen.requires_grad_(False)
+        self.vocab_size = frozen.num_embeddings
+        self.rows = nn.Parameter(init_rows.detach().float().clone())
+        # DTI: `rows` are directions and the embedding is magnitude * rows; None means raw vectors.
+        self.magnitude = magnitude
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """The full table (frozen rows + current new rows); read-only view for inspection."""
+        return torch.cat([self.frozen.weight, self.embedding_rows().to(self.frozen.weight.dtype)])
+
+    @property
+    def num_embeddings(self) -> int:
+        return self.vocab_size + self.rows.shape[0]
+
+    @property
+    def embedding_dim(self) -> int:
+        return self.frozen.embedding_dim
+
+    def embedding_rows(self) -> torch.Tensor:
+        return self.rows if self.magnitude is None else self.magnitude * self.rows
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        is_new = ids >= self.vocab_size
+        base = self.frozen(ids.clamp(max=self.vocab_size - 1))
+        if not bool(is_new.any()):
+            return base
+        new = self.embedding_rows()[(ids - self.vocab_size).clamp(min=0)].to(base.dtype)
+        return torch.where(is_new.unsqueeze(-1), new, base)
+
+
+@dataclass
+class Placeholder:
+    """The k tokens that stand for one subject in one text encoder."""
+
+    slot: str  # clip_l / clip_g
+    tokens: list[str]
+    token_ids: list[int]
+    init_ids: list[int]
+
+    @property
+    def text(self) -> str:
+        """What to write in a prompt: all k tokens, space-separated (as diffusers expands them)."""
+        return " ".join(self.tokens)
+
+
+def placeholder_tokens(placeholder: str, k: int) -> list[str]:
+    return [placeholder] + [f"{placeholder}_{i}" for i in range(1, k)]
+
+
+def initializer_ids(tokenizer, initializer: str) -> list[int]:
+    ids = tokenizer.encode(initializer, add_special_tokens=False)
+    if not ids:
+        raise DtiError(f"initializer {initializer!r} has no tokens; give a word such as the subject's class noun")
+    return ids
+
+
+def add_placeholder(tokenizer, slot: str, placeholder: str, initializer: str) -> Placeholder:
+    """Add `placeholder` (k tokens for an initializer of k pieces) to the tokenizer."""
+    if not placeholder.strip() or any(c.isspace() for c in placeholder):
+        raise DtiError(f"placeholder {placeholder!r} must be one word without spaces, e.g. '<sks>'")
+    init = initializer_ids(tokenizer, initializer)
+    tokens = placeholder_tokens(placeholder, len(init))
+    vocab = tokenizer.get_vocab()
+    clash = [t for t in tokens if t in vocab or t + "</w>" in vocab]
+    if clash:
+        raise DtiError(f"placeholder {placeholder!r} is already in the {slot} vocabulary ({clash}); choose a new "
+                       "string such as '<my-subject>'")
+    added = tokenizer.add_tokens(tokens)
+    if added != len(tokens):
+        raise DtiError(f"could not add placeholder tokens {tokens} to the {slot} tokenizer")
+    return Placeholder(slot, tokens, tokenizer.convert_tokens_to_ids(tokens), init)
+
+
+def vocab_norms(table: torch.Tensor) -> torch.Tensor:
+    """L2 norms of the non-zero rows (zero rows are unused ids that would drag statistics down)."""
+    norms = table.detach().float().norm(dim=-1)
+    return norms[norms > 0]
+
+
+def vocab_norm_stats(table: torch.Tensor) -> dict[str, float]:
+    norms = vocab_norms(table)
+    return {"mean": norms.mean().item(), "std": norms.std().item(), "min": norms.min().item(),
+            "max": norms.max().item()}
+
+
+def resolve_magnitude(table: torch.Tensor, magnitude: str | float) -> float:
+    """m from the vocabulary norms (mean/min/max) or an explicit positive number."""
+    if isinstance(magnitude, str) and magnitude not in MAGNITUDE_STATS:
+        try:
+            magnitude = float(magnitude)
+        except ValueError:
+            raise DtiError(f"magnitude must be one of {MAGNITUDE_STATS} or a positive number, got {magnitude!r}") \
+                from None
+    if isinstance(magnitude, str):
+        return vocab_norm_stats(table)[magnitude]
+    if not magnitude > 0:
+        raise DtiError(f"magnitude must be positive, got {magnitude}")
+    return float(magnitude)
+
+
+def install(encoder: nn.Module, init_rows: torch.Tensor, magnitude: float | None) -> PlaceholderEmbedding:
+    """Swap the encoder's token embedding for a PlaceholderEmbedding with the given new rows."""
+    frozen = encoder.get_input_embeddings()
+    if isinstance(frozen, PlaceholderEmbedding):
+        raise DtiError("this text encoder already has placeholder rows installed")
+    layer = PlaceholderEmbedding(frozen, init_rows.to(frozen.weight.device), magnitude)
+    encoder.set_input_embeddings(layer)
+    return layer
+
+
+def token_init(table: torch.Tensor, ids: list[int]) -> torch.Tensor:
+    """Initial vectors: the vocabulary rows of the initializer pieces (fp32)."""
+    return table[torch.tensor(ids, device=table.device)].detach().float().clone()
+
+
+@torch.no_grad()
+def contextual_init(encoder: nn.Module, tokenizer, initializer: str, device) -> torch.Tensor:
+    """CrossInit's start: the encoder's final-layer output (after the final layer norm) at the
+    initializer's token positions, with the phrase encoded alone like a prompt (BOS, EOS, padding)."""
+    ids = initializer_ids(tokenizer, initializer)
+    batch = tokenizer([initializer], padding="max_length", max_length=tokenizer.model_max_length,
+                      truncation=True, return_tensors="pt").input_ids.to(device)
+    hidden = encoder(batch).last_hidden_state[0]
+    return hidden[1 : 1 + len(ids)].float().clone()  # position 0 is BOS; the pieces follow in order
+
+
+def unit_directions(vectors: torch.Tensor) -> torch.Tensor:
+    return normalize(vectors.float())
