@@ -1,0 +1,155 @@
+"""The `dti` command: tiny models, training and sampling from a shell."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from dti.errors import DtiError
+
+
+def _dtype(name: str, device: str):
+    import torch
+
+    if name == "auto":
+        return torch.bfloat16 if device.startswith("cuda") else torch.float32
+    return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[name]
+
+
+def default_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def cmd_tiny_model(args) -> None:
+    from dti.tiny import write_tiny_model
+
+    print(write_tiny_model(args.family, args.out, seed=args.seed))
+
+
+def _magnitude(value: str | None):
+    if value is None:
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        return value
+
+
+def cmd_train(args) -> None:
+    from dti.backbones import load_backbone
+    from dti.images import list_images, load_image
+    from dti.train import TrainSettings, train
+
+    images = [load_image(p) for p in list_images(args.images)]
+    device = args.device or default_device()
+    settings = TrainSettings(
+        method=args.method, placeholder=args.placeholder, initializer=args.initializer, steps=args.steps,
+        lr=args.lr, batch_size=args.batch_size, grad_accum=args.grad_accum, resolution=args.resolution,
+        seed=args.seed, kappa=args.kappa, beta=args.beta, magnitude=_magnitude(args.magnitude),
+        weight_decay=args.weight_decay, save_every=args.save_every, mixed_precision=args.mixed_precision,
+        latent_cache=not args.no_latent_cache, name=args.name)
+    backbone = load_backbone(args.model, family=args.family, revision=args.revision,
+                             dtype=_dtype(args.dtype, device), device=device)
+    run = train(backbone, images, settings, args.out, progress=not args.quiet)
+    print(f"learned {run['tokens']} with {args.method} in {run['seconds']} s -> {args.out}")
+
+
+def cmd_sample(args) -> None:
+    from dti.backbones import load_backbone
+    from dti.sample import SampleJob, SampleSettings, generate, load_learned_token
+
+    device = args.device or default_device()
+    backbone = load_backbone(args.model, family=args.family, revision=args.revision,
+                             dtype=_dtype(args.dtype, device), device=device)
+    placeholder = load_learned_token(backbone, Path(args.embeds), rescale_to=args.rescale_to)
+    if "{}" not in args.prompt:
+        raise DtiError(f"--prompt must contain {{}} where the learned token goes, got {args.prompt!r}")
+    prompt = args.prompt.replace("{}", placeholder)
+    out = Path(args.out)
+    jobs = [SampleJob(prompt, seed, out / f"{seed:04d}.png") for seed in args.seeds]
+    generate(backbone, jobs, SampleSettings(args.steps, args.guidance_scale, args.resolution, args.batch_size),
+             progress=not args.quiet)
+    print(f"{len(jobs)} images -> {out}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dti", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("tiny-model", help="write a tiny random SD or SDXL pipeline (real CLIP vocabulary)")
+    p.add_argument("--family", choices=["sd", "sdxl"], required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_tiny_model)
+
+    def model_args(p):
+        p.add_argument("--model", required=True, help="HF hub id or local diffusers folder")
+        p.add_argument("--family", choices=["sd", "sdxl"], help="default: read from model_index.json")
+        p.add_argument("--revision")
+        p.add_argument("--device", help="default: cuda if available, else cpu")
+        p.add_argument("--dtype", choices=["auto", "fp32", "bf16", "fp16"], default="auto",
+                       help="frozen weights' dtype (auto: bf16 on CUDA, fp32 on CPU)")
+        p.add_argument("--quiet", action="store_true")
+
+    p = sub.add_parser("train", help="learn a subject token with DTI, TI or CrossInit")
+    model_args(p)
+    p.add_argument("--images", required=True, help="folder of subject photos")
+    p.add_argument("--initializer", required=True, help="words to start from, e.g. the class noun")
+    p.add_argument("--method", choices=["dti", "ti", "crossinit"], default="dti")
+    p.add_argument("--out", required=True)
+    p.add_argument("--placeholder", default="<subject>")
+    p.add_argument("--name", help="file name (trigger word) of the AUTOMATIC1111/ComfyUI export")
+    p.add_argument("--steps", type=int, default=400)
+    p.add_argument("--lr", type=float, help="EFFECTIVE learning rate (default: the method's published one)")
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--grad-accum", type=int, default=1)
+    p.add_argument("--resolution", type=int, default=768)
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--kappa", type=float, help="vMF prior concentration (DTI)")
+    p.add_argument("--beta", type=float, help="RSGD second-moment decay (DTI; 0 = published)")
+    p.add_argument("--magnitude", help="DTI norm m: mean, min, max or a number")
+    p.add_argument("--weight-decay", type=float)
+    p.add_argument("--save-every", type=int, default=50)
+    p.add_argument("--mixed-precision", choices=["auto", "no", "bf16"], default="auto")
+    p.add_argument("--no-latent-cache", action="store_true", help="re-encode images every step (slower)")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("sample", help="generate images with a learned token")
+    model_args(p)
+    p.add_argument("--embeds", required=True, help="folder with learned_embeds*.safetensors")
+    p.add_argument("--prompt", required=True, help="with {} where the token goes, e.g. 'a {} in the snow'")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3])
+    p.add_argument("--out", required=True)
+    p.add_argument("--steps", type=int, default=50)
+    p.add_argument("--guidance-scale", type=float, default=5.0)
+    p.add_argument("--resolution", type=int, default=1024)
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--rescale-to", help="TI-rescaled: set each row's norm to this vocabulary statistic")
+    p.set_defaults(func=cmd_sample)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except DtiError as exc:
+        print(f"dti: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:
+        from dti.train import TrainingInterrupted
+
+        if isinstance(exc, TrainingInterrupted):
+            print(f"dti: {exc}", file=sys.stderr)
+            return 143
+        raise
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,180 @@
+"""Metric specs: validate the `metrics` config section and name what each family produces.
+
+Each family key maps to a fixed set of metric names (the Scores contract), so tables can be built
+from the config alone. Model names are checked against the timm / open_clip registries here, before
+any (possibly slow) model is built.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from dti.errors import DtiError
+
+# Family key -> the metric names it writes, in row order.
+FAMILY_METRICS: dict[str, tuple[str, ...]] = {
+    "dino": ("dino",),
+    "dinov2": ("dinov2",),
+    "clip": ("clip_i", "clip_t"),
+    "siglip": ("siglip_t",),
+}
+# DINO-family models are image-only (timm); text metrics need a joint image-text model (open_clip).
+FAMILY_BACKEND: dict[str, str] = {"dino": "timm", "dinov2": "timm", "clip": "open_clip", "siglip": "open_clip"}
+
+_ALLOWED_KEYS = {
+    "timm": {"enabled", "backend", "model", "pretrained", "weights", "image_size"},
+    "open_clip": {"enabled", "backend", "model", "pretrained", "weights", "tokenizer"},
+}
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    """One validated metric family: which model, which weights, which input size."""
+
+    key: str
+    backend: str
+    model: str
+    # timm: True loads hub weights. open_clip: a tag such as "openai" (hub weights, and with
+    # `weights` set it names the preprocessing/activation config the file was trained with).
+    pretrained: bool | str | None
+    weights: Path | None
+    image_size: int | None  # timm only; open_clip uses the model's own preprocessing
+    tokenizer: Path | None  # open_clip only: a local Hugging Face tokenizer folder
+
+    @property
+    def metrics(self) -> tuple[str, ...]:
+        return FAMILY_METRICS[self.key]
+
+    @property
+    def source(self) -> str:
+        """Where the weights come from: a local file, a hub tag, or a seeded random init."""
+        if self.weights is not None:
+            return str(self.weights)
+        if self.backend == "timm":
+            return "hub" if self.pretrained else "random"
+        return self.pretrained or "random"
+
+    @property
+    def metric_model(self) -> str:
+        """The backbone label written into every Scores row."""
+        label = f"{self.backend}:{self.model}@{self.source}"
+        if self.backend == "timm":
+            label += f"/{self.image_size}px"
+        return label
+
+
+def _enabled(key: str, raw: Any) -> bool:
+    if not isinstance(raw, dict):
+        raise DtiError(f"metrics.{key}: expected a mapping of settings, got {raw!r}")
+    enabled = raw.get("enabled", True)
+    if not isinstance(enabled, bool):
+        raise DtiError(f"metrics.{key}.enabled: expected true or false, got {enabled!r}")
+    return enabled
+
+
+def _check_family(key: str) -> None:
+    if key not in FAMILY_METRICS:
+        raise DtiError(f"metrics.{key}: unknown metric family {key!r}; known: {sorted(FAMILY_METRICS)}")
+
+
+def metric_names(config: dict[str, dict]) -> list[str]:
+    """Metric names the enabled families produce, e.g. ["dino", "dinov2", "clip_i", "clip_t"].
+
+    Light on purpose (no model registries imported), so aggregation can call it cheaply.
+    """
+    names: list[str] = []
+    for key, raw in config.items():
+        _check_family(key)
+        if _enabled(key, raw):
+            names.extend(FAMILY_METRICS[key])
+    return names
+
+
+def _existing_path(key: str, field: str, value: Any, want_dir: bool) -> Path | None:
+    if value is None:
+        return None
+    if not isinstance(value, (str, Path)) or not str(value):
+        raise DtiError(f"metrics.{key}.{field}: expected a path, got {value!r}")
+    path = Path(value).expanduser()
+    exists = path.is_dir() if want_dir else path.is_file()
+    if not exists:
+        kind = "folder" if want_dir else "file"
+        raise DtiError(f"metrics.{key}.{field}: {kind} not found: {path}")
+    return path
+
+
+def _check_timm_model(key: str, model: str) -> int:
+    """Validate a timm name (architecture and optional .tag); return its native input size."""
+    import timm
+
+    if not timm.is_model(model):
+        raise DtiError(f"metrics.{key}.model: unknown timm model {model!r}")
+    try:
+        cfg = timm.get_pretrained_cfg(model)
+    except RuntimeError as err:  # raised for an unknown pretrained tag, e.g. "vit_small_patch16_224.foo"
+        raise DtiError(f"metrics.{key}.model: unknown timm model {model!r} ({err})") from err
+    return int(cfg.input_size[-1]) if cfg is not None and cfg.input_size else 224
+
+
+def _check_open_clip_model(key: str, model: str, tag: str | None) -> None:
+    import open_clip
+
+    if model not in open_clip.list_models():
+        raise DtiError(f"metrics.{key}.model: unknown open_clip model {model!r}")
+    if tag is not None and tag not in open_clip.list_pretrained_tags_by_model(model):
+        known = open_clip.list_pretrained_tags_by_model(model)
+        raise DtiError(f"metrics.{key}.pretrained: unknown open_clip tag {tag!r} for {model!r}; known: {known}")
+
+
+def parse_metric_spec(key: str, raw: dict[str, Any]) -> MetricSpec:
+    """Validate one family's settings; errors name `metrics.<key>.<field>` and the bad value."""
+    _check_family(key)
+    _enabled(key, raw)
+    backend = raw.get("backend", FAMILY_BACKEND[key])
+    if backend not in _ALLOWED_KEYS:
+        raise DtiError(f"metrics.{key}.backend: unknown backend {backend!r}; known: {sorted(_ALLOWED_KEYS)}")
+    if backend != FAMILY_BACKEND[key]:
+        raise DtiError(f"metrics.{key}.backend: {backend!r} cannot compute {key}; use {FAMILY_BACKEND[key]!r}")
+    unknown = sorted(set(raw) - _ALLOWED_KEYS[backend])
+    if unknown:
+        raise DtiError(f"metrics.{key}: unknown setting(s) {unknown} for backend {backend!r}")
+    model = raw.get("model")
+    if not isinstance(model, str) or not model:
+        raise DtiError(f"metrics.{key}.model: expected a model name, got {model!r}")
+    weights = _existing_path(key, "weights", raw.get("weights"), want_dir=False)
+    pretrained = raw.get("pretrained")
+
+    if backend == "timm":
+        if pretrained is None:
+            pretrained = False
+        if not isinstance(pretrained, bool):
+            raise DtiError(f"metrics.{key}.pretrained: timm expects true or false, got {pretrained!r}")
+        if pretrained and weights is not None:
+            raise DtiError(f"metrics.{key}: set either pretrained: true or weights ({weights}), not both")
+        native = _check_timm_model(key, model)
+        image_size = raw.get("image_size", native)
+        if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size <= 0:
+            raise DtiError(f"metrics.{key}.image_size: expected a positive integer, got {image_size!r}")
+        return MetricSpec(key, backend, model, pretrained, weights, image_size, None)
+
+    if pretrained is False:
+        pretrained = None
+    if pretrained is not None and (not isinstance(pretrained, str) or not pretrained):
+        raise DtiError(f"metrics.{key}.pretrained: open_clip expects a tag such as 'openai' or null, got {pretrained!r}")
+    _check_open_clip_model(key, model, pretrained)
+    tokenizer = _existing_path(key, "tokenizer", raw.get("tokenizer"), want_dir=True)
+    return MetricSpec(key, backend, model, pretrained, weights, None, tokenizer)
+
+
+def parse_metric_specs(config: dict[str, dict]) -> dict[str, MetricSpec]:
+    """Validate every family and return the enabled ones, keyed by family."""
+    if not isinstance(config, dict):
+        raise DtiError(f"metrics: expected a mapping of metric families, got {config!r}")
+    specs: dict[str, MetricSpec] = {}
+    for key, raw in config.items():
+        _check_family(key)
+        if _enabled(key, raw):
+            specs[key] = parse_metric_spec(key, raw)
+    return specs
