@@ -20,12 +20,16 @@ MAGNITUDE_STATS = ("mean", "min", "max")
 
 
 class PlaceholderEmbedding(nn.Module):
-    """Frozen vocabulary rows plus `rows` (trainable, fp32) for ids >= the original vocabulary size."""
+    """Frozen vocabulary rows plus `rows` (trainable, fp32) for the placeholder ids first_id, first_id+1, ..."""
 
-    def __init__(self, frozen: nn.Embedding, init_rows: torch.Tensor, magnitude: float | None):
+    def __init__(self, frozen: nn.Embedding, init_rows: torch.Tensor, magnitude: float | None,
+                 first_id: int | None = None):
         super().__init__()
         self.frozen = frozen.requires_grad_(False)
         self.vocab_size = frozen.num_embeddings
+        self.first_id = self.vocab_size if first_id is None else int(first_id)
+        if self.first_id < self.vocab_size:
+            raise ValueError(f"placeholder ids start at {self.first_id}, inside the vocabulary ({self.vocab_size})")
         self.rows = nn.Parameter(init_rows.detach().float().clone())
         # DTI: `rows` are directions and the embedding is magnitude * rows; None means raw vectors.
         self.magnitude = magnitude
@@ -37,7 +41,7 @@ class PlaceholderEmbedding(nn.Module):
 
     @property
     def num_embeddings(self) -> int:
-        return self.vocab_size + self.rows.shape[0]
+        return self.first_id + self.rows.shape[0]
 
     @property
     def embedding_dim(self) -> int:
@@ -51,7 +55,10 @@ class PlaceholderEmbedding(nn.Module):
         base = self.frozen(ids.clamp(max=self.vocab_size - 1))
         if not bool(is_new.any()):
             return base
-        new = self.embedding_rows()[(ids - self.vocab_size).clamp(min=0)].to(base.dtype)
+        offset = ids - self.first_id
+        if bool(((offset < 0) | (offset >= self.rows.shape[0]))[is_new].any()):
+            raise ValueError("prompt uses added tokens that have no rows in this embedding")
+        new = self.embedding_rows()[offset.clamp(0, self.rows.shape[0] - 1)].to(base.dtype)
         return torch.where(is_new.unsqueeze(-1), new, base)
 
 
@@ -125,12 +132,16 @@ def resolve_magnitude(table: torch.Tensor, magnitude: str | float) -> float:
     return float(magnitude)
 
 
-def install(encoder: nn.Module, init_rows: torch.Tensor, magnitude: float | None) -> PlaceholderEmbedding:
-    """Swap the encoder's token embedding for a PlaceholderEmbedding with the given new rows."""
+def install(encoder: nn.Module, placeholder: Placeholder, init_rows: torch.Tensor,
+            magnitude: float | None) -> PlaceholderEmbedding:
+    """Swap the encoder's token embedding for a PlaceholderEmbedding with the placeholder's new rows."""
     frozen = encoder.get_input_embeddings()
     if isinstance(frozen, PlaceholderEmbedding):
         raise DtiError("this text encoder already has placeholder rows installed")
-    layer = PlaceholderEmbedding(frozen, init_rows.to(frozen.weight.device), magnitude)
+    ids = placeholder.token_ids
+    if ids != list(range(ids[0], ids[0] + len(ids))):
+        raise DtiError(f"placeholder tokens {placeholder.tokens} did not get consecutive ids: {ids}")
+    layer = PlaceholderEmbedding(frozen, init_rows.to(frozen.weight.device), magnitude, first_id=ids[0])
     encoder.set_input_embeddings(layer)
     return layer
 

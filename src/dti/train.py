@@ -149,9 +149,9 @@ class Trainer:
             if self.method.on_sphere:
                 m = resolve_magnitude(table, self.hp["magnitude"])
                 self.magnitudes[slot.name] = m
-                layer = install(slot.encoder, normalize(init), magnitude=m)
+                layer = install(slot.encoder, ph, normalize(init), magnitude=m)
             else:
-                layer = install(slot.encoder, init, magnitude=None)
+                layer = install(slot.encoder, ph, init, magnitude=None)
             self.init_rows[slot.name] = init.to(self.device)
             self.placeholders[slot.name] = ph
             self.layers[slot.name] = layer

@@ -17,6 +17,14 @@ _PIPELINE_CLASSES = {  # model_index.json `_class_name` -> family
 }
 
 
+def backbone_class(family: str) -> type[Backbone]:
+    from dti.backbones import sd, sdxl  # noqa: F401  (registers the families)
+
+    if family not in _FAMILIES:
+        raise DtiError(f"unknown backbone family {family!r}; known: {sorted(_FAMILIES)}")
+    return _FAMILIES[family]
+
+
 def register_family(name: str):
     def wrap(cls):
         _FAMILIES[name] = cls
@@ -41,9 +49,14 @@ class Backbone:
 
     family: str = ""
 
-    def __init__(self, pipe, model_id: str, revision: str | None):
+    def __init__(self, pipe, model_id: str, revision: str | None = None):
+        """Wrap an already-built diffusers pipeline (its weights are frozen here)."""
         from diffusers import DDPMScheduler
 
+        for name in ("unet", "vae", "text_encoder", "text_encoder_2"):
+            module = getattr(pipe, name, None)
+            if module is not None:
+                module.eval().requires_grad_(False)
         self.pipe = pipe
         self.model_id = model_id
         self.revision = revision
@@ -51,7 +64,10 @@ class Backbone:
         self.vae = pipe.vae
         # Training noise follows the model's own beta schedule with the DDPM forward process.
         self.noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
-        self.slots: list[TextEncoderSlot] = []
+        self.slots: list[TextEncoderSlot] = self.make_slots()
+
+    def make_slots(self) -> list[TextEncoderSlot]:
+        raise NotImplementedError
 
     @property
     def device(self) -> torch.device:
@@ -115,14 +131,10 @@ def check_model_exists(model: str) -> None:
 def load_backbone(model: str, *, family: str | None = None, revision: str | None = None,
                   dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu") -> Backbone:
     """Load a frozen backbone by hub id or local folder, with every weight checked to be present."""
-    from dti.backbones import sd, sdxl  # noqa: F401  (registers the families)
-
     check_model_exists(model)
-    family = family or detect_family(model, revision)
-    if family not in _FAMILIES:
-        raise DtiError(f"unknown backbone family {family!r}; known: {sorted(_FAMILIES)}")
+    cls = backbone_class(family or detect_family(model, revision))
     model = str(Path(model).expanduser()) if _looks_local(model) else model
-    return _FAMILIES[family].load(model, revision=revision, dtype=dtype, device=torch.device(device))
+    return cls.load(model, revision=revision, dtype=dtype, device=torch.device(device))
 
 
 def load_component(cls, model: str, subfolder: str, revision: str | None, dtype: torch.dtype):

@@ -22,9 +22,10 @@ class StableDiffusion(Backbone):
         pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
                                        scheduler=scheduler, safety_checker=None, feature_extractor=None,
                                        requires_safety_checker=False).to(device)
-        backbone = cls(pipe, model, revision)
-        backbone.slots = [TextEncoderSlot("clip_l", tokenizer, text_encoder, "text_encoder")]
-        return backbone
+        return cls(pipe, model, revision)
+
+    def make_slots(self) -> list[TextEncoderSlot]:
+        return [TextEncoderSlot("clip_l", self.pipe.tokenizer, self.pipe.text_encoder, "text_encoder")]
 
     def encode_prompts(self, prompts: list[str]) -> dict[str, torch.Tensor]:
         slot = self.slots[0]

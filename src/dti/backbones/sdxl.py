@@ -26,10 +26,12 @@ class StableDiffusionXL(Backbone):
         pipe = StableDiffusionXLPipeline(vae=vae, text_encoder=text_encoder, text_encoder_2=text_encoder_2,
                                          tokenizer=tokenizer, tokenizer_2=tokenizer_2, unet=unet,
                                          scheduler=_load_scheduler(model, revision)).to(device)
-        backbone = cls(pipe, model, revision)
-        backbone.slots = [TextEncoderSlot("clip_l", tokenizer, text_encoder, "text_encoder"),
-                          TextEncoderSlot("clip_g", tokenizer_2, text_encoder_2, "text_encoder_2")]
-        return backbone
+        return cls(pipe, model, revision)
+
+    def make_slots(self) -> list[TextEncoderSlot]:
+        p = self.pipe
+        return [TextEncoderSlot("clip_l", p.tokenizer, p.text_encoder, "text_encoder"),
+                TextEncoderSlot("clip_g", p.tokenizer_2, p.text_encoder_2, "text_encoder_2")]
 
     def encode_prompts(self, prompts: list[str]) -> dict[str, torch.Tensor]:
         slot_l, slot_g = self.slots

@@ -63,7 +63,8 @@ class TimmImageEncoder:
             kwargs["pretrained_cfg_overlay"] = {"file": str(spec.weights)}
         try:
             with _seeded_init():
-                model = timm.create_model(spec.model, pretrained=spec.source != "random", **kwargs)
+                pretrained = bool(spec.pretrained) or spec.weights is not None
+                model = timm.create_model(spec.model, pretrained=pretrained, **kwargs)
         except Exception as err:  # hub/network, file format or key mismatches all surface here
             raise _load_error(spec, err) from err
         self.model = model.eval().to(self.device)
@@ -98,7 +99,9 @@ def _open_clip_tokenizer(spec: MetricSpec):
                 **text_cfg.get("tokenizer_kwargs", {}),
             )
         except Exception as err:
-            raise DtiError(f"metrics.{spec.key}.tokenizer: cannot load a tokenizer from {spec.tokenizer}: {err}") from err
+            raise DtiError(
+                f"metrics.{spec.key}.tokenizer: cannot load a tokenizer from {spec.tokenizer}: {err}"
+            ) from err
     try:
         return open_clip.get_tokenizer(spec.model)
     except Exception as err:  # SigLIP tokenizers come from the hub; CLIP's BPE ships with open_clip
@@ -114,6 +117,7 @@ class OpenClipEncoder:
     def __init__(self, spec: MetricSpec, device: str | torch.device = "cpu"):
         self.spec = spec
         self.device = torch.device(device)
+        self.tokenizer = _open_clip_tokenizer(spec)  # first: an unavailable tokenizer fails fast
         kwargs: dict = {}
         if spec.weights is not None and spec.pretrained is not None:
             # A local copy of tagged weights: take that tag's preprocessing and activation,
@@ -136,7 +140,6 @@ class OpenClipEncoder:
             raise _load_error(spec, err) from err
         self.model = model.eval().to(self.device)
         self.preprocess = preprocess
-        self.tokenizer = _open_clip_tokenizer(spec)
 
     @torch.inference_mode()
     def encode_images(self, images: list[Image.Image]) -> torch.Tensor:
@@ -154,8 +157,6 @@ class OpenClipEncoder:
 
     def sigmoid_score(self, cosine: torch.Tensor) -> torch.Tensor:
         """SigLIP's pairwise match probability: sigmoid(exp(logit_scale) * cos + logit_bias)."""
-        if getattr(self.model, "logit_bias", None) is None:
-            raise DtiError(f"metrics.{self.spec.key}.model: {self.spec.model!r} has no logit_bias; not a SigLIP model")
         scale = self.model.logit_scale.detach().float().exp().cpu()
         bias = self.model.logit_bias.detach().float().cpu()
         return torch.sigmoid(scale * cosine + bias)

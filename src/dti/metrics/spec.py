@@ -21,7 +21,12 @@ FAMILY_METRICS: dict[str, tuple[str, ...]] = {
     "siglip": ("siglip_t",),
 }
 # DINO-family models are image-only (timm); text metrics need a joint image-text model (open_clip).
-FAMILY_BACKEND: dict[str, str] = {"dino": "timm", "dinov2": "timm", "clip": "open_clip", "siglip": "open_clip"}
+FAMILY_BACKEND: dict[str, str] = {
+    "dino": "timm",
+    "dinov2": "timm",
+    "clip": "open_clip",
+    "siglip": "open_clip",
+}
 
 _ALLOWED_KEYS = {
     "timm": {"enabled", "backend", "model", "pretrained", "weights", "image_size"},
@@ -125,7 +130,9 @@ def _check_open_clip_model(key: str, model: str, tag: str | None) -> None:
         raise DtiError(f"metrics.{key}.model: unknown open_clip model {model!r}")
     if tag is not None and tag not in open_clip.list_pretrained_tags_by_model(model):
         known = open_clip.list_pretrained_tags_by_model(model)
-        raise DtiError(f"metrics.{key}.pretrained: unknown open_clip tag {tag!r} for {model!r}; known: {known}")
+        raise DtiError(
+            f"metrics.{key}.pretrained: unknown open_clip tag {tag!r} for {model!r}; known: {known}"
+        )
 
 
 def parse_metric_spec(key: str, raw: dict[str, Any]) -> MetricSpec:
@@ -136,7 +143,9 @@ def parse_metric_spec(key: str, raw: dict[str, Any]) -> MetricSpec:
     if backend not in _ALLOWED_KEYS:
         raise DtiError(f"metrics.{key}.backend: unknown backend {backend!r}; known: {sorted(_ALLOWED_KEYS)}")
     if backend != FAMILY_BACKEND[key]:
-        raise DtiError(f"metrics.{key}.backend: {backend!r} cannot compute {key}; use {FAMILY_BACKEND[key]!r}")
+        raise DtiError(
+            f"metrics.{key}.backend: {backend!r} cannot compute {key}; use {FAMILY_BACKEND[key]!r}"
+        )
     unknown = sorted(set(raw) - _ALLOWED_KEYS[backend])
     if unknown:
         raise DtiError(f"metrics.{key}: unknown setting(s) {unknown} for backend {backend!r}")
@@ -162,7 +171,9 @@ def parse_metric_spec(key: str, raw: dict[str, Any]) -> MetricSpec:
     if pretrained is False:
         pretrained = None
     if pretrained is not None and (not isinstance(pretrained, str) or not pretrained):
-        raise DtiError(f"metrics.{key}.pretrained: open_clip expects a tag such as 'openai' or null, got {pretrained!r}")
+        raise DtiError(
+            f"metrics.{key}.pretrained: open_clip expects a tag such as 'openai' or null, got {pretrained!r}"
+        )
     _check_open_clip_model(key, model, pretrained)
     tokenizer = _existing_path(key, "tokenizer", raw.get("tokenizer"), want_dir=True)
     return MetricSpec(key, backend, model, pretrained, weights, None, tokenizer)

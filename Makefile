@@ -1,0 +1,36 @@
+# Two commands set everything up on a fresh machine:
+#   make demo   - create .venv, install, run the whole benchmark on the embedded default (tiny models, CPU)
+#   make test   - create .venv, install, run the test suite
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+CORES ?= 2
+
+.PHONY: demo test lint dry-run-paper bench clean
+
+$(STAMP): requirements.lock.txt pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements.lock.txt
+	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps -e .
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/snakemake --cores $(CORES) --profile profiles/local
+	@echo "Tables: results/tables/*.parquet and *.tex"
+
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/snakemake --lint
+
+dry-run-paper: $(STAMP)
+	$(BIN)/snakemake -n --quiet rules --configfile config/paper-sdxl.yaml
+
+bench: $(STAMP)
+	$(BIN)/python bench/train_step.py
+
+clean:
+	rm -rf results resources logs benchmarks .snakemake

@@ -1,0 +1,106 @@
+"""Training-step benchmark: DTI vs TI step time, and the latent cache vs encoding every step.
+
+Every configuration is timed side by side in one process, interleaved over several rounds, and the
+script prints ratios of medians. On a GPU it uses the full-size SD 1.5 / SDXL architectures with random
+weights (bf16 frozen weights, fp32 trainable rows); on a CPU the tiny models.
+
+    python bench/train_step.py [--family sd sdxl] [--steps 10] [--rounds 3] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+
+import torch
+from PIL import Image
+
+from dti.backbones import backbone_class
+from dti.train import Trainer, TrainSettings
+
+
+def make_images(n: int, size: int) -> list[Image.Image]:
+    gen = torch.Generator().manual_seed(0)
+    return [Image.fromarray((torch.rand(size, size, 3, generator=gen) * 255).byte().numpy()) for _ in range(n)]
+
+
+def build_backbone(family: str, device: str):
+    if device == "cuda":
+        from dti.fullsize import build_fullsize_pipeline
+
+        pipe = build_fullsize_pipeline(family)
+    else:
+        from dti.tiny import build_tiny_pipeline
+
+        pipe = build_tiny_pipeline(family)
+    pipe.vae.to(torch.float32)  # as in training: the VAE encodes in fp32
+    return backbone_class(family)(pipe.to(device), f"bench-{family}")
+
+
+def time_steps(trainer: Trainer, steps: int, device: str) -> float:
+    trainer.train_step()  # warm-up (allocator, kernels)
+    if device == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(steps):
+        trainer.train_step()
+    if device == "cuda":
+        torch.cuda.synchronize()
+    return (time.perf_counter() - start) / steps
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--family", nargs="+", default=["sd", "sdxl"])
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--json")
+    args = parser.parse_args()
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    results = {"device": torch.cuda.get_device_name() if device == "cuda" else "cpu", "families": {}}
+    for family in args.family:
+        if device == "cuda":
+            resolution, batch = (512 if family == "sd" else 768), 4  # the published recipes
+        else:
+            resolution, batch = 64, 2
+        backbone = build_backbone(family, device)
+        images = make_images(5, resolution + resolution // 4)
+        configs = {"ti": ("ti", True), "dti": ("dti", True), "dti_no_cache": ("dti", False)}
+        trainers = {}
+        for name, (method, cache) in configs.items():
+            # Each trainer installs its own placeholder rows; restore the encoders' plain embeddings after.
+            originals = [slot.encoder.get_input_embeddings() for slot in backbone.slots]
+            settings = TrainSettings(method=method, placeholder=f"<bench-{name}>", initializer="stuffed animal",
+                                     steps=10**6, batch_size=batch, resolution=resolution, latent_cache=cache)
+            trainer = Trainer(backbone, images, settings, tempfile.mkdtemp())
+            trainers[name] = (trainer, [slot.encoder.get_input_embeddings() for slot in backbone.slots])
+            for slot, original in zip(backbone.slots, originals, strict=True):
+                slot.encoder.set_input_embeddings(original)
+        times = {name: [] for name in configs}
+        for _ in range(args.rounds):
+            for name, (trainer, layers) in trainers.items():
+                for slot, layer in zip(backbone.slots, layers, strict=True):
+                    slot.encoder.set_input_embeddings(layer)
+                times[name].append(time_steps(trainer, args.steps, device))
+        med = {name: statistics.median(t) for name, t in times.items()}
+        row = {"resolution": resolution, "batch": batch, "seconds_per_step": med,
+               "dti_over_ti": med["dti"] / med["ti"], "no_cache_over_cache": med["dti_no_cache"] / med["dti"]}
+        if device == "cuda":
+            row["peak_memory_gb"] = torch.cuda.max_memory_allocated() / 1e9
+        results["families"][family] = row
+        print(f"{family}: {resolution}px batch {batch} on {results['device']}: "
+              + ", ".join(f"{k} {v * 1000:.1f} ms" for k, v in med.items())
+              + f" | DTI/TI = {row['dti_over_ti']:.3f} | no-cache/cache = {row['no_cache_over_cache']:.3f}", flush=True)
+        del trainers, backbone
+        if device == "cuda":
+            torch.cuda.empty_cache()
+    if args.json:
+        with open(args.json, "w") as handle:
+            json.dump(results, handle, indent=2)
+
+
+if __name__ == "__main__":
+    main()

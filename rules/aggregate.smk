@@ -1,0 +1,23 @@
+# All scores and learned-token norms -> Parquet + LaTeX tables (cheap: runs on the login node).
+localrules:
+    aggregate,
+
+
+rule aggregate:
+    input:
+        scores=score_files(),
+        runs=[r["path"] for r in run_records()],
+    output:
+        table_files(),
+    params:
+        runs=run_records(),
+        out_dir=lambda wildcards, output: os.path.dirname(output[0]),
+        n_boot=config["aggregate"]["n_boot"],
+        seed=config["aggregate"]["seed"],
+        code_version=CODE_VERSION,
+    log:
+        "logs/aggregate.log",
+    benchmark:
+        "benchmarks/aggregate.tsv"
+    script:
+        "../workflow/scripts/aggregate.py"

@@ -1,0 +1,196 @@
+# Subjects, methods and backbones from the config; wildcard constraints built from them; the helpers
+# the rules call. Every job receives only its own subject's and method's settings through params.
+import csv
+import os
+import re
+from pathlib import Path
+
+import dti
+from dti.errors import DtiError
+from dti.methods import get_method
+from dti.prompts import load_prompt_set
+from dti.tables import TABLE_NAMES
+
+PROMPTS_DIR = Path(workflow.basedir) / "config" / "prompts"
+CODE_VERSION = dti.__version__
+
+
+def _config_error(message):
+    raise WorkflowError(f"config error: {message}")
+
+
+def load_subject_table():
+    if config.get("subject_table"):
+        path = Path(config["subject_table"])
+        if not path.is_absolute() and not path.is_file():  # a path relative to the workflow's folder
+            path = Path(workflow.basedir) / path
+        if not path.is_file():
+            _config_error(f"subject_table: file not found: {path}")
+        with open(path) as handle:
+            rows = [dict(r) for r in csv.DictReader(handle, delimiter="\t")]
+        for row in rows:
+            if not row.get("initializer"):
+                row.pop("initializer", None)
+    elif config.get("subjects"):
+        rows = [dict(r) for r in config["subjects"]]
+    else:
+        _config_error("give either `subjects` (a list) or `subject_table` (a TSV path)")
+    table = {}
+    for row in rows:
+        missing = {"name", "class", "kind", "source"} - set(row)
+        if missing:
+            _config_error(f"subject {row} lacks {sorted(missing)}")
+        if row["kind"] not in ("object", "live"):
+            _config_error(f"subject {row['name']}: kind must be object or live, got {row['kind']!r}")
+        if row["source"] not in ("synthetic", "dreambooth", "folder"):
+            _config_error(f"subject {row['name']}: source must be synthetic, dreambooth or folder, got {row['source']!r}")
+        if row["name"] in table:
+            _config_error(f"subject {row['name']!r} appears twice")
+        row.setdefault("initializer", row["class"])
+        table[row["name"]] = row
+    return table
+
+
+SUBJECTS = load_subject_table()
+BACKBONES = config["backbones"]
+METHODS = config["methods"]
+PROMPT_SETS = config["prompt_sets"]
+SEEDS = config["seeds"]
+
+for _name in METHODS:
+    try:
+        get_method(_name)
+    except DtiError as exc:
+        _config_error(f"methods.{_name}: {exc}")
+for _name, _spec in SUBJECTS.items():
+    for _set in PROMPT_SETS:  # fail at planning time, naming the file, rather than on a GPU node
+        try:
+            load_prompt_set(_set, _spec["kind"], PROMPTS_DIR)
+        except DtiError as exc:
+            _config_error(f"prompt_sets: {exc}")
+    if _spec["source"] == "folder" and not config["data"].get("images_dir"):
+        _config_error(f"subject {_name} has source 'folder' but data.images_dir is not set")
+
+TRAINED_METHODS = sorted({get_method(m).trained_as or m for m in METHODS})
+
+
+def _alternatives(names):
+    return "|".join(re.escape(n) for n in sorted(names))
+
+
+wildcard_constraints:
+    subject=_alternatives(SUBJECTS),
+    backbone=_alternatives(BACKBONES),
+    method=_alternatives(set(METHODS) | set(TRAINED_METHODS)),
+    family="sd|sdxl",
+
+
+# --- data -----------------------------------------------------------------------------------------
+def synthetic_images(subject):
+    n = config["synthetic"]["n_images"]
+    return [f"resources/raw/{subject}/{i:02d}.png" for i in range(n)]
+
+
+def dreambooth_dir():
+    return config["data"].get("dreambooth") or "resources/dreambooth"
+
+
+def dreambooth_files(subject):
+    from dti.dreambooth import read_manifest
+
+    return [str(Path(dreambooth_dir()) / e.path) for e in read_manifest() if e.path.startswith(f"{subject}/")]
+
+
+def folder_images(subject):
+    folder = Path(config["data"]["images_dir"]) / subject
+    files = sorted(p for p in folder.glob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png", ".webp"))
+    return [str(p) for p in files] or [str(folder / "no-images-found")]  # a missing input names the folder
+
+
+def raw_images(wildcards):
+    source = SUBJECTS[wildcards.subject]["source"]
+    if source == "synthetic":
+        return synthetic_images(wildcards.subject)
+    if source == "dreambooth":
+        return dreambooth_files(wildcards.subject)
+    return folder_images(wildcards.subject)
+
+
+def dataset_marker(wildcards):
+    return ["resources/dreambooth.json"] if SUBJECTS[wildcards.subject]["source"] == "dreambooth" else []
+
+
+def subject_json(wildcards):
+    return f"resources/subjects/{wildcards.subject}/subject.json"
+
+
+# --- models and methods ---------------------------------------------------------------------------
+def model_json(wildcards):
+    return f"resources/models/{wildcards.backbone}.json"
+
+
+def tiny_model_dir(wildcards):
+    spec = BACKBONES[wildcards.backbone]
+    return [f"resources/models/tiny/{spec['family']}"] if spec["model"] == "tiny" else []
+
+
+def method_hp(wildcards):
+    return dict(METHODS.get(wildcards.method) or {})
+
+
+def train_settings(wildcards):
+    return dict(BACKBONES[wildcards.backbone].get("train", {}))
+
+
+def placeholder(wildcards):
+    return config["training"]["placeholder"].replace("{subject}", wildcards.subject)
+
+
+def train_dir(backbone, method, subject):
+    """Where a method's embeddings live; evaluation-time variants reuse the method they were trained as."""
+    trained = get_method(method).trained_as or method
+    return f"results/{backbone}/{trained}/{subject}"
+
+
+def trained_run(wildcards):
+    return os.path.join(train_dir(wildcards.backbone, wildcards.method, wildcards.subject), "run.json")
+
+
+def rescale_to(wildcards):
+    method = get_method(wildcards.method)
+    return (METHODS[wildcards.method] or {}).get("magnitude", "mean") if method.rescale_to_magnitude else None
+
+
+def prompt_sets_for(wildcards):
+    """{prompt set: templates} for this subject's kind (DreamBooth has object and live lists)."""
+    limit = config.get("prompt_limit")
+    sets = {}
+    for name in PROMPT_SETS:
+        templates = load_prompt_set(name, SUBJECTS[wildcards.subject]["kind"], PROMPTS_DIR)
+        sets[Path(name).stem.split(".")[0]] = templates[:limit] if limit else templates
+    return sets
+
+
+# --- targets --------------------------------------------------------------------------------------
+def score_files():
+    return [f"results/{b}/{m}/{s}/scores.parquet" for b in BACKBONES for m in METHODS for s in SUBJECTS]
+
+
+def run_records():
+    return [{"path": f"{train_dir(b, m, s)}/run.json", "backbone": b, "method": m, "subject": s}
+            for b in BACKBONES for m in TRAINED_METHODS for s in SUBJECTS]
+
+
+def table_files():
+    return [f"results/tables/{name}.{ext}" for name in TABLE_NAMES for ext in ("parquet", "tex")]
+
+
+def gpu_runtime(base_minutes):
+    """Minutes of wall time; grows with each retry so a job killed at its time limit gets longer."""
+    return lambda wildcards, attempt: base_minutes * attempt
+
+
+def dreambooth_files_all():
+    from dti.dreambooth import read_manifest
+
+    return [f"resources/dreambooth/{e.path}" for e in read_manifest()]

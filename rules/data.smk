@@ -1,0 +1,54 @@
+# Subject photos: synthetic ones are generated, DreamBooth is verified or downloaded at its pinned
+# commit (on the login node: a local rule), then every subject is normalized into resources/subjects/.
+localrules:
+    synthesize_subject,
+    fetch_dreambooth,
+
+
+rule synthesize_subject:
+    output:
+        expand("resources/raw/{{subject}}/{i:02d}.png", i=range(config["synthetic"]["n_images"])),
+    params:
+        kind=lambda wc: SUBJECTS[wc.subject]["kind"],
+        size=config["synthetic"]["size"],
+        seed=config["synthetic"]["seed"],
+    log:
+        "logs/synthesize_subject/{subject}.log",
+    benchmark:
+        "benchmarks/synthesize_subject/{subject}.tsv"
+    script:
+        "../workflow/scripts/synthesize_subject.py"
+
+
+rule fetch_dreambooth:
+    output:
+        marker="resources/dreambooth.json",
+        files=[] if config["data"].get("dreambooth") else dreambooth_files_all(),
+    params:
+        source=config["data"].get("dreambooth"),
+        dest=lambda wildcards, output: os.path.splitext(output.marker)[0],
+    log:
+        "logs/fetch_dreambooth.log",
+    benchmark:
+        "benchmarks/fetch_dreambooth.tsv"
+    script:
+        "../workflow/scripts/fetch_dreambooth.py"
+
+
+rule prepare_subject:
+    input:
+        images=raw_images,
+        dataset=dataset_marker,
+    output:
+        "resources/subjects/{subject}/subject.json",
+    params:
+        class_noun=lambda wc: SUBJECTS[wc.subject]["class"],
+        kind=lambda wc: SUBJECTS[wc.subject]["kind"],
+        initializer=lambda wc: SUBJECTS[wc.subject]["initializer"],
+        source=lambda wc: SUBJECTS[wc.subject]["source"],
+    log:
+        "logs/prepare_subject/{subject}.log",
+    benchmark:
+        "benchmarks/prepare_subject/{subject}.tsv"
+    script:
+        "../workflow/scripts/prepare_subject.py"

@@ -1,0 +1,47 @@
+# Backbones and metric models are made available on the login node (local rules, the only ones that
+# may touch the network); GPU jobs then load them offline.
+localrules:
+    tiny_model,
+    fetch_model,
+    fetch_metrics,
+
+
+rule tiny_model:
+    output:
+        directory("resources/models/tiny/{family}"),
+    log:
+        "logs/tiny_model/{family}.log",
+    benchmark:
+        "benchmarks/tiny_model/{family}.tsv"
+    script:
+        "../workflow/scripts/tiny_model.py"
+
+
+rule fetch_model:
+    input:
+        tiny=tiny_model_dir,
+    output:
+        "resources/models/{backbone}.json",
+    params:
+        model=lambda wc: BACKBONES[wc.backbone]["model"],
+        family=lambda wc: BACKBONES[wc.backbone]["family"],
+        revision=lambda wc: BACKBONES[wc.backbone].get("revision"),
+    log:
+        "logs/fetch_model/{backbone}.log",
+    benchmark:
+        "benchmarks/fetch_model/{backbone}.tsv"
+    script:
+        "../workflow/scripts/fetch_model.py"
+
+
+rule fetch_metrics:
+    output:
+        "resources/metrics.json",
+    params:
+        metrics=config["metrics"],
+    log:
+        "logs/fetch_metrics.log",
+    benchmark:
+        "benchmarks/fetch_metrics.tsv"
+    script:
+        "../workflow/scripts/fetch_metrics.py"

@@ -1,0 +1,28 @@
+# One GPU job per (backbone, trained method, subject). Checkpoints/state.pt is not an output, so a
+# preempted job's state survives and the rerun resumes from it.
+
+
+rule train:
+    input:
+        subject=subject_json,
+        model=model_json,
+    output:
+        run="results/{backbone}/{method}/{subject}/run.json",
+        embeds="results/{backbone}/{method}/{subject}/learned_embeds.safetensors",
+    params:
+        hyper_parameters=method_hp,
+        train=train_settings,
+        seed=config["training"]["seed"],
+        placeholder=placeholder,
+        initializer=lambda wc: SUBJECTS[wc.subject]["initializer"],
+        code_version=CODE_VERSION,
+    threads: 1
+    resources:
+        gpu=1,
+        runtime=gpu_runtime(120),
+    log:
+        "logs/train/{backbone}/{method}/{subject}.log",
+    benchmark:
+        "benchmarks/train/{backbone}/{method}/{subject}.tsv"
+    script:
+        "../workflow/scripts/train.py"

@@ -1,0 +1,169 @@
+"""Score one subject's generated images against its reference images and eval prompts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import torch
+from PIL import Image
+
+from dti.errors import DtiError
+from dti.metrics.encoders import OpenClipEncoder, TimmImageEncoder, build_encoder
+from dti.metrics.spec import MetricSpec, parse_metric_specs
+
+# The Scores contract, in column order.
+SCORE_COLUMNS = [
+    "backbone", "method", "subject", "subject_kind", "prompt_set", "prompt_id", "seed", "image",
+    "metric", "metric_model", "value",
+]  # fmt: skip
+_KEY_COLUMNS = SCORE_COLUMNS[:8]
+_MANIFEST_COLUMNS = [*_KEY_COLUMNS, "eval_prompt"]
+
+Encoder = TimmImageEncoder | OpenClipEncoder
+
+
+def load_metric_models(
+    metric_specs: dict[str, dict] | dict[str, MetricSpec], device: str = "cpu"
+) -> dict[str, Encoder]:
+    """Build one encoder per enabled family (specs may be raw config dicts or parsed MetricSpecs)."""
+    specs = _as_specs(metric_specs)
+    models: dict[str, Encoder] = {}
+    for key, spec in specs.items():
+        encoder = build_encoder(spec, device)
+        if key == "siglip" and getattr(encoder.model, "logit_bias", None) is None:
+            raise DtiError(
+                f"metrics.siglip.model: {spec.model!r} has no logit_bias, so it is not a SigLIP model"
+            )
+        models[key] = encoder
+    return models
+
+
+def _as_specs(metric_specs: dict) -> dict[str, MetricSpec]:
+    if all(isinstance(v, MetricSpec) for v in metric_specs.values()):
+        return dict(metric_specs)
+    return parse_metric_specs(metric_specs)
+
+
+def _check_manifest(manifest: pd.DataFrame) -> None:
+    missing = [c for c in _MANIFEST_COLUMNS if c not in manifest.columns]
+    if missing:
+        raise DtiError(f"sample manifest: missing column(s) {missing}")
+    subjects = manifest["subject"].unique()
+    if len(subjects) > 1:
+        # The reference images belong to one subject; mixing subjects would score against the wrong one.
+        raise DtiError(f"sample manifest: one subject per call, found {sorted(map(str, subjects))}")
+
+
+def _open_image(path: Path) -> Image.Image:
+    try:
+        with Image.open(path) as image:
+            return image.convert("RGB")
+    except OSError as err:
+        raise DtiError(f"cannot read generated image {path}: {err}") from err
+
+
+def _batch_scores(
+    models: dict[str, Encoder],
+    images: list[Image.Image],
+    prompts: list[str],
+    reference_features: dict[str, torch.Tensor],
+    text_features: dict[str, dict[str, torch.Tensor]],
+) -> dict[str, torch.Tensor]:
+    """Per metric name, one score per image of the batch."""
+    scores: dict[str, torch.Tensor] = {}
+    for key, encoder in models.items():
+        features = encoder.encode_images(images)
+        if key in ("dino", "dinov2", "clip"):
+            # Mean cosine over the references (DreamBooth protocol).
+            image_metric = "clip_i" if key == "clip" else key
+            scores[image_metric] = (features @ reference_features[key].T).mean(dim=1)
+        if key in ("clip", "siglip"):
+            texts = torch.stack([text_features[key][p] for p in prompts])
+            cosine = (features * texts).sum(dim=1)
+            if key == "clip":
+                scores["clip_t"] = cosine
+            else:
+                scores["siglip_t"] = encoder.sigmoid_score(cosine)
+    return scores
+
+
+def score_samples(
+    manifest: pd.DataFrame,
+    image_dir: Path,
+    reference_images: list[Image.Image],
+    metric_specs: dict[str, dict] | dict[str, MetricSpec],
+    device: str = "cpu",
+    batch_size: int = 16,
+    models: dict[str, Encoder] | None = None,
+) -> pd.DataFrame:
+    """One Scores row per manifest image and metric (columns: SCORE_COLUMNS).
+
+    Image metrics (dino, dinov2, clip_i) average the cosine with each reference image; text metrics
+    compare with the row's `eval_prompt` (clip_t: cosine; siglip_t: SigLIP's sigmoid score).
+    `models` lets a caller reuse encoders from `load_metric_models(metric_specs)`; otherwise each
+    model is built once here.
+    """
+    specs = _as_specs(metric_specs)
+    _check_manifest(manifest)
+    if not reference_images:
+        raise DtiError("score_samples: no reference images given")
+    if batch_size <= 0:
+        raise DtiError(f"score_samples: batch_size must be positive, got {batch_size}")
+    image_dir = Path(image_dir)
+    paths = [image_dir / str(name) for name in manifest["image"]]
+    missing = [str(p) for p in paths if not p.is_file()]
+    if missing:  # checked before any model is built, so a bad manifest fails in seconds
+        raise DtiError(f"generated image(s) not found: {missing[:5]}{' ...' if len(missing) > 5 else ''}")
+    if models is None:
+        models = load_metric_models(specs, device)
+    elif set(models) != set(specs):
+        raise DtiError(f"score_samples: models {sorted(models)} do not match metric specs {sorted(specs)}")
+
+    rows = manifest.reset_index(drop=True)
+    prompts = [str(p) for p in rows["eval_prompt"]]
+    unique_prompts = list(dict.fromkeys(prompts))
+    # Computed once per call: reference features for image metrics, text features per unique prompt.
+    reference_features: dict[str, torch.Tensor] = {}
+    text_features: dict[str, dict[str, torch.Tensor]] = {}
+    for key, encoder in models.items():
+        if key in ("dino", "dinov2", "clip"):
+            reference_features[key] = torch.cat(
+                [encoder.encode_images(reference_images[i : i + batch_size])
+                 for i in range(0, len(reference_images), batch_size)]
+            )  # fmt: skip
+        if key in ("clip", "siglip") and unique_prompts:
+            text_features[key] = dict(zip(unique_prompts, encoder.encode_texts(unique_prompts), strict=True))
+
+    metric_order = [name for spec in specs.values() for name in spec.metrics]
+    labels = {name: spec.metric_model for spec in specs.values() for name in spec.metrics}
+    values: dict[str, list[float]] = {name: [] for name in metric_order}
+    for start in range(0, len(rows), batch_size):
+        images = [_open_image(path) for path in paths[start : start + batch_size]]
+        scores = _batch_scores(
+            models, images, prompts[start : start + batch_size], reference_features, text_features
+        )
+        for name in metric_order:
+            values[name].extend(scores[name].double().tolist())
+
+    # Rows: image-major, metrics in config order within each image.
+    frames = []
+    for name in metric_order:
+        frame = rows[_KEY_COLUMNS].copy()
+        frame["metric"] = name
+        frame["metric_model"] = labels[name]
+        frame["value"] = pd.Series(values[name], index=frame.index, dtype="float64")
+        frame["_order"] = metric_order.index(name)
+        frames.append(frame)
+    if not frames:
+        return _empty_scores()
+    out = pd.concat(frames).rename_axis("_row").sort_values(["_row", "_order"], kind="stable")
+    out = out.drop(columns="_order").reset_index(drop=True)
+    return out.astype({"prompt_id": "int64", "seed": "int64", "image": str, "value": "float64"})[
+        SCORE_COLUMNS
+    ]
+
+
+def _empty_scores() -> pd.DataFrame:
+    frame = pd.DataFrame({c: pd.Series(dtype=str) for c in SCORE_COLUMNS})
+    return frame.astype({"prompt_id": "int64", "seed": "int64", "value": "float64"})

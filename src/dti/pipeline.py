@@ -1,0 +1,199 @@
+"""One function per benchmark step, taking plain paths and settings.
+
+The Snakemake scripts are thin adapters over these; nothing here knows about Snakemake, so every
+step can be run and tested from Python.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from dti.errors import DtiError
+from dti.io import save_image, write_json, write_parquet
+
+
+def work_offline() -> None:
+    """Compute nodes load only what the login node fetched: fail fast instead of reaching for the hub.
+
+    Must run before huggingface_hub is imported (it reads the variables once). A user who exports
+    HF_HUB_OFFLINE=0 keeps hub access.
+    """
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+def resolve_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def set_threads(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(max(1, int(threads)))
+
+
+# --- data -------------------------------------------------------------------------------------------
+def synthesize_subject(out_paths: list[str], *, name: str, kind: str, size: int, seed: int) -> None:
+    from dti.synthetic import make_synthetic_subject
+
+    for path, image in zip(out_paths, make_synthetic_subject(name, kind, len(out_paths), size, seed), strict=True):
+        save_image(path, image)
+
+
+def fetch_dataset(out_marker: str, *, source: str | None, dest: str) -> None:
+    """Verify a local DreamBooth copy or download the pinned release; record where it lives."""
+    from dti.dreambooth import fetch_dreambooth
+
+    path = fetch_dreambooth(dest, source=source)
+    write_json(out_marker, {"path": str(Path(path).resolve())})
+
+
+def prepare(image_paths: list[str], out_json: str, *, name: str, class_noun: str, kind: str, initializer: str,
+            source: str) -> None:
+    from dti.subjects import prepare_subject
+
+    prepare_subject(image_paths, Path(out_json).parent, name=name, class_noun=class_noun, kind=kind,
+                    initializer=initializer, source=source)
+
+
+# --- models -----------------------------------------------------------------------------------------
+def fetch_model(out_json: str, *, model: str, family: str, revision: str | None, tiny_dir: str | None) -> None:
+    """Make the backbone available offline (login node) and record the folder GPU jobs load from."""
+    from dti.backbones.base import check_model_exists
+
+    if tiny_dir is not None:
+        path = str(Path(tiny_dir).resolve())
+    elif Path(model).expanduser().exists() or model.startswith((".", "/", "~")):
+        check_model_exists(model)
+        path = str(Path(model).expanduser().resolve())
+    else:
+        from huggingface_hub import snapshot_download
+
+        try:  # only what the pipelines read: configs, tokenizers and safetensors weights
+            path = snapshot_download(model, revision=revision, allow_patterns=[
+                "model_index.json", "*/config.json", "*/*.json", "*/*.txt", "*/*.safetensors"],
+                ignore_patterns=["*.fp16.safetensors", "*/diffusion_pytorch_model.fp16*"])
+        except Exception as exc:
+            raise DtiError(f"cannot fetch model {model!r} (revision {revision}): {exc}") from exc
+    write_json(out_json, {"model": path, "family": family, "revision": revision, "source": model})
+
+
+def fetch_metrics(out_json: str, *, metric_specs: dict) -> None:
+    """Build every metric model once on the login node (downloads pretrained weights into the cache)."""
+    from dti.metrics import load_metric_models, parse_metric_specs
+
+    specs = parse_metric_specs(metric_specs)
+    load_metric_models(specs, "cpu")
+    write_json(out_json, {key: spec.metric_model for key, spec in specs.items()})
+
+
+def _load_backbone(model_json: str, device: str):
+    import torch
+
+    from dti.backbones import load_backbone
+
+    info = json.loads(Path(model_json).read_text())
+    dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
+    # Loading from the fetched local folder: no hub access on compute nodes.
+    return load_backbone(info["model"], family=info["family"], revision=None, dtype=dtype, device=device)
+
+
+# --- training ---------------------------------------------------------------------------------------
+def train_subject(subject_json: str, model_json: str, out_dir: str, *, method: str, hyper_parameters: dict,
+                  train: dict, seed: int, placeholder: str, initializer: str, device: str | None = None) -> dict:
+    from dti.images import load_image
+    from dti.subjects import load_subject
+    from dti.train import TrainSettings
+    from dti.train import train as run_training
+
+    subject = load_subject(Path(subject_json).parent)
+    images = [load_image(Path(subject_json).parent / name) for name in subject["images"]]
+    device = device or resolve_device()
+    settings = TrainSettings(method=method, placeholder=placeholder, initializer=initializer, seed=seed,
+                             name=subject["name"], **train, **hyper_parameters)
+    return run_training(_load_backbone(model_json, device), images, settings, out_dir, progress=False)
+
+
+# --- sampling ---------------------------------------------------------------------------------------
+def sample_subject(embeds_dir: str, model_json: str, subject_json: str, out_manifest: str, *, labels: dict,
+                   prompt_sets: dict[str, list[str]], seeds: list[int], sample: dict,
+                   rescale_to: str | None = None, device: str | None = None) -> None:
+    """Render every (prompt set, prompt, seed) of one subject in one model load; PNGs go to
+    {prompt_set}/{prompt_id:03d}_{seed}.png beside the manifest, which is written last, atomically."""
+    import pandas as pd
+
+    from dti.prompts import eval_prompt, render
+    from dti.sample import SampleJob, SampleSettings, generate, load_learned_token
+    from dti.subjects import load_subject
+
+    subject = load_subject(Path(subject_json).parent, verify_images=False)
+    backbone = _load_backbone(model_json, device or resolve_device())
+    placeholder = load_learned_token(backbone, Path(embeds_dir), rescale_to=rescale_to)
+    out_dir = Path(out_manifest).parent
+    rows, jobs = [], []
+    for prompt_set, templates in prompt_sets.items():
+        for prompt_id, template in enumerate(templates):
+            prompt = render(template, placeholder)
+            for seed in seeds:
+                image = f"{prompt_set}/{prompt_id:03d}_{seed}.png"
+                jobs.append(SampleJob(prompt, seed, out_dir / image))
+                rows.append({**labels, "subject_kind": subject["kind"], "prompt_set": prompt_set,
+                             "prompt_id": prompt_id, "prompt": prompt,
+                             "eval_prompt": eval_prompt(template, subject["class"]), "seed": seed, "image": image})
+    generate(backbone, jobs, SampleSettings(**sample), progress=False)
+    write_parquet(out_manifest, pd.DataFrame(rows))
+
+
+# --- scoring ----------------------------------------------------------------------------------------
+def score_subject(manifest_path: str, subject_json: str, out_scores: str, *, metric_specs: dict,
+                  device: str | None = None) -> None:
+    import pandas as pd
+
+    from dti.images import load_image
+    from dti.metrics import score_samples
+    from dti.subjects import load_subject
+
+    subject_dir = Path(subject_json).parent
+    subject = load_subject(subject_dir)
+    references = [load_image(subject_dir / name) for name in subject["images"]]
+    manifest = pd.read_parquet(manifest_path)
+    scores = score_samples(manifest, Path(manifest_path).parent, references, metric_specs,
+                           device=device or resolve_device())
+    write_parquet(out_scores, scores)
+
+
+# --- aggregation ------------------------------------------------------------------------------------
+def aggregate(score_files: list[str], runs: list[dict], out_dir: str, *, n_boot: int, seed: int) -> None:
+    """Tables from every score file; `runs` = [{"path": run.json, "backbone", "method", "subject"}]."""
+    import pandas as pd
+
+    from dti.tables import build_tables, caption_for, write_tables
+
+    scores = pd.concat([pd.read_parquet(f) for f in score_files], ignore_index=True)
+    norm_rows = []
+    for run in runs:
+        info = json.loads(Path(run["path"]).read_text())
+        for row in info["norms"]:
+            norm_rows.append({"backbone": run["backbone"], "method": run["method"], "subject": run["subject"],
+                              **row})
+    norms = pd.DataFrame(norm_rows) if norm_rows else None
+    tables = build_tables(scores, norms, n_boot=n_boot, seed=seed)
+    captions = {name: caption_for(scores, name, n_boot=n_boot) for name in tables}
+    write_tables(tables, out_dir, captions=captions)
+
+
+def redirect_output(log_path: str | os.PathLike | None):
+    """Send this process's stdout/stderr (Python and native) to the job's log file."""
+    import sys
+
+    if not log_path:
+        return
+    Path(log_path).parent.mkdir(parents=True, exist_ok=True)
+    handle = open(log_path, "a", buffering=1)  # noqa: SIM115  (lives as long as the process)
+    os.dup2(handle.fileno(), 1)
+    os.dup2(handle.fileno(), 2)
+    sys.stdout = sys.stderr = handle
