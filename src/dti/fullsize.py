@@ -33,15 +33,17 @@ def build_fullsize_pipeline(family: str, dtype: torch.dtype = torch.bfloat16, de
     from transformers import CLIPTextConfig, CLIPTextModelWithProjection
 
     torch.manual_seed(0)
-    with torch.device(device):
+    scheduler = EulerDiscreteScheduler(**_SCHEDULER)  # schedulers keep CPU tensors: build outside the device
+    tokenizer, tokenizer_2 = clip_tokenizer(), clip_tokenizer(pad_token="!")
+    with torch.device(device):  # allocate the weights directly on the GPU
         if family == "sd":
             unet = UNet2DConditionModel(sample_size=64, block_out_channels=(320, 640, 1280, 1280), layers_per_block=2,
                                         down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
                                         up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
                                         attention_head_dim=8, cross_attention_dim=768)
             vae = AutoencoderKL(**_VAE, scaling_factor=0.18215, sample_size=512)
-            pipe = StableDiffusionPipeline(vae=vae, text_encoder=_clip_l(), tokenizer=clip_tokenizer(), unet=unet,
-                                           scheduler=EulerDiscreteScheduler(**_SCHEDULER), safety_checker=None,
+            pipe = StableDiffusionPipeline(vae=vae, text_encoder=_clip_l(), tokenizer=tokenizer, unet=unet,
+                                           scheduler=scheduler, safety_checker=None,
                                            feature_extractor=None, requires_safety_checker=False)
         else:
             unet = UNet2DConditionModel(
@@ -57,8 +59,8 @@ def build_fullsize_pipeline(family: str, dtype: torch.dtype = torch.bfloat16, de
                 vocab_size=49408, hidden_size=1280, intermediate_size=5120, num_hidden_layers=32,
                 num_attention_heads=20, max_position_embeddings=77, hidden_act="gelu", projection_dim=1280))
             pipe = StableDiffusionXLPipeline(vae=vae, text_encoder=_clip_l(), text_encoder_2=text_2,
-                                             tokenizer=clip_tokenizer(), tokenizer_2=clip_tokenizer(pad_token="!"),
-                                             unet=unet, scheduler=EulerDiscreteScheduler(**_SCHEDULER))
+                                             tokenizer=tokenizer, tokenizer_2=tokenizer_2, unet=unet,
+                                             scheduler=scheduler)
     for name in ("unet", "text_encoder", "text_encoder_2"):
         module = getattr(pipe, name, None)
         if module is not None:
