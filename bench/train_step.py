@@ -52,6 +52,21 @@ def time_steps(trainer: Trainer, steps: int, device: str) -> float:
     return (time.perf_counter() - start) / steps
 
 
+def time_optimizer(trainer: Trainer, device: str, repeats: int = 200) -> float:
+    """The optimizer update alone (gradients already in place): the only per-step work DTI adds."""
+    for layer in trainer.layers.values():
+        layer.rows.grad = torch.randn_like(layer.rows)
+    trainer.optimizer.step()
+    if device == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(repeats):
+        trainer.optimizer.step()
+    if device == "cuda":
+        torch.cuda.synchronize()
+    return (time.perf_counter() - start) / repeats
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--family", nargs="+", default=["sd", "sdxl"])
@@ -80,20 +95,27 @@ def main() -> None:
             for slot, original in zip(backbone.slots, originals, strict=True):
                 slot.encoder.set_input_embeddings(original)
         times = {name: [] for name in configs}
-        for _ in range(args.rounds):
-            for name, (trainer, layers) in trainers.items():
+        names = list(trainers)
+        for r in range(args.rounds):
+            for name in names[r % len(names):] + names[: r % len(names)]:  # rotate: no config always goes first
+                trainer, layers = trainers[name]
                 for slot, layer in zip(backbone.slots, layers, strict=True):
                     slot.encoder.set_input_embeddings(layer)
                 times[name].append(time_steps(trainer, args.steps, device))
         med = {name: statistics.median(t) for name, t in times.items()}
-        row = {"resolution": resolution, "batch": batch, "seconds_per_step": med,
+        row = {"resolution": resolution, "batch": batch, "seconds_per_step": med, "rounds": times,
+               "optimizer_step_seconds": {n: time_optimizer(trainers[n][0], device) for n in ("ti", "dti")},
                "dti_over_ti": med["dti"] / med["ti"], "no_cache_over_cache": med["dti_no_cache"] / med["dti"]}
         if device == "cuda":
             row["peak_memory_gb"] = torch.cuda.max_memory_allocated() / 1e9
         results["families"][family] = row
         print(f"{family}: {resolution}px batch {batch} on {results['device']}: "
               + ", ".join(f"{k} {v * 1000:.1f} ms" for k, v in med.items())
-              + f" | DTI/TI = {row['dti_over_ti']:.3f} | no-cache/cache = {row['no_cache_over_cache']:.3f}", flush=True)
+              + f" | DTI/TI = {row['dti_over_ti']:.3f} | no-cache/cache = {row['no_cache_over_cache']:.3f}"
+              + " | optimizer step alone: " + ", ".join(f"{k} {v * 1e6:.0f} us"
+                                                     for k, v in row["optimizer_step_seconds"].items()), flush=True)
+        print(f"{family} per-round seconds/step: " + "; ".join(
+            f"{k}: " + " ".join(f"{t * 1000:.1f}" for t in v) for k, v in times.items()), flush=True)
         del trainers, backbone
         if device == "cuda":
             torch.cuda.empty_cache()

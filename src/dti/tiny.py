@@ -8,9 +8,9 @@ ships), so prompts tokenize exactly as on a real checkpoint; only the network we
 from __future__ import annotations
 
 import gzip
+import importlib.util
 import json
 import tempfile
-from importlib import resources
 from pathlib import Path
 
 import torch
@@ -38,7 +38,10 @@ def _bytes_to_unicode() -> dict[int, str]:
 
 def write_clip_vocabulary(folder: Path) -> None:
     """Write vocab.json and merges.txt of the OpenAI CLIP tokenizer, derived from open_clip's BPE file."""
-    bpe_file = resources.files("open_clip").joinpath("bpe_simple_vocab_16e6.txt.gz")
+    spec = importlib.util.find_spec("open_clip")  # locates the package without importing it (torch, ftfy)
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("open_clip_torch is needed for the CLIP BPE vocabulary file")
+    bpe_file = Path(spec.submodule_search_locations[0]) / "bpe_simple_vocab_16e6.txt.gz"
     lines = gzip.decompress(bpe_file.read_bytes()).decode("utf-8").split("\n")
     merges = lines[1 : _N_MERGES + 1]
     symbols = list(_bytes_to_unicode().values())
