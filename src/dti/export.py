@@ -10,11 +10,12 @@ Provenance (method, base model, m, kappa, steps, code version) goes into every f
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
+from safetensors.torch import save
 
 from dti.errors import DtiError
 from dti.io import atomic_path
@@ -28,10 +29,20 @@ def diffusers_file(slot: str, step: int | None = None) -> str:
     return name if step is None else name.replace(".safetensors", f"-steps-{step}.safetensors")
 
 
+def _canonical(blob: bytes) -> bytes:
+    """Sort the safetensors JSON header: the library writes it in hash-map order, so the same tensors and
+    metadata would give different bytes on each call (and a resumed run could never byte-match)."""
+    size = int.from_bytes(blob[:8], "little")
+    header = json.dumps(json.loads(blob[8 : 8 + size]), sort_keys=True, separators=(",", ":")).encode()
+    header += b" " * (-len(header) % 8)  # the format pads the header to a multiple of 8 bytes
+    return len(header).to_bytes(8, "little") + header + blob[8 + size :]
+
+
 def _save(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
+    blob = save({k: v.detach().float().cpu().contiguous() for k, v in tensors.items()},
+                metadata={"format": "pt", **{k: str(v) for k, v in metadata.items()}})
     with atomic_path(path) as tmp:
-        save_file({k: v.detach().float().cpu().contiguous() for k, v in tensors.items()}, str(tmp),
-                  metadata={"format": "pt", **{k: str(v) for k, v in metadata.items()}})
+        tmp.write_bytes(_canonical(blob))
 
 
 def save_diffusers(out_dir: Path, placeholder: str, vectors: dict[str, torch.Tensor], metadata: dict,

@@ -8,6 +8,7 @@ vectors. Either way the trainable parameters and their optimizer state stay fp32
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -127,8 +128,8 @@ def resolve_magnitude(table: torch.Tensor, magnitude: str | float) -> float:
                 from None
     if isinstance(magnitude, str):
         return vocab_norm_stats(table)[magnitude]
-    if not magnitude > 0:
-        raise DtiError(f"magnitude must be positive, got {magnitude}")
+    if not (magnitude > 0 and math.isfinite(magnitude)):
+        raise DtiError(f"magnitude must be a positive finite number, got {magnitude}")
     return float(magnitude)
 
 

@@ -1,0 +1,123 @@
+"""Shared fixtures: tiny SD / SDXL pipelines written once per session and a synthetic subject folder.
+
+The tiny models carry the real CLIP vocabulary but random, small weights, so every training, export and
+sampling path runs for real on a CPU in seconds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from dti.io import save_image
+from dti.synthetic import make_synthetic_subject
+from dti.tiny import write_tiny_model
+
+N_IMAGES, IMAGE_SIZE = 4, 80
+# The fast recipe every real-training test shares: 64 px (8x8 latents), batch 2, a handful of steps.
+FAST = dict(resolution=64, batch_size=2, steps=3, save_every=3, initializer="dog", seed=0)
+# Where each slot's token table lives in a saved tiny model.
+ENCODER_DIRS = {"clip_l": "text_encoder", "clip_g": "text_encoder_2"}
+
+
+@pytest.fixture(scope="session")
+def tiny_sd(tmp_path_factory) -> Path:
+    return write_tiny_model("sd", tmp_path_factory.mktemp("models") / "tiny-sd")
+
+
+@pytest.fixture(scope="session")
+def tiny_sdxl(tmp_path_factory) -> Path:
+    return write_tiny_model("sdxl", tmp_path_factory.mktemp("models") / "tiny-sdxl")
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tiny_sd, tiny_sdxl) -> dict[str, Path]:
+    return {"sd": tiny_sd, "sdxl": tiny_sdxl}
+
+
+@pytest.fixture(scope="session")
+def subject_dir(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("subject")
+    for i, image in enumerate(make_synthetic_subject("toy", "object", N_IMAGES, IMAGE_SIZE, seed=3)):
+        save_image(folder / f"{i:02d}.png", image)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def subject_images(subject_dir):
+    from dti.images import list_images, load_image
+
+    return [load_image(p) for p in list_images(subject_dir)]
+
+
+def fresh_backbone(model: Path):
+    """A newly loaded backbone (training installs placeholder rows, so every run needs its own)."""
+    from dti.backbones import load_backbone
+
+    return load_backbone(str(model))
+
+
+def fast_settings(**overrides):
+    from dti.train import TrainSettings
+
+    return TrainSettings(**{**FAST, **overrides})
+
+
+def saved_token_table(model: Path, slot: str) -> torch.Tensor:
+    """The slot's original vocabulary table, read straight from the saved weights file."""
+    weights = load_file(str(model / ENCODER_DIRS[slot] / "model.safetensors"))
+    # transformers 5 saves CLIPTextModel without the "text_model." prefix, the projection model with it.
+    (key,) = [k for k in weights if k.endswith("embeddings.token_embedding.weight")]
+    return weights[key].float()
+
+
+def vocab_mean_norm(model: Path, slot: str) -> float:
+    """m computed independently of dti.tokens: mean L2 norm of the non-zero vocabulary rows."""
+    norms = saved_token_table(model, slot).double().norm(dim=-1)
+    return norms[norms > 0].mean().item()
+
+
+@dataclass
+class TrainedRun:
+    backbone: object  # after training: its encoders hold the learned rows, its tokenizers the placeholder
+    out_dir: Path
+    run: dict
+    settings: object
+
+
+@pytest.fixture(scope="session")
+def trained_run(tiny_models, subject_images, tmp_path_factory):
+    """Fast training runs shared by several tests: `trained_run(family, method, **settings)`, each run once.
+
+    Callers only read the result (files, backbone); a test that changes a backbone trains its own.
+    """
+    from dti.train import train
+
+    cache: dict[tuple, TrainedRun] = {}
+
+    def get(family: str, method: str, **overrides) -> TrainedRun:
+        key = (family, method, tuple(sorted(overrides.items())))
+        if key not in cache:
+            backbone = fresh_backbone(tiny_models[family])
+            out = tmp_path_factory.mktemp(f"run-{family}-{method}")
+            settings = fast_settings(method=method, **overrides)
+            run = train(backbone, subject_images, settings, out, progress=False)
+            cache[key] = TrainedRun(backbone, out, run, settings)
+        return cache[key]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def default_run(tmp_path_factory) -> Path:
+    """One full local run of the workflow on the embedded default (tiny models, CPU)."""
+    from workflow_run import snakemake
+
+    work = tmp_path_factory.mktemp("default-run")
+    # --resources gpu=2: no GPU here, so the GPU rules are CPU jobs, two at a time on two cores.
+    snakemake(work, "--cores", "2", "--resources", "gpu=2")
+    return work

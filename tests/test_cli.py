@@ -1,0 +1,92 @@
+"""The `dti` command: a real train + sample round trip, and bad input reported with the culprit named."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+from conftest import FAST, vocab_mean_norm
+from PIL import Image
+from safetensors.torch import load_file
+
+from dti.cli import main
+
+
+def _train_args(model, images, out, **overrides) -> list[str]:
+    options = {"model": model, "images": images, "out": out, "initializer": FAST["initializer"],
+               "steps": 2, "save-every": 2, "resolution": FAST["resolution"],
+               "batch-size": FAST["batch_size"], **overrides}
+    args = ["train", "--quiet"]
+    for key, value in options.items():
+        args += [f"--{key}", str(value)]
+    return args
+
+
+def _nothing_written(out) -> bool:
+    return not out.exists() or not any(out.rglob("*"))
+
+
+def test_train_then_sample_round_trip(tiny_sd, subject_dir, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(_train_args(tiny_sd, subject_dir, out, magnitude="mean")) == 0
+    for name in ("learned_embeds.safetensors", "run.json", "subject.safetensors", "train_log.jsonl",
+                 "learned_embeds-steps-2.safetensors", "checkpoints/state.pt"):
+        assert (out / name).is_file(), name
+    rows = load_file(str(out / "learned_embeds.safetensors"))["<subject>"]
+    assert rows.norm().item() == pytest.approx(vocab_mean_norm(tiny_sd, "clip_l"), rel=1e-6)
+    images = tmp_path / "images"
+    code = main(["sample", "--quiet", "--model", str(tiny_sd), "--embeds", str(out), "--prompt",
+                 "a {} on a table", "--seeds", "0", "7", "--out", str(images), "--steps", "2",
+                 "--resolution", "64", "--batch-size", "2"])
+    assert code == 0, capsys.readouterr().err
+    for name in ("0000.png", "0007.png"):
+        with Image.open(images / name) as img:
+            assert img.size == (64, 64)
+
+
+def _corrupt_folder(subject_dir, tmp_path):
+    folder = tmp_path / "corrupt"
+    shutil.copytree(subject_dir, folder)
+    (folder / "x.jpg").write_text("not an image")
+    return folder, folder / "x.jpg"
+
+
+@pytest.mark.parametrize("case", ["empty folder", "missing folder", "corrupt image", "empty initializer",
+                                  "blank initializer", "placeholder in vocabulary", "missing model",
+                                  "bad magnitude"])
+def test_bad_training_input_is_named_and_nothing_is_written(tiny_sd, subject_dir, tmp_path, capsys, case):
+    out = tmp_path / "out"
+    model, images, extra = tiny_sd, subject_dir, {}
+    if case == "empty folder":
+        images = culprit = tmp_path / "empty"
+        images.mkdir()
+    elif case == "missing folder":
+        images = culprit = tmp_path / "nowhere"
+    elif case == "corrupt image":
+        images, culprit = _corrupt_folder(subject_dir, tmp_path)
+    elif case == "empty initializer":
+        extra, culprit = {"initializer": ""}, "initializer ''"
+    elif case == "blank initializer":
+        extra, culprit = {"initializer": "   "}, "initializer '   '"
+    elif case == "placeholder in vocabulary":
+        extra, culprit = {"placeholder": "dog"}, "placeholder 'dog'"
+    elif case == "missing model":
+        model = culprit = tmp_path / "no-such-model"
+    else:
+        extra, culprit = {"magnitude": "biggest"}, "'biggest'"
+    assert main(_train_args(model, images, out, **extra)) == 2
+    err = capsys.readouterr().err
+    assert "dti: error:" in err
+    assert str(culprit) in err
+    assert _nothing_written(out), sorted(p.name for p in out.rglob("*"))
+
+
+def test_sample_reports_bad_prompt_and_missing_embeddings(tiny_sd, trained_run, tmp_path, capsys):
+    embeds = trained_run("sd", "dti").out_dir
+    base = ["sample", "--quiet", "--model", str(tiny_sd), "--out", str(tmp_path / "img"), "--steps", "1",
+            "--resolution", "64", "--seeds", "0"]
+    assert main(base + ["--embeds", str(embeds), "--prompt", "a photo without a slot"]) == 2
+    assert "'a photo without a slot'" in capsys.readouterr().err
+    assert main(base + ["--embeds", str(tmp_path), "--prompt", "a {}"]) == 2
+    assert str(tmp_path / "learned_embeds.safetensors") in capsys.readouterr().err
+    assert _nothing_written(tmp_path / "img")

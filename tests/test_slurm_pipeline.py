@@ -1,0 +1,62 @@
+"""The embedded default through `snakemake --profile profiles/slurm` on a real single-node SLURM cluster.
+
+The GPU jobs must go through sbatch with a GPU request, grouped per subject chain, and the tables must
+equal those of the local run (fixture `default_run`).
+"""
+
+from __future__ import annotations
+
+import re
+
+import pandas as pd
+import pytest
+from slurm_cluster import slurm_cluster  # noqa: F401  (registers the session fixture)
+from workflow_run import snakemake
+
+from dti.tables import TABLE_NAMES
+
+pytestmark = [pytest.mark.slurm, pytest.mark.slow]
+
+
+def test_embedded_default_on_slurm_matches_the_local_run(slurm_cluster, default_run, tmp_path):  # noqa: F811
+    work = tmp_path / "slurm-run"
+    work.mkdir()
+    # Same torch thread count as the local run (1 per job), so the floating-point sums are identical;
+    # on a real cluster the profile's set-threads applies.
+    result = snakemake(work, "--profile", str(slurm_cluster.profile), *slurm_cluster.fast_status_args,
+                       "--seconds-between-status-checks", "2", "--set-threads", "train=1", "sample=1", "score=1",
+                       "--verbose", timeout=1500)
+    log = result.stdout + result.stderr
+    calls = [line for line in log.splitlines() if line.startswith("sbatch call:")]
+    gpu_calls = [c for c in calls if " --gpus=1" in c]
+    # 2 backbones x 3 methods x 3 subjects: one sbatch per train -> sample -> score chain.
+    assert len(gpu_calls) == 18, calls
+    assert all(" -p debug" in c and "--cpus-per-gpu=4" in c and "--signal=TERM@120" in c for c in gpu_calls)
+    assert all("group_chain" in c or "chain" in c for c in gpu_calls)
+    assert not [c for c in calls if " --gpus" not in c and re.search(r"rule_(train|sample|score)\b", c)]
+
+    for name in TABLE_NAMES:
+        local = pd.read_parquet(default_run / f"results/tables/{name}.parquet")
+        remote = pd.read_parquet(work / f"results/tables/{name}.parquet")
+        pd.testing.assert_frame_equal(remote, local, check_exact=True)
+    # Every GPU job left its log where the README says.
+    assert len(list(work.glob("logs/train/*/*/*.log"))) == 18
+
+
+def test_failed_job_names_rule_subject_and_log_and_rerun_keeps_finished_work(slurm_cluster, default_run,  # noqa: F811
+                                                                              tmp_path):
+    import shutil
+
+    work = tmp_path / "run"
+    shutil.copytree(default_run, work, symlinks=True)
+    (work / "resources/raw/striped_box/01.png").write_bytes(b"not an image")  # breaks only striped_box
+    args = ("--profile", str(slurm_cluster.profile), *slurm_cluster.fast_status_args,
+            "--seconds-between-status-checks", "2", "--retries", "0")
+    finished = {p: p.stat().st_mtime_ns for p in work.glob("results/*/*/spotted_pup/run.json")}
+    result = snakemake(work, *args, check=False)
+    out = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert "Error in rule prepare_subject" in out
+    assert "subject=striped_box" in out
+    assert "logs/prepare_subject/striped_box.log" in out
+    assert {p: p.stat().st_mtime_ns for p in work.glob("results/*/*/spotted_pup/run.json")} == finished

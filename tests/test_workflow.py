@@ -1,0 +1,179 @@
+"""The real workflow on the embedded default: end to end, incremental reruns, and bad input.
+
+One full run (session fixture `default_run`) feeds the checks; incremental checks work on copies of
+that run's folder so they never disturb each other.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections import Counter
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+from PIL import Image
+from workflow_run import REPO, planned_jobs, snakemake
+
+DEFAULT = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+BACKBONES = sorted(DEFAULT["backbones"])
+METHODS = sorted(DEFAULT["methods"])
+SUBJECTS = sorted(s["name"] for s in DEFAULT["subjects"])
+SEEDS = DEFAULT["seeds"]
+PROMPTS_PER_SET = DEFAULT["prompt_limit"]
+PROMPT_SETS = DEFAULT["prompt_sets"]
+
+pytestmark = pytest.mark.slow
+
+
+def copy_run(source: Path, dest: Path) -> Path:
+    shutil.copytree(source, dest, symlinks=True)
+    return dest
+
+
+def write_config(path: Path, change) -> Path:
+    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    change(config)
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def jobs_by_rule(jobs) -> Counter:
+    return Counter(rule for rule, _ in jobs)
+
+
+# --- end to end -------------------------------------------------------------------------------------
+def test_tables_cover_the_whole_grid(default_run):
+    scores = pd.concat(pd.read_parquet(p) for p in default_run.glob("results/*/*/*/scores.parquet"))
+    metrics = sorted(scores["metric"].unique())
+    assert metrics == ["clip_i", "clip_t", "dino"]
+    per_image = len(BACKBONES) * len(METHODS) * len(SUBJECTS) * len(PROMPT_SETS) * PROMPTS_PER_SET * len(SEEDS)
+    assert len(scores) == per_image * len(metrics)
+    assert not scores.duplicated(["backbone", "method", "subject", "prompt_set", "prompt_id", "seed", "metric"]).any()
+    assert scores["value"].notna().all()
+
+    summary = pd.read_parquet(default_run / "results/tables/summary.parquet")
+    grid = {(b, m, x) for b in BACKBONES for m in METHODS for x in metrics}
+    assert set(zip(summary["backbone"], summary["method"], summary["metric"], strict=True)) == grid
+    assert (summary["n_subjects"] == len(SUBJECTS)).all()
+    assert (summary["n_images"] == len(SUBJECTS) * len(PROMPT_SETS) * PROMPTS_PER_SET * len(SEEDS)).all()
+    assert (summary["ci_low"] <= summary["mean"]).all() and (summary["mean"] <= summary["ci_high"]).all()
+
+    by_set = pd.read_parquet(default_run / "results/tables/by_prompt_set.parquet")
+    assert sorted(by_set["prompt_set"].unique()) == sorted(PROMPT_SETS)
+    by_kind = pd.read_parquet(default_run / "results/tables/by_kind.parquet")
+    assert sorted(by_kind["subject_kind"].unique()) == ["live", "object"]
+    per_subject = pd.read_parquet(default_run / "results/tables/per_subject.parquet")
+    assert len(per_subject) == len(BACKBONES) * len(METHODS) * len(SUBJECTS) * len(metrics)
+
+
+def test_learned_norms_sit_next_to_the_vocabulary(default_run):
+    norms = pd.read_parquet(default_run / "results/tables/norms.parquet")
+    dti = norms[norms["method"] == "dti"]
+    assert len(dti) == 3  # tiny_sd: clip_l; tiny_sdxl: clip_l and clip_g
+    assert (dti["ratio"] - 1).abs().max() < 1e-5  # DTI keeps the vocabulary's mean norm exactly
+    ti = norms[norms["method"] == "ti"]
+    assert (ti["ratio"] > 1.5).all()  # TI's unconstrained norm inflates even in a few steps
+
+
+def test_latex_tables_are_written(default_run):
+    tex = (default_run / "results/tables/summary.tex").read_text()
+    assert "\\toprule" in tex and "\\bottomrule" in tex and "\\textbf{" in tex
+    assert "vit\\_small\\_patch16\\_224.dino" in tex  # the caption names the metric models
+
+
+def test_every_rule_has_log_and_benchmark(default_run):
+    logs = {p.relative_to(default_run / "logs").parts[0] for p in (default_run / "logs").rglob("*.log")}
+    benches = {p.relative_to(default_run / "benchmarks").parts[0]
+               for p in (default_run / "benchmarks").rglob("*.tsv")}
+    expected = {"synthesize_subject", "tiny_model", "fetch_model", "fetch_metrics", "prepare_subject", "train",
+                "sample", "score", "aggregate"}
+    assert expected <= logs and expected <= benches
+
+
+def test_two_token_initializer_gets_two_vectors(default_run):
+    import json
+
+    run = json.loads((default_run / "results/tiny_sdxl/dti/plush_bear/run.json").read_text())
+    assert run["tokens"]["clip_l"] == ["<plush_bear>", "<plush_bear>_1"]
+    assert len(run["tokens"]["clip_g"]) == 2
+
+
+# --- incremental reruns -------------------------------------------------------------------------------
+def test_unchanged_rerun_plans_nothing(default_run):
+    assert planned_jobs(default_run) == []
+
+
+def test_replaced_photo_reruns_only_that_subject(default_run, tmp_path):
+    work = copy_run(default_run, tmp_path / "run")
+    photo = work / "resources/raw/striped_box/01.png"
+    Image.new("RGB", (96, 96), (200, 30, 30)).save(photo)
+    jobs = planned_jobs(work)
+    counts = jobs_by_rule(jobs)
+    assert counts == Counter({"prepare_subject": 1, "train": 6, "sample": 6, "score": 6, "aggregate": 1, "all": 1})
+    assert {wc.get("subject") for rule, wc in jobs if rule in ("prepare_subject", "train", "sample", "score")} == {
+        "striped_box"}
+
+
+def test_new_initializer_reruns_only_that_subject(default_run, tmp_path):
+    work = copy_run(default_run, tmp_path / "run")
+
+    def change(config):
+        for subject in config["subjects"]:
+            if subject["name"] == "plush_bear":
+                subject["initializer"] = "teddy bear"
+
+    jobs = planned_jobs(work, "--configfile", str(write_config(tmp_path / "c.yaml", change)))
+    assert {wc.get("subject") for rule, wc in jobs if rule in ("prepare_subject", "train", "sample", "score")} == {
+        "plush_bear"}
+    assert jobs_by_rule(jobs)["train"] == 6
+
+
+def test_new_learning_rate_reruns_only_that_method(default_run, tmp_path):
+    work = copy_run(default_run, tmp_path / "run")
+    config = write_config(tmp_path / "c.yaml", lambda c: c["methods"]["dti"].update(lr=0.05))
+    jobs = planned_jobs(work, "--configfile", str(config))
+    counts = jobs_by_rule(jobs)
+    assert counts == Counter({"train": 6, "sample": 6, "score": 6, "aggregate": 1, "all": 1})
+    assert {wc["method"] for rule, wc in jobs if rule in ("train", "sample", "score")} == {"dti"}
+
+
+# --- planning the paper grid ------------------------------------------------------------------------
+def test_paper_config_plans_the_whole_grid_without_downloading(tmp_path):
+    jobs = planned_jobs(tmp_path, "--configfile", str(REPO / "config/paper-sdxl.yaml"))
+    counts = jobs_by_rule(jobs)
+    assert counts["prepare_subject"] == 30
+    assert counts["train"] == 30 * 3  # ti, crossinit, dti (ti_rescaled reuses ti's vectors)
+    assert counts["sample"] == counts["score"] == 30 * 4
+    assert not any(tmp_path.joinpath(p).exists() for p in ("resources", "results"))
+
+
+# --- bad input ----------------------------------------------------------------------------------------
+@pytest.mark.parametrize(("change", "needle"), [
+    (lambda c: c.update(bogus_key=1), "bogus_key"),
+    (lambda c: c["methods"]["dti"].update(lr=-1), "lr"),
+    (lambda c: c["methods"].update(magic={"lr": 0.1}), "magic"),
+    (lambda c: c.update(prompt_sets=["no_such_set"]), "no_such_set"),
+    (lambda c: c["backbones"]["tiny_sd"].update(family="sd3"), "sd3"),
+])
+def test_bad_config_stops_with_a_message_naming_it(tmp_path, change, needle):
+    config = write_config(tmp_path / "c.yaml", change)
+    result = snakemake(tmp_path, "-n", "--configfile", str(config), check=False)
+    assert result.returncode != 0
+    assert needle in result.stdout + result.stderr
+
+
+def test_corrupt_photo_stops_that_subject_naming_the_file(default_run, tmp_path):
+    work = copy_run(default_run, tmp_path / "run")
+    bad = work / "resources/raw/spotted_pup/02.png"
+    bad.write_bytes(b"this is not a png")
+    before = {p: p.stat().st_mtime_ns for p in work.glob("results/*/*/st*/run.json")}
+    result = snakemake(work, "--cores", "2", "--keep-going", "resources/subjects/spotted_pup/subject.json",
+                       "resources/subjects/striped_box/subject.json", check=False)
+    assert result.returncode != 0
+    log = (work / "logs/prepare_subject/spotted_pup.log").read_text()
+    assert str(bad) in log or "spotted_pup/02.png" in log
+    assert "prepare_subject" in result.stderr + result.stdout
+    assert not (work / "resources/subjects/spotted_pup/subject.json").exists()  # nothing half-done looks complete
+    assert {p: p.stat().st_mtime_ns for p in work.glob("results/*/*/st*/run.json")} == before
