@@ -16,7 +16,8 @@ $(STAMP): requirements.lock.txt pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/snakemake --cores $(CORES) --profile profiles/local
+	# No GPU on a laptop: the GPU rules run on the CPU, as many at a time as there are cores.
+	$(BIN)/snakemake --profile profiles/local --cores $(CORES) --resources gpu=$(CORES)
 	@echo "Tables: results/tables/*.parquet and *.tex"
 
 test: $(STAMP)

@@ -1,6 +1,8 @@
 # The dti benchmark: subjects -> train (DTI, TI, CrossInit) -> sample -> score -> tables.
 #   snakemake --cores 2                          # the embedded default (tiny models, CPU)
 #   snakemake --configfile config/paper-sdxl.yaml --profile profiles/slurm
+import os
+
 from snakemake.utils import min_version, validate
 
 min_version("9.0")
@@ -10,7 +12,8 @@ min_version("9.0")
 # same on laptops, CI and clusters, and the target machines have no conda. That is the only lint left.
 
 
-configfile: "config/config.yaml"
+# The embedded default, found beside this file also when running with --directory elsewhere.
+configfile: os.path.join(workflow.basedir, "config", "config.yaml")
 
 
 validate(config, "config/schema.yaml")
