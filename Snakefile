@@ -12,8 +12,12 @@ min_version("9.0")
 # same on laptops, CI and clusters, and the target machines have no conda. That is the only lint left.
 
 
-# The embedded default, found beside this file also when running with --directory elsewhere.
-configfile: os.path.join(workflow.basedir, "config", "config.yaml")
+# The embedded default, found beside this file also when running with --directory elsewhere. A
+# --configfile REPLACES it rather than merging into it: merged, the paper config would inherit the
+# default's tiny backbones and synthetic subjects.
+if not workflow.overwrite_configfiles:
+
+    configfile: os.path.join(workflow.basedir, "config", "config.yaml")
 
 
 validate(config, "config/schema.yaml")

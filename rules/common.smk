@@ -15,6 +15,16 @@ PROMPTS_DIR = Path(workflow.basedir) / "config" / "prompts"
 CODE_VERSION = dti.__version__
 
 
+def canonical(value):
+    """Settings with dict keys sorted, recursively: reordering keys in a config file is not a change, so
+    it must not trigger Snakemake's params rerun (it compares params as written)."""
+    if isinstance(value, dict):
+        return {k: canonical(value[k]) for k in sorted(value)}
+    if isinstance(value, (list, tuple)):
+        return [canonical(v) for v in value]
+    return value
+
+
 def _config_error(message):
     raise WorkflowError(f"config error: {message}")
 
@@ -135,11 +145,18 @@ def tiny_model_dir(wildcards):
 
 
 def method_hp(wildcards):
-    return dict(METHODS.get(wildcards.method) or {})
+    return canonical(METHODS.get(wildcards.method) or {})
 
 
 def train_settings(wildcards):
-    return dict(BACKBONES[wildcards.backbone].get("train", {}))
+    return canonical(BACKBONES[wildcards.backbone].get("train", {}))
+
+
+def sample_settings(wildcards):
+    return canonical(BACKBONES[wildcards.backbone].get("sample", {}))
+
+
+METRICS = canonical(config["metrics"])
 
 
 def placeholder(wildcards):

@@ -38,7 +38,7 @@ rule fetch_metrics:
     output:
         "resources/metrics.json",
     params:
-        metrics=config["metrics"],
+        metrics=METRICS,
     log:
         "logs/fetch_metrics.log",
     benchmark:

@@ -12,7 +12,7 @@ rule sample:
         labels=lambda wc: {"backbone": wc.backbone, "method": wc.method, "subject": wc.subject},
         prompt_sets=prompt_sets_for,
         seeds=SEEDS,
-        sample=lambda wc: dict(BACKBONES[wc.backbone].get("sample", {})),
+        sample=sample_settings,
         rescale_to=rescale_to,
         code_version=CODE_VERSION,
     threads: 1

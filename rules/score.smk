@@ -10,7 +10,7 @@ rule score:
     output:
         "results/{backbone}/{method}/{subject}/scores.parquet",
     params:
-        metrics=config["metrics"],
+        metrics=METRICS,
         code_version=CODE_VERSION,
     threads: 1
     resources:

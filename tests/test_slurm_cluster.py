@@ -59,8 +59,10 @@ def _run_snakemake(workdir: Path, profile: Path, *extra: str) -> subprocess.Comp
     )
 
 
-def _sbatch_calls(log: str, rule: str) -> list[str]:
-    return [line for line in log.splitlines() if line.startswith("sbatch call:") and f"--comment rule_{rule} " in line]
+def _sbatch_calls(log: str, name: str) -> list[str]:
+    """sbatch calls of a rule, alone (`rule_<name>`) or in the profile's `chain` group (`rule_chain_<name>`)."""
+    return [line for line in log.splitlines()
+            if line.startswith("sbatch call:") and re.search(rf"--comment rule_(chain_)?{name} ", line)]
 
 
 def test_jobs_go_through_sbatch_with_gpu_and_retry_with_longer_runtime(slurm_cluster, tmp_path):  # noqa: F811
@@ -85,7 +87,7 @@ def test_jobs_go_through_sbatch_with_gpu_and_retry_with_longer_runtime(slurm_clu
     assert "--gpus" not in prepare_calls[0]
 
     # The failed attempt's SLURM log is kept for the user; it holds the job's own error output.
-    kept = list((tmp_path / ".snakemake" / "slurm_logs" / "rule_train").glob("*.log"))
+    kept = list((tmp_path / ".snakemake" / "slurm_logs").rglob("*.log"))
     assert any("train fails on purpose" in path.read_text() for path in kept), kept
 
 

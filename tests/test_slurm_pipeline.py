@@ -32,7 +32,7 @@ def test_embedded_default_on_slurm_matches_the_local_run(slurm_cluster, default_
     # 2 backbones x 3 methods x 3 subjects: one sbatch per train -> sample -> score chain.
     assert len(gpu_calls) == 18, calls
     assert all(" -p debug" in c and "--cpus-per-gpu=4" in c and "--signal=TERM@120" in c for c in gpu_calls)
-    assert all("group_chain" in c or "chain" in c for c in gpu_calls)
+    assert all("--comment rule_chain_" in c for c in gpu_calls)  # submitted as the profile's chain groups
     assert not [c for c in calls if " --gpus" not in c and re.search(r"rule_(train|sample|score)\b", c)]
 
     for name in TABLE_NAMES:

@@ -6,6 +6,7 @@ that run's folder so they never disturb each other.
 
 from __future__ import annotations
 
+import json
 import shutil
 from collections import Counter
 from pathlib import Path
@@ -35,7 +36,7 @@ def copy_run(source: Path, dest: Path) -> Path:
 def write_config(path: Path, change) -> Path:
     config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
     change(config)
-    path.write_text(yaml.safe_dump(config))
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
     return path
 
 
@@ -84,9 +85,11 @@ def test_latex_tables_are_written(default_run):
 
 
 def test_every_rule_has_log_and_benchmark(default_run):
-    logs = {p.relative_to(default_run / "logs").parts[0] for p in (default_run / "logs").rglob("*.log")}
-    benches = {p.relative_to(default_run / "benchmarks").parts[0]
-               for p in (default_run / "benchmarks").rglob("*.tsv")}
+    def rules_under(folder: Path, suffix: str) -> set[str]:  # logs/<rule>/... or logs/<rule>.log
+        return {p.relative_to(folder).parts[0].removesuffix(suffix) for p in folder.rglob(f"*{suffix}")}
+
+    logs = rules_under(default_run / "logs", ".log")
+    benches = rules_under(default_run / "benchmarks", ".tsv")
     expected = {"synthesize_subject", "tiny_model", "fetch_model", "fetch_metrics", "prepare_subject", "train",
                 "sample", "score", "aggregate"}
     assert expected <= logs and expected <= benches
@@ -177,3 +180,32 @@ def test_corrupt_photo_stops_that_subject_naming_the_file(default_run, tmp_path)
     assert "prepare_subject" in result.stderr + result.stdout
     assert not (work / "resources/subjects/spotted_pup/subject.json").exists()  # nothing half-done looks complete
     assert {p: p.stat().st_mtime_ns for p in work.glob("results/*/*/st*/run.json")} == before
+
+
+# --- other subject sources ----------------------------------------------------------------------------
+def test_dreambooth_and_folder_subjects_are_prepared(tmp_path):
+    from dti.subjects import load_subject
+
+    dreambooth = REPO.parent / "shared" / "dreambooth"
+    if not dreambooth.is_dir():
+        dreambooth = Path("/work/shared/dreambooth")
+    photos = tmp_path / "photos" / "my_mug"
+    photos.mkdir(parents=True)
+    for i, color in enumerate([(10, 80, 200), (20, 90, 210), (30, 100, 220)]):
+        Image.new("RGB", (120, 90), color).save(photos / f"IMG_{i}.JPG")
+
+    def change(config):
+        config["subjects"] = [{"name": "dog", "class": "dog", "kind": "live", "source": "dreambooth"},
+                              {"name": "my_mug", "class": "mug", "kind": "object", "source": "folder"}]
+        config["data"] = {"dreambooth": str(dreambooth), "images_dir": str(tmp_path / "photos")}
+
+    work = tmp_path / "run"
+    work.mkdir()
+    config = write_config(tmp_path / "c.yaml", change)
+    snakemake(work, "--cores", "2", "--configfile", str(config), "resources/subjects/dog/subject.json",
+              "resources/subjects/my_mug/subject.json")
+    dog = load_subject(work / "resources/subjects/dog")
+    assert dog["kind"] == "live" and len(dog["images"]) == len(list((dreambooth / "dog").glob("*.jpg")))
+    mug = load_subject(work / "resources/subjects/my_mug")
+    assert mug["class"] == "mug" and len(mug["images"]) == 3
+    assert json.loads((work / "resources/dreambooth.json").read_text())["path"] == str(dreambooth.resolve())

@@ -9,10 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import torch
-
 from dti.errors import DtiError
-from dti.optim import RiemannianSGD
 
 
 @dataclass(frozen=True)
@@ -51,8 +48,13 @@ def get_method(name: str) -> Method:
     return METHODS[name]
 
 
-def make_optimizer(method: Method, params: list[torch.nn.Parameter], hp: dict,
-                   prior_mu: list[torch.Tensor]) -> torch.optim.Optimizer:
+def make_optimizer(method: Method, params: list, hp: dict, prior_mu: list):
+    """The method's optimizer over the new rows (torch is imported here: the workflow reads this module
+    at planning time, where importing torch would only cost seconds)."""
+    import torch
+
+    from dti.optim import RiemannianSGD
+
     if method.optimizer == "rsgd":
         return RiemannianSGD(params, lr=hp["lr"], beta=hp["beta"], eps=hp["eps"], kappa=hp["kappa"],
                              prior_mu=prior_mu)

@@ -120,6 +120,7 @@ class Trainer:
         self.hp = settings.hyper_parameters()
         self.device = backbone.device
         self.images = images
+        self.accelerator = self._make_accelerator()
         self._setup_tokens()
         latent_cls = CachedLatents if settings.latent_cache else EncodeEveryStep
         self.latents = latent_cls(backbone.vae, images, settings.resolution)
@@ -178,14 +179,25 @@ class Trainer:
         return (prompts, torch.stack(latents).to(dev), torch.stack(noise).to(dev),
                 torch.tensor(timesteps, device=dev), torch.tensor(time_ids, device=dev, dtype=torch.float32))
 
-    def _autocast(self):
+    def _make_accelerator(self):
+        """accelerate handles autocast and the backward pass; it must agree with where the backbone lives."""
+        from accelerate import Accelerator
+        from accelerate.state import AcceleratorState
+
         use_bf16 = self.settings.mixed_precision == "bf16" or (
             self.settings.mixed_precision == "auto" and self.device.type == "cuda")
-        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=use_bf16)
+        kwargs = dict(mixed_precision="bf16" if use_bf16 else "no", cpu=self.device.type == "cpu")
+        try:
+            return Accelerator(**kwargs)
+        except ValueError:
+            # accelerate keeps one process-wide state and refuses a second precision; one process may
+            # train several runs (a notebook, the tests, the benchmark), so start its state afresh.
+            AcceleratorState._reset_state(reset_partial_state=True)
+            return Accelerator(**kwargs)
 
     def loss_for(self, step: int, indices: range) -> torch.Tensor:
         prompts, latents, noise, timesteps, time_ids = self._micro_batch(step, indices)
-        with self._autocast():
+        with self.accelerator.autocast():
             cond = self.backbone.encode_prompts(prompts)
             loss = self.backbone.denoising_loss(latents, cond, noise, timesteps, time_ids)
         if self.hp.get("pull_weight"):
@@ -200,7 +212,7 @@ class Trainer:
         total = 0.0
         for a in range(s.grad_accum):
             loss = self.loss_for(step, range(a * s.batch_size, (a + 1) * s.batch_size))
-            (loss / s.grad_accum).backward()
+            self.accelerator.backward(loss / s.grad_accum)
             total += loss.item() / s.grad_accum
         grad_norms = {slot: layer.rows.grad.norm(dim=-1).tolist() for slot, layer in self.layers.items()}
         self.optimizer.step()

@@ -1,0 +1,64 @@
+"""Compute nodes run offline: anything the login node did not fetch fails fast with a clear message."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+from dti.pipeline import fetch_model
+
+PROBE = """
+import os, sys, time
+os.environ["HF_HUB_OFFLINE"] = "1"
+from dti.errors import DtiError
+from dti.pipeline import {call}
+start = time.time()
+try:
+    {body}
+except DtiError as exc:
+    print("DtiError:", exc)
+    print("seconds:", round(time.time() - start, 1))
+    sys.exit(3)
+"""
+
+
+def run_offline(call: str, body: str) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "TRANSFORMERS_"))}
+    return subprocess.run([sys.executable, "-c", PROBE.format(call=call, body=body)], capture_output=True,
+                          text=True, timeout=300, env=env)
+
+
+def test_unfetched_metric_weights_fail_fast_naming_the_model(tmp_path):
+    started = time.time()
+    result = run_offline("fetch_metrics", f"fetch_metrics({str(tmp_path / 'm.json')!r}, metric_specs="
+                                          "{'clip': {'model': 'ViT-B-32', 'pretrained': 'openai'}})")
+    assert result.returncode == 3, result.stderr[-2000:]
+    assert "ViT-B-32" in result.stdout
+    assert time.time() - started < 120  # no network retries: HF_HUB_OFFLINE makes it fail at once
+    assert not (tmp_path / "m.json").exists()
+
+
+def test_unfetched_backbone_fails_naming_the_model(tmp_path):
+    marker = tmp_path / "model.json"
+    marker.write_text(json.dumps({"model": str(tmp_path / "gone"), "family": "sd", "revision": None}))
+    result = run_offline("_load_backbone", f"_load_backbone({str(marker)!r}, 'cpu')")
+    assert result.returncode == 3, result.stderr[-2000:]
+    assert str(tmp_path / "gone") in result.stdout
+
+
+def test_local_model_folder_is_recorded_without_download(tiny_sd, tmp_path):
+    out = tmp_path / "m.json"
+    fetch_model(str(out), model=str(tiny_sd), family="sd", revision=None, tiny_dir=None)
+    assert json.loads(out.read_text())["model"] == str(tiny_sd.resolve())
+
+
+def test_work_offline_keeps_an_explicit_user_choice(monkeypatch):
+    from dti.pipeline import work_offline
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    work_offline()
+    assert os.environ["HF_HUB_OFFLINE"] == "0" and os.environ["TRANSFORMERS_OFFLINE"] == "1"
