@@ -202,8 +202,9 @@ def test_dreambooth_and_folder_subjects_are_prepared(tmp_path):
     work = tmp_path / "run"
     work.mkdir()
     config = write_config(tmp_path / "c.yaml", change)
-    snakemake(work, "--cores", "2", "--configfile", str(config), "resources/subjects/dog/subject.json",
-              "resources/subjects/my_mug/subject.json")
+    # Targets before --configfile, which takes every following word as another config file.
+    snakemake(work, "resources/subjects/dog/subject.json", "resources/subjects/my_mug/subject.json",
+              "--cores", "2", "--configfile", str(config))
     dog = load_subject(work / "resources/subjects/dog")
     assert dog["kind"] == "live" and len(dog["images"]) == len(list((dreambooth / "dog").glob("*.jpg")))
     mug = load_subject(work / "resources/subjects/my_mug")

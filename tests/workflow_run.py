@@ -12,12 +12,19 @@ REPO = Path(__file__).resolve().parents[1]
 SNAKEFILE = REPO / "Snakefile"
 
 
+def snakemake_command(workdir: Path, *args: str) -> list[str]:
+    return [sys.executable, "-m", "snakemake", "-s", str(SNAKEFILE), "--directory", str(workdir), *args]
+
+
 def snakemake(workdir: Path, *args: str, timeout: int = 1500, check: bool = True,
               env: dict | None = None) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "snakemake", "-s", str(SNAKEFILE), "--directory", str(workdir), *args]
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
+    result = subprocess.run(snakemake_command(workdir, *args), capture_output=True, text=True, timeout=timeout,
                             env={**os.environ, **(env or {})})
-    if check and result.returncode != 0:
+    return checked(result, args) if check else result
+
+
+def checked(result: subprocess.CompletedProcess, args) -> subprocess.CompletedProcess:
+    if result.returncode != 0:
         raise AssertionError(f"snakemake {' '.join(args)} failed ({result.returncode}):\n"
                              f"{result.stdout[-4000:]}\n{result.stderr[-8000:]}")
     return result
