@@ -37,7 +37,7 @@ def build_backbone(family: str, device: str):
 
         pipe = build_tiny_pipeline(family)
     pipe.vae.to(torch.float32)  # as in training: the VAE encodes in fp32
-    return backbone_class(family)(pipe.to(device), f"bench-{family}")
+    return backbone_class(family).from_pipeline(pipe.to(device), f"bench-{family}")
 
 
 def time_steps(trainer: Trainer, steps: int, device: str) -> float:

@@ -83,11 +83,15 @@ def fetch_model(out_json: str, *, model: str, family: str, revision: str | None,
 
 
 def fetch_metrics(out_json: str, *, metric_specs: dict) -> None:
-    """Build every metric model once on the login node (downloads pretrained weights into the cache)."""
+    """Validate the metric specs and, on the login node, build once each model whose weights come from the
+    hub, which downloads them into the cache (random-weight and local-file models need nothing fetched)."""
     from dti.metrics import load_metric_models, parse_metric_specs
 
     specs = parse_metric_specs(metric_specs)
-    load_metric_models(specs, "cpu")
+    from_hub = {key: spec for key, spec in specs.items()
+                if spec.weights is None and (spec.source != "random" or spec.key == "siglip")}
+    if from_hub:
+        load_metric_models(from_hub, "cpu")
     write_json(out_json, {key: spec.metric_model for key, spec in specs.items()})
 
 

@@ -48,23 +48,40 @@ class Backbone:
     """A frozen diffusion model: its text encoders, the denoising loss and the sampling pipeline."""
 
     family: str = ""
+    pipeline_class: str = ""  # the diffusers pipeline that samples with these components
+    pipeline_extras: dict = {}
 
-    def __init__(self, pipe, model_id: str, revision: str | None = None):
-        """Wrap an already-built diffusers pipeline (its weights are frozen here)."""
+    def __init__(self, components: dict, model_id: str, revision: str | None = None):
+        """Wrap loaded components (unet, vae, scheduler, tokenizer(s), text_encoder(s)); freezes them."""
         from diffusers import DDPMScheduler
 
-        for name in ("unet", "vae", "text_encoder", "text_encoder_2"):
-            module = getattr(pipe, name, None)
-            if module is not None:
+        for module in components.values():
+            if isinstance(module, torch.nn.Module):
                 module.eval().requires_grad_(False)
-        self.pipe = pipe
+        self.components = components
         self.model_id = model_id
         self.revision = revision
-        self.unet = pipe.unet
-        self.vae = pipe.vae
+        self.unet = components["unet"]
+        self.vae = components["vae"]
         # Training noise follows the model's own beta schedule with the DDPM forward process.
-        self.noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
+        self.noise_scheduler = DDPMScheduler.from_config(components["scheduler"].config)
         self.slots: list[TextEncoderSlot] = self.make_slots()
+        self._pipe = None
+
+    @classmethod
+    def from_pipeline(cls, pipe, model_id: str) -> Backbone:
+        return cls({k: v for k, v in pipe.components.items() if v is not None}, model_id)
+
+    @property
+    def pipe(self):
+        """The sampling pipeline over the same component objects (built on first use: training never
+        needs it, and importing the pipeline classes costs a CPU job over a second)."""
+        if self._pipe is None:
+            import diffusers
+
+            cls = getattr(diffusers, self.pipeline_class)
+            self._pipe = cls(**self.components, **self.pipeline_extras)
+        return self._pipe
 
     def make_slots(self) -> list[TextEncoderSlot]:
         raise NotImplementedError
@@ -116,7 +133,8 @@ def detect_family(model: str, revision: str | None = None) -> str:
         config = DiffusionPipeline.load_config(model, revision=revision)
     except Exception as exc:  # hub or file errors: say which model and how to fix it
         raise DtiError(f"cannot read model_index.json of model {model!r} (revision {revision}): {exc}. "
-                       "If this is a hub id on an offline node, fetch it first (dti fetch-model).") from exc
+                       "If this is a hub id on an offline node, fetch it first where there is internet (the workflow's "
+                       "fetch_model rule, or `hf download MODEL --revision REV`).") from exc
     name = config.get("_class_name", "")
     if name not in _PIPELINE_CLASSES:
         raise DtiError(f"model {model!r} is a {name or 'unknown'} pipeline; supported: {sorted(_PIPELINE_CLASSES)}")

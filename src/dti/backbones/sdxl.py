@@ -11,9 +11,11 @@ from dti.backbones.sd import _load_scheduler
 
 @register_family("sdxl")
 class StableDiffusionXL(Backbone):
+    pipeline_class = "StableDiffusionXLPipeline"
+
     @classmethod
     def load(cls, model: str, *, revision: str | None, dtype: torch.dtype, device: torch.device) -> StableDiffusionXL:
-        from diffusers import AutoencoderKL, StableDiffusionXLPipeline, UNet2DConditionModel
+        from diffusers import AutoencoderKL, UNet2DConditionModel
         from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
         tokenizer = CLIPTokenizer.from_pretrained(model, subfolder="tokenizer", revision=revision)
@@ -23,15 +25,15 @@ class StableDiffusionXL(Backbone):
         unet = load_component(UNet2DConditionModel, model, "unet", revision, dtype)
         # The stock SDXL VAE overflows in fp16; fp32 here (it encodes each training image once).
         vae = load_component(AutoencoderKL, model, "vae", revision, torch.float32)
-        pipe = StableDiffusionXLPipeline(vae=vae, text_encoder=text_encoder, text_encoder_2=text_encoder_2,
-                                         tokenizer=tokenizer, tokenizer_2=tokenizer_2, unet=unet,
-                                         scheduler=_load_scheduler(model, revision)).to(device)
-        return cls(pipe, model, revision)
+        components = dict(vae=vae.to(device), text_encoder=text_encoder.to(device),
+                          text_encoder_2=text_encoder_2.to(device), tokenizer=tokenizer, tokenizer_2=tokenizer_2,
+                          unet=unet.to(device), scheduler=_load_scheduler(model, revision))
+        return cls(components, model, revision)
 
     def make_slots(self) -> list[TextEncoderSlot]:
-        p = self.pipe
-        return [TextEncoderSlot("clip_l", p.tokenizer, p.text_encoder, "text_encoder"),
-                TextEncoderSlot("clip_g", p.tokenizer_2, p.text_encoder_2, "text_encoder_2")]
+        c = self.components
+        return [TextEncoderSlot("clip_l", c["tokenizer"], c["text_encoder"], "text_encoder"),
+                TextEncoderSlot("clip_g", c["tokenizer_2"], c["text_encoder_2"], "text_encoder_2")]
 
     def encode_prompts(self, prompts: list[str]) -> dict[str, torch.Tensor]:
         slot_l, slot_g = self.slots
