@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from slurm_cluster import slurm_cluster  # noqa: F401, E402  (the session fixture, shared by all modules)
 
 from dti.io import save_image
 from dti.synthetic import make_synthetic_subject
@@ -113,52 +112,12 @@ def trained_run(tiny_models, subject_images, tmp_path_factory):
     return get
 
 
-# --- the two full workflow runs -----------------------------------------------------------------------
-# The embedded default runs twice: locally (`default_run`, also the base of the incremental checks) and
-# through the SLURM profile (`slurm_run`). Both start in the background as soon as the session knows it
-# needs them, so the unit tests overlap them instead of waiting in line.
-SLURM_ARGS = ("--seconds-between-status-checks", "2", "--verbose",
-              # Same torch thread count as the local run (1 per job), so floating-point sums are identical;
-              # on a real cluster the profile's set-threads applies.
-              "--set-threads", "train=1", "sample=1", "score=1")
-
-
-def pytest_collection_modifyitems(session, config, items):
-    """Tests that wait for the background workflow runs, or share the SLURM queue with them, go last."""
-    def waits(item) -> bool:
-        names = set(getattr(item, "fixturenames", ()))
-        return bool(names & {"default_run", "slurm_run", "slurm_cluster"})
-
-    items.sort(key=waits)  # stable: the order within each part is kept
-
-
-@pytest.fixture(scope="session", autouse=True)
-def workflow_runs(request, tmp_path_factory):
-    from workflow_run import BackgroundRun
-
-    needed = {name for item in request.session.items for name in getattr(item, "fixturenames", ())}
-    runs = {}
-    if "slurm_run" in needed:
-        cluster = request.getfixturevalue("slurm_cluster")
-        runs["slurm"] = BackgroundRun(tmp_path_factory.mktemp("slurm-run"), "--profile", str(cluster.profile),
-                                      *cluster.fast_status_args, *SLURM_ARGS)
-    if needed & {"default_run", "slurm_run"}:
-        # --resources gpu=2: no GPU here, so the GPU rules are CPU jobs, two at a time on two cores.
-        runs["local"] = BackgroundRun(tmp_path_factory.mktemp("default-run"), "--cores", "2", "--resources", "gpu=2")
-    yield runs
-    for run in runs.values():
-        run.stop()
-
-
 @pytest.fixture(scope="session")
-def default_run(workflow_runs) -> Path:
+def default_run(tmp_path_factory) -> Path:
     """One full local run of the workflow on the embedded default (tiny models, CPU)."""
-    workflow_runs["local"].wait()
-    return workflow_runs["local"].workdir
+    from workflow_run import snakemake
 
-
-@pytest.fixture(scope="session")
-def slurm_run(workflow_runs):
-    """(workdir, finished process) of the embedded default through `snakemake --profile profiles/slurm`."""
-    run = workflow_runs["slurm"]
-    return run.workdir, run.wait()
+    work = tmp_path_factory.mktemp("default-run")
+    # --resources gpu=2: no GPU here, so the GPU rules are CPU jobs, two at a time on two cores.
+    snakemake(work, "--cores", "2", "--resources", "gpu=2")
+    return work

@@ -43,33 +43,3 @@ def planned_jobs(workdir: Path, *args: str) -> list[tuple[str, dict]]:
             pairs = line.strip()[len("wildcards:"):].split(",")
             jobs[-1] = (rule, dict(p.strip().split("=", 1) for p in pairs if "=" in p))
     return jobs
-
-
-class BackgroundRun:
-    """A snakemake run started now and collected later; output goes to files (pipes would fill and block)."""
-
-    def __init__(self, workdir: Path, *args: str):
-        self.workdir, self.args = workdir, args
-        self._out = open(workdir.parent / f"{workdir.name}.stdout", "w+")  # noqa: SIM115  (closed in wait/stop)
-        self._err = open(workdir.parent / f"{workdir.name}.stderr", "w+")  # noqa: SIM115
-        self.proc = subprocess.Popen(snakemake_command(workdir, *args), stdout=self._out, stderr=self._err, text=True)
-        self.result: subprocess.CompletedProcess | None = None
-
-    def wait(self, timeout: int = 1800) -> subprocess.CompletedProcess:
-        if self.result is None:
-            self.proc.wait(timeout=timeout)
-            self._out.seek(0)
-            self._err.seek(0)
-            self.result = subprocess.CompletedProcess(self.proc.args, self.proc.returncode, self._out.read(),
-                                                      self._err.read())
-        return checked(self.result, self.args)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-        self._out.close()
-        self._err.close()
