@@ -15,7 +15,6 @@ import torch
 from torch import nn
 
 from dti.errors import DtiError
-from dti.sphere import normalize
 
 MAGNITUDE_STATS = ("mean", "min", "max")
 
@@ -161,7 +160,3 @@ def contextual_init(encoder: nn.Module, tokenizer, initializer: str, device) -> 
                       truncation=True, return_tensors="pt").input_ids.to(device)
     hidden = encoder(batch).last_hidden_state[0]
     return hidden[1 : 1 + len(ids)].float().clone()  # position 0 is BOS; the pieces follow in order
-
-
-def unit_directions(vectors: torch.Tensor) -> torch.Tensor:
-    return normalize(vectors.float())

@@ -13,7 +13,7 @@ import json
 import signal
 import time
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -62,7 +62,6 @@ class TrainSettings:
     mixed_precision: str = "auto"  # auto: bf16 on CUDA, fp32 on CPU
     latent_cache: bool = True
     name: str | None = None  # file name of the single-file export; default: the placeholder without <>
-    extra: dict = field(default_factory=dict)
 
     def hyper_parameters(self) -> dict:
         """The method's defaults overridden by every setting given here."""

@@ -90,10 +90,6 @@ class Backbone:
     def device(self) -> torch.device:
         return self.unet.device
 
-    @property
-    def latent_scale(self) -> float:
-        return float(self.vae.config.scaling_factor)
-
     def tokenize(self, slot: TextEncoderSlot, prompts: list[str]) -> torch.Tensor:
         tok = slot.tokenizer(prompts, padding="max_length", max_length=slot.tokenizer.model_max_length,
                              truncation=True, return_tensors="pt")
