@@ -1,4 +1,5 @@
-"""Shared fixtures: tiny SD / SDXL pipelines written once per session and a synthetic subject folder.
+"""Shared fixtures: tiny SD / SDXL pipelines written once per session, a synthetic subject folder, and the
+session's two full workflow runs (local and through SLURM), started in the background.
 
 The tiny models carry the real CLIP vocabulary but random, small weights, so every training, export and
 sampling path runs for real on a CPU in seconds.
@@ -12,10 +13,13 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from workflow_run import BackgroundRun
 
 from dti.io import save_image
 from dti.synthetic import make_synthetic_subject
 from dti.tiny import write_tiny_model
+
+pytest_plugins = ["slurm_cluster"]  # the slurm_cluster fixture
 
 N_IMAGES, IMAGE_SIZE = 4, 80
 # The fast recipe every real-training test shares: 64 px (8x8 latents), batch 2, a handful of steps.
@@ -112,12 +116,75 @@ def trained_run(tiny_models, subject_images, tmp_path_factory):
     return get
 
 
-@pytest.fixture(scope="session")
-def default_run(tmp_path_factory) -> Path:
-    """One full local run of the workflow on the embedded default (tiny models, CPU)."""
-    from workflow_run import snakemake
+# --- the two full runs of the embedded default ------------------------------------------------------
+# Each takes minutes of CPU on both cores, while most other tests keep one core busy. So the runs start
+# in the background as early as they may, the tests that need neither run meanwhile, and the tests that
+# read a run go last and wait for it.
+RUN_FIXTURES = ("default_run", "slurm_run")
+NEEDED_RUNS = pytest.StashKey[set]()
 
-    work = tmp_path_factory.mktemp("default-run")
+
+def _phase(item) -> int:
+    names = set(item.fixturenames)
+    if "slurm_run" in names:
+        return 3
+    if "default_run" in names:
+        return 2
+    if "slurm_cluster" in names:
+        return 0  # the toy cluster tests go first, before the pipeline run fills the cluster's GPUs
+    return 1
+
+
+@pytest.hookimpl(trylast=True)  # after -m / -k deselection
+def pytest_collection_modifyitems(config, items):
+    items.sort(key=_phase)  # stable: file order within a phase
+    config.stash[NEEDED_RUNS] = {name for item in items for name in RUN_FIXTURES if name in item.fixturenames}
+
+
+@pytest.fixture(autouse=True)
+def _start_runs_early(request):
+    """Start each run this session needs as soon as it may: the local one at once, the SLURM one after the
+    toy cluster tests. A run that cannot start fails the tests that need it, not this one."""
+    from slurm_cluster import slurm_unavailable
+
+    needed = request.config.stash.get(NEEDED_RUNS, set())
+    wanted = ["local_run_process"] if "default_run" in needed else []
+    if "slurm_run" in needed and _phase(request.node) > 0 and slurm_unavailable() is None:
+        wanted.append("slurm_run_process")
+    for name in wanted:
+        try:
+            request.getfixturevalue(name)
+        except (Exception, pytest.skip.Exception):  # pytest keeps the error for the tests that need the run
+            pass
+
+
+@pytest.fixture(scope="session")
+def local_run_process(tmp_path_factory):
     # --resources gpu=2: no GPU here, so the GPU rules are CPU jobs, two at a time on two cores.
-    snakemake(work, "--cores", "2", "--resources", "gpu=2")
-    return work
+    run = BackgroundRun(tmp_path_factory.mktemp("default-run"), "--cores", "2", "--resources", "gpu=2")
+    yield run
+    run.stop()
+
+
+@pytest.fixture(scope="session")
+def slurm_run_process(slurm_cluster, tmp_path_factory):
+    # Same torch thread count as the local run (1 per job), so the floating-point sums are identical; on a
+    # real cluster the profile's set-threads applies.
+    run = BackgroundRun(tmp_path_factory.mktemp("slurm-run"), "--profile", str(slurm_cluster.profile),
+                        *slurm_cluster.fast_status_args, "--seconds-between-status-checks", "2",
+                        "--set-threads", "train=1", "sample=1", "score=1", "--verbose")
+    yield run
+    run.stop()
+
+
+@pytest.fixture(scope="session")
+def default_run(local_run_process) -> Path:
+    """One full local run of the workflow on the embedded default (tiny models, CPU)."""
+    local_run_process.result()
+    return local_run_process.workdir
+
+
+@pytest.fixture(scope="session")
+def slurm_run(slurm_run_process):
+    """The embedded default through `--profile profiles/slurm` on the test cluster: (workdir, its output)."""
+    return slurm_run_process.workdir, slurm_run_process.result()

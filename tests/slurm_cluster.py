@@ -1,8 +1,6 @@
 """A real single-node SLURM cluster for tests, started and stopped by tests/slurm/cluster.sh.
 
-Use the `slurm_cluster` fixture (session scope) or `running_cluster()` directly:
-
-    from slurm_cluster import slurm_cluster  # noqa: F401  (registers the fixture)
+Use the `slurm_cluster` fixture (session scope, registered by conftest.py) or `running_cluster()` directly:
 
     @pytest.mark.slurm
     def test_pipeline(slurm_cluster, tmp_path):
@@ -61,7 +59,7 @@ def running_cluster(state_dir: str | os.PathLike | None = None) -> Iterator[Clus
             _script("stop", env)
 
 
-def _can_run() -> str | None:
+def slurm_unavailable() -> str | None:
     """Why the cluster cannot run here, or None if it can."""
     if shutil.which("sbatch") and shutil.which("slurmctld"):
         return None
@@ -74,7 +72,7 @@ def _can_run() -> str | None:
 
 @pytest.fixture(scope="session")
 def slurm_cluster() -> Iterator[Cluster]:
-    reason = _can_run()
+    reason = slurm_unavailable()
     if reason:
         pytest.skip(reason)
     with running_cluster() as cluster:

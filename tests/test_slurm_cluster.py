@@ -10,7 +10,6 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from slurm_cluster import slurm_cluster  # noqa: F401  (the session fixture)
 
 pytestmark = pytest.mark.slurm
 
@@ -65,7 +64,7 @@ def _sbatch_calls(log: str, name: str) -> list[str]:
             if line.startswith("sbatch call:") and re.search(rf"--comment rule_(chain_)?{name} ", line)]
 
 
-def test_jobs_go_through_sbatch_with_gpu_and_retry_with_longer_runtime(slurm_cluster, tmp_path):  # noqa: F811
+def test_jobs_go_through_sbatch_with_gpu_and_retry_with_longer_runtime(slurm_cluster, tmp_path):
     run = _run_snakemake(tmp_path, slurm_cluster.profile, *slurm_cluster.fast_status_args, "--verbose")
     log = run.stdout + run.stderr
     assert run.returncode == 0, log[-5000:]
@@ -91,7 +90,7 @@ def test_jobs_go_through_sbatch_with_gpu_and_retry_with_longer_runtime(slurm_clu
     assert any("train fails on purpose" in path.read_text() for path in kept), kept
 
 
-def test_unknown_partition_fails_naming_rule_and_log(slurm_cluster, tmp_path):  # noqa: F811
+def test_unknown_partition_fails_naming_rule_and_log(slurm_cluster, tmp_path):
     # A site that mistypes the one partition line of the profile.
     profile = tmp_path / "profile"
     profile.mkdir()

@@ -1,42 +1,20 @@
 """The embedded default through `snakemake --profile profiles/slurm` on a real single-node SLURM cluster.
 
 The GPU jobs must go through sbatch with a GPU request, grouped per subject chain, and the tables must
-equal those of the local run (fixture `default_run`).
+equal those of the local run. Both runs are session fixtures (conftest.py) started in the background.
 """
 
 from __future__ import annotations
 
 import re
-import subprocess
 
 import pandas as pd
 import pytest
-from slurm_cluster import slurm_cluster  # noqa: F401  (registers the session fixture)
-from workflow_run import checked, snakemake, snakemake_command
+from workflow_run import snakemake
 
 from dti.tables import TABLE_NAMES
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
-
-
-@pytest.fixture(scope="module")
-def slurm_run(slurm_cluster, tmp_path_factory, request):  # noqa: F811
-    """The embedded default through the SLURM profile, run while the local reference run (`default_run`)
-    runs beside it: SLURM's scheduling gaps leave the cores idle, the local run fills them."""
-    work = tmp_path_factory.mktemp("slurm-run")
-    # Same torch thread count as the local run (1 per job), so the floating-point sums are identical;
-    # on a real cluster the profile's set-threads applies.
-    args = ("--profile", str(slurm_cluster.profile), *slurm_cluster.fast_status_args,
-            "--seconds-between-status-checks", "2", "--set-threads", "train=1", "sample=1", "score=1", "--verbose")
-    proc = subprocess.Popen(snakemake_command(work, *args), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
-    try:
-        request.getfixturevalue("default_run")
-        stdout, stderr = proc.communicate(timeout=1500)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    return work, checked(subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr), args)
 
 
 def test_embedded_default_on_slurm_matches_the_local_run(slurm_run, default_run):
@@ -58,7 +36,7 @@ def test_embedded_default_on_slurm_matches_the_local_run(slurm_run, default_run)
     assert len(list(work.glob("logs/train/*/*/*.log"))) == 18
 
 
-def test_failed_job_names_rule_subject_and_log_and_rerun_keeps_finished_work(slurm_cluster, default_run,  # noqa: F811
+def test_failed_job_names_rule_subject_and_log_and_rerun_keeps_finished_work(slurm_cluster, default_run,
                                                                               tmp_path):
     import shutil
 

@@ -5,13 +5,13 @@
 #   tests/slurm/cluster.sh status  print sinfo, exit non-zero if the cluster is not up
 # Needs root (apt-get, /etc/slurm symlink, munge). State lives in $DTI_SLURM_DIR (default /tmp/dti-slurm).
 # The node advertises fake GPUs (gres File=/dev/null, /dev/zero, ...) so `sbatch --gpus=1` is schedulable, and, by
-# default, 8 CPUs and 128 GB whatever the machine has (SlurmdParameters=config_overrides): enough for the
+# default, 16 CPUs and 128 GB whatever the machine has (SlurmdParameters=config_overrides): enough for the
 # real-cluster sizes in profiles/slurm (cpus_per_gpu 4, mem_mb 32000) so the tests use that profile
-# unchanged. Nothing enforces these limits here (no cgroups), so tiny test jobs oversubscribe harmlessly.
+# unchanged, with CPUs to spare for CPU jobs while both GPUs are busy. Nothing enforces these limits here (no cgroups), so tiny test jobs oversubscribe harmlessly.
 set -euo pipefail
 
 STATE_DIR="${DTI_SLURM_DIR:-/tmp/dti-slurm}"
-NODE_CPUS="${DTI_SLURM_CPUS:-8}"
+NODE_CPUS="${DTI_SLURM_CPUS:-16}"
 NODE_MEM_MB="${DTI_SLURM_MEM_MB:-128000}"
 # Two fake GPUs: two GPU jobs at a time, one per core of a 2-core CI machine.
 NODE_GPUS="${DTI_SLURM_GPUS:-2}"
