@@ -117,9 +117,10 @@ def trained_run(tiny_models, subject_images, tmp_path_factory):
 
 
 # --- the two full runs of the embedded default ------------------------------------------------------
-# Each takes minutes of CPU on both cores, while most other tests keep one core busy. So the runs start
-# in the background as early as they may, the tests that need neither run meanwhile, and the tests that
-# read a run go last and wait for it.
+# Each takes minutes of CPU on both cores. The local run starts in the background with the session, the
+# SLURM run right after it (side by side they would take longer: every job's CPU time grows under
+# contention); installing and starting the cluster, the toy cluster tests and the tests that need no run
+# fill the wait; the tests that read a run go last and wait for it.
 RUN_FIXTURES = ("default_run", "slurm_run")
 NEEDED_RUNS = pytest.StashKey[set]()
 
@@ -131,7 +132,7 @@ def _phase(item) -> int:
     if "default_run" in names:
         return 2
     if "slurm_cluster" in names:
-        return 0  # the toy cluster tests go first, before the pipeline run fills the cluster's GPUs
+        return 0  # the toy cluster tests go first, while the cluster's GPUs are free
     return 1
 
 
@@ -143,19 +144,23 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.fixture(autouse=True)
 def _start_runs_early(request):
-    """Start each run this session needs as soon as it may: the local one at once, the SLURM one after the
-    toy cluster tests. A run that cannot start fails the tests that need it, not this one."""
+    """Queue the runs this session needs before its first test. A run that cannot start fails the tests
+    that need it, not this one."""
     from slurm_cluster import slurm_unavailable
 
     needed = request.config.stash.get(NEEDED_RUNS, set())
-    wanted = ["local_run_process"] if "default_run" in needed else []
-    if "slurm_run" in needed and _phase(request.node) > 0 and slurm_unavailable() is None:
+    wanted = ["local_run_process"] if _needs_local(request) else []
+    if "slurm_run" in needed and slurm_unavailable() is None:
         wanted.append("slurm_run_process")
     for name in wanted:
         try:
             request.getfixturevalue(name)
         except (Exception, pytest.skip.Exception):  # pytest keeps the error for the tests that need the run
             pass
+
+
+def _needs_local(request) -> bool:
+    return "default_run" in request.config.stash.get(NEEDED_RUNS, set())
 
 
 @pytest.fixture(scope="session")
@@ -167,12 +172,13 @@ def local_run_process(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def slurm_run_process(slurm_cluster, tmp_path_factory):
+def slurm_run_process(slurm_cluster, tmp_path_factory, request):
     # Same torch thread count as the local run (1 per job), so the floating-point sums are identical; on a
     # real cluster the profile's set-threads applies.
     run = BackgroundRun(tmp_path_factory.mktemp("slurm-run"), "--profile", str(slurm_cluster.profile),
                         *slurm_cluster.fast_status_args, "--seconds-between-status-checks", "2",
-                        "--set-threads", "train=1", "sample=1", "score=1", "--verbose")
+                        "--set-threads", "train=1", "sample=1", "score=1", "--verbose",
+                        after=request.getfixturevalue("local_run_process") if _needs_local(request) else None)
     yield run
     run.stop()
 

@@ -7,6 +7,8 @@ import os
 import re
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -34,34 +36,60 @@ def checked(result: subprocess.CompletedProcess, args) -> subprocess.CompletedPr
 class BackgroundRun:
     """A snakemake run in its own process, so the session's other tests run meanwhile.
 
-    Its output goes to files beside the working directory, not to pipes: nobody reads while it runs, and a
+    `after`: start only once that run has ended. Two full runs side by side on two cores take longer
+    than one after the other (each job's CPU time grows under contention), so the runs form a queue.
+    Output goes to files beside the working directory, not to pipes: nobody reads while it runs, and a
     full pipe would stall it.
     """
 
-    def __init__(self, workdir: Path, *args: str):
+    def __init__(self, workdir: Path, *args: str, after: BackgroundRun | None = None):
         self.workdir, self.args = workdir, args
         self._stdout, self._stderr = (workdir.with_name(f"{workdir.name}.{s}") for s in ("stdout", "stderr"))
-        with open(self._stdout, "w") as out, open(self._stderr, "w") as err:
-            self._proc = subprocess.Popen(snakemake_command(workdir, *args), stdout=out, stderr=err, text=True)
+        self._proc: subprocess.Popen | None = None
+        self._lock, self._begun, self._stopped = threading.Lock(), threading.Event(), False
+        if after is None:
+            self._start()
+        else:
+            threading.Thread(target=self._start_after, args=(after,), daemon=True).start()
+
+    def _start_after(self, other: BackgroundRun) -> None:
+        other._begun.wait()
+        if other._proc is not None:
+            other._proc.wait()
+        self._start()
+
+    def _start(self) -> None:
+        with self._lock:
+            if not self._stopped:
+                with open(self._stdout, "w") as out, open(self._stderr, "w") as err:
+                    self._proc = subprocess.Popen(snakemake_command(self.workdir, *self.args), stdout=out,
+                                                  stderr=err, text=True)
+            self._begun.set()
 
     def result(self, timeout: int = 1800) -> subprocess.CompletedProcess:
         """Wait for the run; an AssertionError with its output if it failed."""
+        deadline = time.monotonic() + timeout
         try:
-            self._proc.wait(timeout=timeout)
+            if not self._begun.wait(timeout) or self._proc is None:
+                raise AssertionError(f"snakemake {' '.join(self.args)} never started")
+            self._proc.wait(timeout=max(1.0, deadline - time.monotonic()))
         finally:
             self.stop()
         return checked(subprocess.CompletedProcess(self._proc.args, self._proc.returncode, self._stdout.read_text(),
                                                    self._stderr.read_text()), self.args)
 
     def stop(self) -> None:
-        """Stop a run still going (a session cut short); snakemake cancels its jobs on SIGTERM."""
-        if self._proc.poll() is None:
-            self._proc.terminate()
+        """Stop a run still going or not yet begun (a session cut short); snakemake cancels its jobs on SIGTERM."""
+        with self._lock:
+            self._stopped = True
+            proc = self._proc
+        if proc is not None and proc.poll() is None:
+            proc.terminate()
             try:
-                self._proc.wait(timeout=60)
+                proc.wait(timeout=60)
             except subprocess.TimeoutExpired:
-                self._proc.kill()
-                self._proc.wait()
+                proc.kill()
+                proc.wait()
 
 
 def planned_jobs(workdir: Path, *args: str) -> list[tuple[str, dict]]:
