@@ -117,10 +117,11 @@ def trained_run(tiny_models, subject_images, tmp_path_factory):
 
 
 # --- the two full runs of the embedded default ------------------------------------------------------
-# Each takes minutes of CPU on both cores. The local run starts in the background with the session, the
-# SLURM run right after it (side by side they would take longer: every job's CPU time grows under
-# contention); installing and starting the cluster, the toy cluster tests and the tests that need no run
-# fill the wait; the tests that read a run go last and wait for it.
+# Each takes minutes of CPU on both cores, and the machine is CPU-bound: what runs side by side only
+# shares the cores. So the local run starts with the session and has the cores to itself while the
+# cluster starts and the toy cluster tests (mostly waiting on SLURM) run; the SLURM run starts when it
+# ends. The SLURM run leaves the cores idle between its scheduling steps, so the tests that need no run
+# go beside it, after the cheap checks of the local run; the tests that read the SLURM run go last.
 RUN_FIXTURES = ("default_run", "slurm_run")
 NEEDED_RUNS = pytest.StashKey[set]()
 
@@ -130,10 +131,10 @@ def _phase(item) -> int:
     if "slurm_run" in names:
         return 3
     if "default_run" in names:
-        return 2
+        return 1
     if "slurm_cluster" in names:
         return 0  # the toy cluster tests go first, while the cluster's GPUs are free
-    return 1
+    return 2
 
 
 @pytest.hookimpl(trylast=True)  # after -m / -k deselection
