@@ -36,8 +36,8 @@ def checked(result: subprocess.CompletedProcess, args) -> subprocess.CompletedPr
 class BackgroundRun:
     """A snakemake run in its own process, so the session's other tests run meanwhile.
 
-    `after`: start only once that run has ended. Two full runs side by side on two cores take longer
-    than one after the other (each job's CPU time grows under contention), so the runs form a queue.
+    `after`: start only once that run has ended. Each full run keeps both cores busy, so side by side two
+    runs would only share them; queued, the first one's results are ready for their tests sooner.
     Output goes to files beside the working directory, not to pipes: nobody reads while it runs, and a
     full pipe would stall it.
     """
