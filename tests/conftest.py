@@ -120,8 +120,9 @@ def trained_run(tiny_models, subject_images, tmp_path_factory):
 # Each takes minutes of CPU on both cores, and the machine is CPU-bound: what runs side by side only
 # shares the cores. So the local run starts with the session and has the cores to itself while the
 # cluster starts and the toy cluster tests (mostly waiting on SLURM) run; the SLURM run starts when it
-# ends. The SLURM run leaves the cores idle between its scheduling steps, so the tests that need no run
-# go beside it, after the cheap checks of the local run; the tests that read the SLURM run go last.
+# ends. The cheap checks of the local run come next, then the tests that need no run, beside the SLURM
+# run (measured: suite 712 s, against 748 s with them beside the local run); the tests that read the
+# SLURM run go last.
 RUN_FIXTURES = ("default_run", "slurm_run")
 NEEDED_RUNS = pytest.StashKey[set]()
 
@@ -143,14 +144,18 @@ def pytest_collection_modifyitems(config, items):
     config.stash[NEEDED_RUNS] = {name for item in items for name in RUN_FIXTURES if name in item.fixturenames}
 
 
-@pytest.fixture(autouse=True)
+def _needed_runs(request) -> set[str]:
+    return request.config.stash.get(NEEDED_RUNS, set())
+
+
+@pytest.fixture(scope="session", autouse=True)
 def _start_runs_early(request):
     """Queue the runs this session needs before its first test. A run that cannot start fails the tests
     that need it, not this one."""
     from slurm_cluster import slurm_unavailable
 
-    needed = request.config.stash.get(NEEDED_RUNS, set())
-    wanted = ["local_run_process"] if _needs_local(request) else []
+    needed = _needed_runs(request)
+    wanted = ["local_run_process"] if "default_run" in needed else []
     if "slurm_run" in needed and slurm_unavailable() is None:
         wanted.append("slurm_run_process")
     for name in wanted:
@@ -158,10 +163,6 @@ def _start_runs_early(request):
             request.getfixturevalue(name)
         except (Exception, pytest.skip.Exception):  # pytest keeps the error for the tests that need the run
             pass
-
-
-def _needs_local(request) -> bool:
-    return "default_run" in request.config.stash.get(NEEDED_RUNS, set())
 
 
 @pytest.fixture(scope="session")
@@ -179,7 +180,8 @@ def slurm_run_process(slurm_cluster, tmp_path_factory, request):
     run = BackgroundRun(tmp_path_factory.mktemp("slurm-run"), "--profile", str(slurm_cluster.profile),
                         *slurm_cluster.fast_status_args, "--seconds-between-status-checks", "2",
                         "--set-threads", "train=1", "sample=1", "score=1", "--verbose",
-                        after=request.getfixturevalue("local_run_process") if _needs_local(request) else None)
+                        after=(request.getfixturevalue("local_run_process")
+                               if "default_run" in _needed_runs(request) else None))
     yield run
     run.stop()
 

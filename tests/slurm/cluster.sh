@@ -7,7 +7,8 @@
 # The node advertises fake GPUs (gres File=/dev/null, /dev/zero, ...) so `sbatch --gpus=1` is schedulable, and, by
 # default, 16 CPUs and 128 GB whatever the machine has (SlurmdParameters=config_overrides): enough for the
 # real-cluster sizes in profiles/slurm (cpus_per_gpu 4, mem_mb 32000) so the tests use that profile
-# unchanged, with CPUs to spare for CPU jobs while both GPUs are busy. Nothing enforces these limits here (no cgroups), so tiny test jobs oversubscribe harmlessly.
+# unchanged, with CPUs to spare for CPU jobs while both GPUs are busy. Nothing enforces these limits here
+# (no cgroups), so tiny test jobs oversubscribe harmlessly.
 set -euo pipefail
 
 STATE_DIR="${DTI_SLURM_DIR:-/tmp/dti-slurm}"
