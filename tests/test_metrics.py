@@ -318,3 +318,23 @@ def test_open_clip_weights_with_tag_take_the_tag_preprocessing(tmp_path, models)
     assert activation == "QuickGELU"
     # Without the tag, ViT-B-32 uses plain GELU (the random-init fixture model).
     assert type(models["clip"].model.visual.transformer.resblocks[0].mlp.gelu).__name__ != "QuickGELU"
+
+
+def test_needs_hub_names_exactly_the_models_the_login_node_must_fetch(tmp_path):
+    weights = tmp_path / "w.safetensors"
+    weights.write_bytes(b"")
+    tokenizer = tmp_path / "tok"
+    tokenizer.mkdir()
+    cases = {
+        ("dino", "random"): ({**SPECS["dino"]}, False),
+        ("dino", "hub"): ({**SPECS["dino"], "pretrained": True}, True),
+        ("dino", "file"): ({**SPECS["dino"], "weights": str(weights)}, False),
+        ("clip", "random"): ({**SPECS["clip"]}, False),  # CLIP's BPE ships with open_clip
+        ("clip", "tag"): ({**SPECS["clip"], "pretrained": "openai"}, True),
+        ("clip", "tagged file"): ({**SPECS["clip"], "pretrained": "openai", "weights": str(weights)}, False),
+        ("siglip", "random, hub tokenizer"): ({**SPECS["siglip"], "pretrained": None}, True),
+        ("siglip", "random, local tokenizer"): (
+            {**SPECS["siglip"], "pretrained": None, "tokenizer": str(tokenizer)}, False),
+    }
+    for (key, case), (raw, expected) in cases.items():
+        assert parse_metric_spec(key, raw).needs_hub is expected, (key, case)

@@ -88,8 +88,7 @@ def fetch_metrics(out_json: str, *, metric_specs: dict) -> None:
     from dti.metrics import load_metric_models, parse_metric_specs
 
     specs = parse_metric_specs(metric_specs)
-    from_hub = {key: spec for key, spec in specs.items()
-                if spec.weights is None and (spec.source != "random" or spec.key == "siglip")}
+    from_hub = {key: spec for key, spec in specs.items() if spec.needs_hub}
     if from_hub:
         load_metric_models(from_hub, "cpu")
     write_json(out_json, {key: spec.metric_model for key, spec in specs.items()})

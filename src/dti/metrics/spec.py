@@ -62,6 +62,13 @@ class MetricSpec:
         return self.pretrained or "random"
 
     @property
+    def needs_hub(self) -> bool:
+        """Whether building the model reads the hub: weights by tag (or timm's pretrained), or a SigLIP
+        tokenizer without a local folder (CLIP's BPE ships with open_clip)."""
+        hub_weights = self.weights is None and self.source != "random"
+        return hub_weights or (self.key == "siglip" and self.tokenizer is None)
+
+    @property
     def metric_model(self) -> str:
         """The backbone label written into every Scores row."""
         label = f"{self.backend}:{self.model}@{self.source}"
