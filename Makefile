@@ -9,14 +9,18 @@ CORES ?= 2
 
 .PHONY: demo test lint dry-run-paper bench clean
 
-# pip byte-compiles what it installs on one core (52 of its 113 s here); compileall does the same on
-# every core. Like pip, it leaves alone a file this Python cannot compile (torch ships Python 3.12-only
-# test helpers), hence `|| true`: such a file fails only if something imports it.
+# uv installs the ~6 GB stack and byte-compiles it on every core in well under half of pip's time
+# (CI-like machine: 37 s against 61 s for pip plus 25 s for compileall). Compiling matters: where
+# PYTHONDONTWRITEBYTECODE is set, nothing is compiled on first import and every job would recompile torch.
+# tools/pip_sources.py hands uv the mirrors, wheel folders and constraints that pip is configured with.
+UV_VERSION := 0.13.9
+UV := $(BIN)/uv pip install --python $(BIN)/python --quiet
+
 $(STAMP): requirements.lock.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --disable-pip-version-check --no-compile -r requirements.lock.txt
-	$(BIN)/python -m compileall -q -j 0 $(VENV)/lib >/dev/null || true
-	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps -e .
+	$(BIN)/pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
+	$(UV) --compile-bytecode $$($(BIN)/python tools/pip_sources.py) -r requirements.lock.txt
+	$(UV) $$($(BIN)/python tools/pip_sources.py) --no-deps -e .
 	touch $(STAMP)
 
 demo: $(STAMP)
