@@ -36,6 +36,21 @@ def set_threads(threads: int) -> None:
     torch.set_num_threads(max(1, int(threads)))
 
 
+def skip_exit_gc() -> None:
+    """Let this process exit without the interpreter's final garbage collection.
+
+    That collection walks every object that torch, diffusers, transformers and open_clip created at
+    import: about 1 CPU-s per job process, more than a tiny model's whole training
+    (bench/process_exit.py). Registered with atexit, so the freeze happens after the job, on every exit
+    path. The memory goes back to the OS either way; what is skipped is only __del__ of objects caught in
+    reference cycles, and every output here is written and closed explicitly.
+    """
+    import atexit
+    import gc
+
+    atexit.register(gc.freeze)
+
+
 # --- data -------------------------------------------------------------------------------------------
 def synthesize_subject(out_paths: list[str], *, name: str, kind: str, size: int, seed: int) -> None:
     from dti.synthetic import make_synthetic_subject
