@@ -7,12 +7,12 @@ from snakemake.utils import min_version, validate
 
 min_version("9.0")
 
-# On a cluster Snakemake starts twice more per job (in the sbatch job and in its srun step). Skipping the
-# interpreter's final garbage collection saves each start about 0.4 CPU-s (bench/process_exit.py); the
-# job scripts do the same, saving more, as they import torch.
-from dti.pipeline import skip_exit_gc
+# On a cluster Snakemake starts twice more per job (in the sbatch job and in its srun step); lighter
+# garbage collection, above all none at exit, saves each start about 0.3 CPU-s (bench/gc_settings.py).
+# The job scripts call it too, first thing, and save more: they import torch.
+from dti.pipeline import lighten_gc
 
-skip_exit_gc()
+lighten_gc()
 
 # `snakemake --lint` asks for a conda environment or container on every rule. Neither applies here: the
 # software is the pinned Python stack that `make demo` installs into .venv (requirements.lock.txt), the

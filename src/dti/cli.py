@@ -133,9 +133,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from dti.pipeline import skip_exit_gc
+    from dti.pipeline import lighten_gc
 
-    skip_exit_gc()
+    lighten_gc()
     args = build_parser().parse_args(argv)
     try:
         args.func(args)

@@ -1,7 +1,7 @@
 """Snakemake adapter: every score file and run record -> the benchmark tables."""
-from dti.pipeline import aggregate, redirect_output, skip_exit_gc
+from dti.pipeline import aggregate, lighten_gc, redirect_output
 
-skip_exit_gc()
+lighten_gc()
 redirect_output(snakemake.log[0])
 aggregate(list(snakemake.input.scores), snakemake.params.runs, snakemake.params.out_dir,
           n_boot=snakemake.params.n_boot, seed=snakemake.params.seed)

@@ -1,7 +1,7 @@
 """Snakemake adapter: normalize one subject's photos into resources/subjects/{subject}/."""
-from dti.pipeline import prepare, redirect_output, skip_exit_gc
+from dti.pipeline import lighten_gc, prepare, redirect_output
 
-skip_exit_gc()
+lighten_gc()
 redirect_output(snakemake.log[0])
 prepare(list(snakemake.input.images), snakemake.output[0], name=snakemake.wildcards.subject,
         class_noun=snakemake.params.class_noun, kind=snakemake.params.kind,

@@ -2,9 +2,9 @@
 from pathlib import Path
 
 from dti.gpu_slots import claim_gpu
-from dti.pipeline import redirect_output, sample_subject, set_threads, skip_exit_gc, work_offline
+from dti.pipeline import lighten_gc, redirect_output, sample_subject, set_threads, work_offline
 
-skip_exit_gc()
+lighten_gc()
 work_offline()
 redirect_output(snakemake.log[0])
 set_threads(snakemake.threads)

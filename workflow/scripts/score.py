@@ -1,8 +1,8 @@
 """Snakemake adapter: score one manifest's images with every enabled metric."""
 from dti.gpu_slots import claim_gpu
-from dti.pipeline import redirect_output, score_subject, set_threads, skip_exit_gc, work_offline
+from dti.pipeline import lighten_gc, redirect_output, score_subject, set_threads, work_offline
 
-skip_exit_gc()
+lighten_gc()
 work_offline()
 redirect_output(snakemake.log[0])
 set_threads(snakemake.threads)

@@ -1,13 +1,16 @@
-"""Process-exit benchmark: what skipping the interpreter's final garbage collection saves per process.
+"""Garbage-collector benchmark: what `dti.pipeline.lighten_gc()` saves per process.
 
 Every Snakemake job is a fresh Python process, and on a cluster each job also starts Snakemake twice more
 (in its sbatch job and in its srun step). This times, side by side over interleaved rounds, the CPU time
-(user + sys) of such processes exiting normally and with `dti.pipeline.skip_exit_gc()`:
+(user + sys) of such processes with the default collector settings and with `lighten_gc()`, called
+where the workflow calls it:
 
-- a job process: imports what train, sample and score import, then exits;
-- a Snakemake start: a dry run of one job of the embedded default (`--target-jobs`, as in a job step).
+- a job process: `lighten_gc()` first, as the job scripts do, then the imports of train, sample and
+  score, then exit;
+- a Snakemake start: a dry run of one job of the embedded default (`--target-jobs`, as in a job step);
+  the Snakefile calls `lighten_gc()` once Snakemake itself is imported.
 
-    python bench/process_exit.py [--rounds 5]
+    python bench/gc_settings.py [--rounds 5]
 """
 
 from __future__ import annotations
@@ -24,22 +27,22 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 JOB = """
+{setup}
 import torch, diffusers, transformers, open_clip, timm
 from diffusers import UNet2DConditionModel
 from transformers import CLIPTextModel
-{skip}
 """
-# The Snakefile calls dti.pipeline.skip_exit_gc(); the plain variant replaces it before the Snakefile runs.
+# The Snakefile calls dti.pipeline.lighten_gc(); the default variant replaces it before the Snakefile runs.
 SNAKEMAKE = """
 import runpy, sys
 import dti.pipeline
-{skip}
+{setup}
 sys.argv = ["snakemake", *sys.argv[1:]]
 runpy.run_module("snakemake", run_name="__main__")
 """
 VARIANTS = {
-    "plain exit": {"job": "", "snakemake": "dti.pipeline.skip_exit_gc = lambda: None"},
-    "skip_exit_gc": {"job": "from dti.pipeline import skip_exit_gc; skip_exit_gc()", "snakemake": ""},
+    "default gc": {"job": "", "snakemake": "dti.pipeline.lighten_gc = lambda: None"},
+    "lighten_gc": {"job": "from dti.pipeline import lighten_gc; lighten_gc()", "snakemake": ""},
 }
 
 
@@ -61,7 +64,7 @@ def main() -> None:
     dry_run = ["--snakefile", str(REPO / "Snakefile"), "--directory", workdir, "-n", "--quiet", "all",
                "--target-jobs", "tiny_model:family=sd", "--allowed-rules", "tiny_model", "--cores", "1"]
     commands = {
-        (kind, name): [sys.executable, "-c", (JOB if kind == "job" else SNAKEMAKE).format(skip=code[kind]),
+        (kind, name): [sys.executable, "-c", (JOB if kind == "job" else SNAKEMAKE).format(setup=code[kind]),
                        *(dry_run if kind == "snakemake" else [])]
         for name, code in VARIANTS.items() for kind in ("job", "snakemake")
     }
@@ -79,8 +82,8 @@ def main() -> None:
             key = (kind, name)
             print(f"{kind:10s} {name:13s} CPU median {statistics.median(cpu[key]):5.2f} s   "
                   f"wall median {statistics.median(wall[key]):5.2f} s")
-        plain, skipped = statistics.median(cpu[(kind, "plain exit")]), statistics.median(cpu[(kind, "skip_exit_gc")])
-        print(f"{kind:10s} CPU plain / skip_exit_gc: {plain / skipped:.2f}x  (saves {plain - skipped:.2f} CPU-s "
+        default, light = statistics.median(cpu[(kind, "default gc")]), statistics.median(cpu[(kind, "lighten_gc")])
+        print(f"{kind:10s} CPU default / lighten_gc: {default / light:.2f}x  (saves {default - light:.2f} CPU-s "
               f"per process)")
 
 
