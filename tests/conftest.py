@@ -16,10 +16,16 @@ from safetensors.torch import load_file
 from workflow_run import BackgroundRun
 
 from dti.io import save_image
+from dti.pipeline import lighten_gc
 from dti.synthetic import make_synthetic_subject
 from dti.tiny import write_tiny_model
 
 pytest_plugins = ["slurm_cluster"]  # the slurm_cluster fixture
+
+# This process imports the jobs' stack and builds dozens of tiny models in-process: it gains from the
+# jobs' collector settings as they do (bench/gc_settings.py). Before any model is built, so before any
+# fixture runs.
+lighten_gc()
 
 N_IMAGES, IMAGE_SIZE = 4, 80
 # The fast recipe every real-training test shares: 64 px (8x8 latents), batch 2, a handful of steps.
