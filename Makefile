@@ -21,11 +21,12 @@ UV := $(BIN)/uv pip install --python $(BIN)/python --quiet
 $(STAMP): requirements.lock.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
-	$(UV) --compile-bytecode $$($(BIN)/python tools/pip_sources.py) -r requirements.lock.txt \
-	  || { echo "uv could not install the stack (see above); installing with pip instead" >&2; \
+	sources="$$($(BIN)/python tools/pip_sources.py)" \
+	  && $(UV) --compile-bytecode $$sources -r requirements.lock.txt && $(UV) $$sources --no-deps -e . \
+	  || { echo "uv could not install (see above); installing with pip instead" >&2; \
 	       $(BIN)/pip install --quiet --no-compile -r requirements.lock.txt \
-	       && { $(BIN)/python -m compileall -q -j 0 $(VENV)/lib >/dev/null || true; }; }
-	$(UV) $$($(BIN)/python tools/pip_sources.py) --no-deps -e . || $(BIN)/pip install --quiet --no-deps -e .
+	       && { $(BIN)/python -m compileall -q -j 0 $(VENV)/lib >/dev/null || true; } \
+	       && $(BIN)/pip install --quiet --no-deps -e .; }
 	touch $(STAMP)
 
 demo: $(STAMP)
