@@ -60,7 +60,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
-    workdir = tempfile.mkdtemp(prefix="dti-bench-exit-")
+    workdir = tempfile.mkdtemp(prefix="dti-bench-gc-")
     dry_run = ["--snakefile", str(REPO / "Snakefile"), "--directory", workdir, "-n", "--quiet", "all",
                "--target-jobs", "tiny_model:family=sd", "--allowed-rules", "tiny_model", "--cores", "1"]
     commands = {
