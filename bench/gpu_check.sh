@@ -1,14 +1,22 @@
 #!/usr/bin/env bash
-# The device check: the training-step benchmark on the full-size SD 1.5 and SDXL architectures.
-# Run from the repo root on a GPU machine where diffusers is carried as wheels in .whl/.
+# The device check, one command: sampling throughput (plain diffusers vs our sample job, then each speed
+# switch) and the training step (with MFU), on the full-size SDXL and SD 1.5 architectures with random
+# weights. Run from the repo root on a GPU machine; diffusers and open_clip travel as wheels in .whl/.
+# Each part has its own time limit and writes its JSON as it goes, so a slow part loses only itself.
 set -uo pipefail
 if [ -d .whl ]; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
     && export PYTHONPATH=/tmp/site:${PYTHONPATH:-}
 fi
-export PYTHONPATH=$PWD/src:${PYTHONPATH:-} PYTHONUNBUFFERED=1
-OUT=${OUT:-.bench-out}; mkdir -p "$OUT"
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
-python3 -c "import torch, diffusers, transformers; print('torch', torch.__version__, 'diffusers', diffusers.__version__, 'transformers', transformers.__version__)" | tee -a "$OUT/gpu.txt"
-python3 bench/train_step.py --family ${FAMILIES:-sd sdxl} --steps "${STEPS:-8}" --rounds "${ROUNDS:-3}" \
-  --json "$OUT/train_step.json" 2>&1 | grep -v "should be kept in float32" | tee "$OUT/train_step.log"
+export PYTHONPATH=$PWD/src:${PYTHONPATH:-} PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+OUT=${OUT:-.bench-out}; mkdir -p "$OUT/sdxl" "$OUT/sd"
+exec > >(tee -a "$OUT/log.txt") 2>&1
+quiet() { grep -v -e "should be kept in float32" -e "safety checker" -e "Loading " -e "Writing model" -e deprecate; }
+nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.max.sm --format=csv,noheader
+python3 -c "import torch, diffusers, transformers; print('torch', torch.__version__, 'diffusers', diffusers.__version__, 'transformers', transformers.__version__)"
+timeout "${SDXL_SAMPLE_S:-330}" python3 bench/sample_throughput.py --family sdxl --out "$OUT/sdxl" 2>&1 | quiet
+timeout "${TRAIN_S:-150}" python3 bench/train_step.py --family sdxl --steps "${STEPS:-6}" --rounds "${ROUNDS:-3}" \
+  --json "$OUT/train_sdxl.json" --profile-dir "$OUT" 2>&1 | quiet
+timeout "${SD_SAMPLE_S:-60}" python3 bench/sample_throughput.py --family sd --core-only --out "$OUT/sd" 2>&1 | quiet
+[ -n "${TRAIN_SD_S:-}" ] && timeout "$TRAIN_SD_S" python3 bench/train_step.py --family sd --steps "${STEPS:-6}" \
+  --rounds 2 --json "$OUT/train_sd.json" 2>&1 | quiet

@@ -144,6 +144,15 @@ def sample_subject(embeds_dir: str, model_json: str, subject_json: str, out_mani
                    rescale_to: str | None = None, device: str | None = None) -> None:
     """Render every (prompt set, prompt, seed) of one subject in one model load; PNGs go to
     {prompt_set}/{prompt_id:03d}_{seed}.png beside the manifest, which is written last, atomically."""
+    backbone = _load_backbone(model_json, device or resolve_device())
+    render_subject(backbone, embeds_dir, subject_json, out_manifest, labels=labels, prompt_sets=prompt_sets,
+                   seeds=seeds, sample=sample, rescale_to=rescale_to)
+
+
+def render_subject(backbone, embeds_dir: str, subject_json: str, out_manifest: str, *, labels: dict,
+                   prompt_sets: dict[str, list[str]], seeds: list[int], sample: dict,
+                   rescale_to: str | None = None) -> None:
+    """`sample_subject` with the backbone already loaded (the benchmark times loading apart)."""
     import pandas as pd
 
     from dti.prompts import eval_prompt, render
@@ -151,7 +160,6 @@ def sample_subject(embeds_dir: str, model_json: str, subject_json: str, out_mani
     from dti.subjects import load_subject
 
     subject = load_subject(Path(subject_json).parent, verify_images=False)
-    backbone = _load_backbone(model_json, device or resolve_device())
     placeholder = load_learned_token(backbone, Path(embeds_dir), rescale_to=rescale_to)
     out_dir = Path(out_manifest).parent
     rows, jobs = [], []

@@ -2,19 +2,32 @@
 
 Each image gets `torch.Generator(device).manual_seed(seed)`, so an image depends only on its prompt and
 seed, never on which batch it shared: a batch gives the same pictures as one-at-a-time runs.
+
+The diffusers pipeline runs the denoising loop and stops at the latents; decoding, the conversion to
+8-bit pixels (on the device, so only bytes cross to the host) and PNG encoding are ours. PNGs are encoded
+on worker threads while the GPU renders the next batch (zlib releases the GIL). The speed switches of
+`dti.speedups` apply to the denoiser and the VAE; bench/sample_throughput.py measures each of them.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from dti.backbones import Backbone
+from dti.errors import DtiError
 from dti.export import load_diffusers, load_into_pipeline, rescale
 from dti.io import save_image
+from dti.speedups import Speedups, apply_to_modules, attention_backend
 from dti.tokens import resolve_magnitude
+
+VAE_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+# "auto" batches never exceed this many images: past it throughput no longer grows (bench/README.md).
+AUTO_BATCH_LIMIT = 32
 
 
 @dataclass
@@ -22,7 +35,20 @@ class SampleSettings:
     steps: int = 50
     guidance_scale: float = 5.0
     resolution: int = 1024
-    batch_size: int = 4
+    batch_size: int | str = 4  # images per denoising batch, or "auto": as many as free GPU memory allows
+    vae_dtype: str = "fp32"  # precision of the decoder: fp32 keeps the pixels; bf16 is faster
+    png_workers: int = 2  # threads encoding PNGs beside the GPU (0: encode inline)
+    speedups: Speedups = field(default_factory=Speedups)
+
+    def __post_init__(self):
+        if isinstance(self.speedups, dict):
+            self.speedups = Speedups(**self.speedups)
+        if self.vae_dtype not in VAE_DTYPES:
+            raise DtiError(f"vae_dtype must be one of {sorted(VAE_DTYPES)}, got {self.vae_dtype!r}")
+        if self.batch_size != "auto" and (not isinstance(self.batch_size, int) or self.batch_size < 1):
+            raise DtiError(f"batch_size must be a positive integer or 'auto', got {self.batch_size!r}")
+        if self.png_workers < 0:
+            raise DtiError(f"png_workers must be 0 or more, got {self.png_workers}")
 
 
 @dataclass
@@ -52,17 +78,104 @@ def _generators(seeds: list[int], device: torch.device) -> list[torch.Generator]
     return [torch.Generator(device).manual_seed(int(s)) for s in seeds]
 
 
+def batches(n_jobs: int, batch_size: int) -> list[range]:
+    """Split n jobs into the fewest batches of at most batch_size, as even as possible: fewer distinct
+    shapes for a compiled denoiser (e.g. 164 at 16 -> 10 x 15 + 1 x 14, not 10 x 16 + 1 x 4)."""
+    if n_jobs == 0:
+        return []
+    n_batches = math.ceil(n_jobs / batch_size)
+    size = math.ceil(n_jobs / n_batches)
+    return [range(start, min(start + size, n_jobs)) for start in range(0, n_jobs, size)]
+
+
+def fit_batch_size(*, free_bytes: int, fixed_bytes: int, per_image_bytes: int, limit: int,
+                   headroom: float = 0.85) -> int:
+    """The largest batch whose measured memory (fixed + n x per image) fits in headroom x free memory."""
+    usable = headroom * free_bytes - fixed_bytes
+    return max(1, min(limit, int(usable // max(per_image_bytes, 1))))
+
+
+def _render(pipe, prompts: list[str], generators: list[torch.Generator], settings: SampleSettings) -> torch.Tensor:
+    return pipe(prompt=prompts, generator=generators, num_inference_steps=settings.steps,
+                guidance_scale=settings.guidance_scale, height=settings.resolution, width=settings.resolution,
+                output_type="latent").images
+
+
+def measure_batch_size(backbone: Backbone, settings: SampleSettings, n_jobs: int) -> int:
+    """Probe one denoising step at 1 and 2 images for the memory an image costs, then fill free memory."""
+    if backbone.device.type != "cuda":
+        return min(n_jobs, 4)
+    probe = SampleSettings(steps=1, guidance_scale=settings.guidance_scale, resolution=settings.resolution)
+    peaks = []
+    for n in (1, 2):
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        _render(backbone.pipe, [""] * n, _generators(range(n), backbone.device), probe)
+        torch.cuda.synchronize()
+        peaks.append(torch.cuda.max_memory_allocated() - base)
+    per_image = peaks[1] - peaks[0]
+    free, _ = torch.cuda.mem_get_info()
+    free += torch.cuda.memory_reserved() - torch.cuda.memory_allocated()  # cached blocks are free to us
+    return fit_batch_size(free_bytes=free, fixed_bytes=peaks[0] - per_image, per_image_bytes=per_image,
+                          limit=min(n_jobs, AUTO_BATCH_LIMIT))
+
+
+def to_uint8(images: torch.Tensor) -> torch.Tensor:
+    """Decoder output in [-1, 1] (N, 3, H, W) -> uint8 (N, H, W, 3) on the host; the same arithmetic as
+    diffusers' postprocess ((x / 2 + 0.5) clamped, x 255, rounded), done on the device."""
+    pixels = ((images.float() / 2 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8)
+    return pixels.permute(0, 2, 3, 1).contiguous().cpu()
+
+
+def prepare_modules(backbone: Backbone, settings: SampleSettings) -> Speedups:
+    """Put the decoder in its sampling precision and apply the speed switches; returns them resolved."""
+    speedups = settings.speedups.resolved(backbone.device)
+    backbone.vae.to(VAE_DTYPES[settings.vae_dtype])
+    apply_to_modules(backbone.unet, backbone.vae, speedups)
+    return speedups
+
+
+def _save_all(pool: ThreadPoolExecutor | None, jobs: list[SampleJob], pixels: torch.Tensor) -> list[Future]:
+    from PIL import Image
+
+    futures = []
+    for job, array in zip(jobs, pixels, strict=True):
+        image = Image.fromarray(array.numpy())
+        if pool is None:
+            save_image(job.path, image)
+        else:
+            futures.append(pool.submit(save_image, job.path, image))
+    return futures
+
+
 @torch.inference_mode()
 def generate(backbone: Backbone, jobs: list[SampleJob], settings: SampleSettings, *, progress: bool = True) -> None:
     """Render every job's image to its path (atomically)."""
     from tqdm.auto import tqdm
 
+    if not jobs:
+        return
     pipe = backbone.pipe
     pipe.set_progress_bar_config(disable=True)
-    for start in tqdm(range(0, len(jobs), settings.batch_size), disable=not progress, desc="sampling"):
-        batch = jobs[start : start + settings.batch_size]
-        images = pipe(prompt=[j.prompt for j in batch], generator=_generators([j.seed for j in batch], backbone.device),
-                      num_inference_steps=settings.steps, guidance_scale=settings.guidance_scale,
-                      height=settings.resolution, width=settings.resolution).images
-        for job, image in zip(batch, images, strict=True):
-            save_image(job.path, image)
+    size = settings.batch_size
+    if size == "auto":  # probed before compiling: the probe's batch sizes would each cost a compilation
+        size = measure_batch_size(backbone, settings, len(jobs))
+    speedups = prepare_modules(backbone, settings)
+    pool = ThreadPoolExecutor(settings.png_workers, thread_name_prefix="png") if settings.png_workers else None
+    pending: list[Future] = []
+    try:
+        with attention_backend(speedups.attention):
+            for indices in tqdm(batches(len(jobs), size), disable=not progress, desc="sampling"):
+                batch = [jobs[i] for i in indices]
+                latents = _render(pipe, [j.prompt for j in batch],
+                                  _generators([j.seed for j in batch], backbone.device), settings)
+                pixels = to_uint8(backbone.decode_latents(latents))
+                for future in pending:  # at most one batch waits for its PNGs: host memory stays bounded
+                    future.result()
+                pending = _save_all(pool, batch, pixels)
+        for future in pending:
+            future.result()
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)

@@ -13,7 +13,7 @@ import json
 import signal
 import time
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -27,6 +27,7 @@ from dti.io import atomic_path, write_json
 from dti.latents import CachedLatents, EncodeEveryStep
 from dti.methods import get_method, make_optimizer
 from dti.prompts import TRAINING_TEMPLATES, render
+from dti.speedups import Speedups, apply_to_modules, attention_backend
 from dti.sphere import angle, normalize
 from dti.tokens import (
     Placeholder,
@@ -62,6 +63,7 @@ class TrainSettings:
     mixed_precision: str = "auto"  # auto: bf16 on CUDA, fp32 on CPU
     latent_cache: bool = True
     name: str | None = None  # file name of the single-file export; default: the placeholder without <>
+    speedups: Speedups = field(default_factory=Speedups)  # GPU switches (dti.speedups); None = device default
 
     def hyper_parameters(self) -> dict:
         """The method's defaults overridden by every setting given here."""
@@ -77,6 +79,8 @@ class TrainSettings:
         return hp
 
     def validate(self) -> None:
+        if isinstance(self.speedups, dict):
+            self.speedups = Speedups(**self.speedups)
         for key in ("steps", "batch_size", "grad_accum", "resolution", "save_every"):
             if int(getattr(self, key)) < 1:
                 raise DtiError(f"{key} must be a positive integer, got {getattr(self, key)}")
@@ -125,6 +129,8 @@ class Trainer:
         self.latents = latent_cls(backbone.vae, images, settings.resolution)
         params = [layer.rows for layer in self.layers.values()]
         self.optimizer = make_optimizer(self.method, params, self.hp, [self.prior_mu[s] for s in self.layers])
+        self.speedups = settings.speedups.resolved(self.device)
+        apply_to_modules(backbone.unet, None, self.speedups)  # the VAE only encodes, once: left as it is
         self.step = 0
 
     # --- set-up -----------------------------------------------------------------------------------
@@ -209,10 +215,11 @@ class Trainer:
         s = self.settings
         self.optimizer.zero_grad(set_to_none=True)
         total = 0.0
-        for a in range(s.grad_accum):
-            loss = self.loss_for(step, range(a * s.batch_size, (a + 1) * s.batch_size))
-            self.accelerator.backward(loss / s.grad_accum)
-            total += loss.item() / s.grad_accum
+        with attention_backend(self.speedups.attention):
+            for a in range(s.grad_accum):
+                loss = self.loss_for(step, range(a * s.batch_size, (a + 1) * s.batch_size))
+                self.accelerator.backward(loss / s.grad_accum)
+                total += loss.item() / s.grad_accum
         grad_norms = {slot: layer.rows.grad.norm(dim=-1).tolist() for slot, layer in self.layers.items()}
         self.optimizer.step()
         self.step = step

@@ -86,6 +86,21 @@ class Backbone:
     def make_slots(self) -> list[TextEncoderSlot]:
         raise NotImplementedError
 
+    def decode_latents(self, latents: torch.Tensor, chunk: int = 4) -> torch.Tensor:
+        """Denoised latents -> images in [-1, 1], unscaled as the diffusers pipelines do, decoded in the
+        VAE's own precision a few images at a time (a 1024 px decode holds gigabytes of activations)."""
+        config = self.vae.config
+        latents = latents.to(self.vae.dtype)
+        mean, std = getattr(config, "latents_mean", None), getattr(config, "latents_std", None)
+        if mean is not None and std is not None:
+            shape = (1, -1, 1, 1)
+            mean = torch.tensor(mean, device=latents.device, dtype=latents.dtype).view(shape)
+            std = torch.tensor(std, device=latents.device, dtype=latents.dtype).view(shape)
+            latents = latents * std / config.scaling_factor + mean
+        else:
+            latents = latents / config.scaling_factor
+        return torch.cat([self.vae.decode(part).sample for part in latents.split(chunk)])
+
     @property
     def device(self) -> torch.device:
         return self.unet.device

@@ -1,0 +1,91 @@
+"""GPU speed switches shared by sampling and training: each one changes how the frozen denoiser runs,
+never what it computes (beyond floating-point rounding), and each can be turned off on its own.
+
+- `compile`: regional torch.compile of the denoiser's repeated transformer block (diffusers'
+  `compile_repeated_blocks`): one compilation serves every block of the same shape, so compile time
+  stays in seconds instead of the minutes a whole-model compile takes.
+- `channels_last`: NHWC memory layout for the UNet's and the VAE's convolutions (the tensor cores'
+  native layout; NCHW makes cuDNN transpose around every convolution).
+- `fuse_qkv`: one matrix product for the query, key and value projections of self-attention (key and
+  value of cross-attention) instead of three.
+- `attention`: which scaled-dot-product-attention kernel torch may use ("auto" lets torch choose).
+
+A switch left at None takes the device's default: what bench/sample_throughput.py measured to win on a
+GPU, and off on a CPU (compiling costs more there than it saves on the tiny models).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, fields
+
+import torch
+
+from dti.errors import DtiError
+
+ATTENTION_BACKENDS = ("auto", "flash", "efficient", "cudnn", "math")
+
+
+@dataclass(frozen=True)
+class Speedups:
+    compile: bool | None = None
+    channels_last: bool | None = None
+    fuse_qkv: bool | None = None
+    attention: str = "auto"
+
+    def __post_init__(self):
+        if self.attention not in ATTENTION_BACKENDS:
+            raise DtiError(f"attention must be one of {ATTENTION_BACKENDS}, got {self.attention!r}")
+
+    def resolved(self, device: torch.device | str) -> Speedups:
+        """Every None replaced by the device's default."""
+        defaults = gpu_defaults() if torch.device(device).type == "cuda" else Speedups(False, False, False)
+        return Speedups(**{f.name: getattr(defaults, f.name) if getattr(self, f.name) is None else getattr(self, f.name)
+                           for f in fields(self)})
+
+
+def gpu_defaults() -> Speedups:
+    """The switches a CUDA job uses unless told otherwise (bench/results: measured side by side)."""
+    return Speedups(compile=True, channels_last=True, fuse_qkv=True, attention="auto")
+
+
+def apply_to_modules(unet: torch.nn.Module, vae: torch.nn.Module | None, speedups: Speedups) -> list[str]:
+    """Apply the module-level switches in place, once per module; returns what was applied now.
+
+    Order matters: fusing replaces the attention processors, so it must come before compiling them.
+    """
+    applied = getattr(unet, "_dti_speedups", set())
+    done = []
+    if speedups.channels_last and "channels_last" not in applied:
+        for module in (unet, vae):
+            if module is not None:
+                module.to(memory_format=torch.channels_last)
+        done.append("channels_last")
+    if speedups.fuse_qkv and "fuse_qkv" not in applied:
+        unet.fuse_qkv_projections()
+        done.append("fuse_qkv")
+    if speedups.compile and "compile" not in applied:
+        if not getattr(unet, "_repeated_blocks", None):
+            raise DtiError(f"{type(unet).__name__} names no repeated blocks to compile; set compile: false")
+        unet.compile_repeated_blocks(fullgraph=True)
+        done.append("compile")
+    unet._dti_speedups = applied | set(done)
+    return done
+
+
+def applied_speedups(unet: torch.nn.Module) -> set[str]:
+    return set(getattr(unet, "_dti_speedups", set()))
+
+
+@contextlib.contextmanager
+def attention_backend(name: str):
+    """Restrict scaled-dot-product attention to one kernel family ("auto": torch's own choice)."""
+    if name == "auto":
+        yield
+        return
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    backend = {"flash": SDPBackend.FLASH_ATTENTION, "efficient": SDPBackend.EFFICIENT_ATTENTION,
+               "cudnn": SDPBackend.CUDNN_ATTENTION, "math": SDPBackend.MATH}[name]
+    with sdpa_kernel([backend]):
+        yield
