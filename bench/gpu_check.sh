@@ -14,9 +14,11 @@ exec > >(tee -a "$OUT/log.txt") 2>&1
 quiet() { grep -v -e "should be kept in float32" -e "safety checker" -e "Loading " -e "Writing model" -e deprecate; }
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.max.sm --format=csv,noheader
 python3 -c "import torch, diffusers, transformers; print('torch', torch.__version__, 'diffusers', diffusers.__version__, 'transformers', transformers.__version__)"
-timeout "${SDXL_SAMPLE_S:-330}" python3 bench/sample_throughput.py --family sdxl --out "$OUT/sdxl" 2>&1 | quiet
+# SAMPLE_ARGS / TRAIN_ARGS narrow a rerun to what is still to measure (see bench/README.md).
+timeout "${SDXL_SAMPLE_S:-330}" python3 bench/sample_throughput.py --family sdxl --out "$OUT/sdxl" ${SAMPLE_ARGS:-} 2>&1 | quiet
 timeout "${TRAIN_S:-150}" python3 bench/train_step.py --family sdxl --steps "${STEPS:-6}" --rounds "${ROUNDS:-3}" \
-  --json "$OUT/train_sdxl.json" --profile-dir "$OUT" 2>&1 | quiet
-timeout "${SD_SAMPLE_S:-60}" python3 bench/sample_throughput.py --family sd --core-only --out "$OUT/sd" 2>&1 | quiet
+  --json "$OUT/train_sdxl.json" --profile-dir "$OUT" ${TRAIN_ARGS:-} 2>&1 | quiet
+timeout "${SD_SAMPLE_S:-60}" python3 bench/sample_throughput.py --family sd --core-only --out "$OUT/sd" \
+  ${SD_SAMPLE_ARGS:-} 2>&1 | quiet
 [ -n "${TRAIN_SD_S:-}" ] && timeout "$TRAIN_SD_S" python3 bench/train_step.py --family sd --steps "${STEPS:-6}" \
   --rounds 2 --json "$OUT/train_sd.json" 2>&1 | quiet

@@ -27,7 +27,7 @@ import statistics
 import subprocess
 import tempfile
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -54,12 +54,13 @@ from dti.tokens import resolve_magnitude
 
 
 # --- models -------------------------------------------------------------------------------------------
-def write_model(family: str, folder: Path) -> Path:
-    """A model folder as users have one: full-size random weights in fp32 files on a GPU, tiny otherwise."""
+def write_model(family: str, folder: Path, dtype: torch.dtype = torch.float32) -> Path:
+    """A model folder as users have one: full-size random weights (fp32 files, as the hub's) on a GPU,
+    tiny otherwise."""
     if CUDA:
         from dti.fullsize import build_fullsize_pipeline
 
-        pipe = build_fullsize_pipeline(family, dtype=torch.float32)
+        pipe = build_fullsize_pipeline(family, dtype=dtype)
         pipe.save_pretrained(folder)
         del pipe
         torch.cuda.empty_cache()
@@ -199,16 +200,34 @@ def denoise_seconds(pipe, prompts, seeds, steps, resolution, attention="auto") -
     return out["t"]
 
 
-def lever_pipelines(ref_pipe, ours_unet) -> dict:
-    """One pipeline per switch alone, sharing everything with the reference except its own UNet copy."""
+LEVERS = ("channels_last", "fuse_qkv", "compile transformer blocks", "compile transformer+resnet blocks",
+          "ours + channels_last")
+
+
+def lever_pipelines(ref_pipe, ours_unet, wanted=LEVERS) -> dict:
+    """One pipeline per switch, sharing everything with the reference except its own UNet copy."""
+    from dti.speedups import compile_blocks
+
     cls = type(ref_pipe)
     configs = {"plain": ref_pipe}
-    for name, speedups in (("channels_last", Speedups(False, True, False)), ("fuse_qkv", Speedups(False, False, True)),
-                           ("compile", Speedups(True, False, False))):
+
+    def variant(name, speedups=None, blocks=None):
+        if name not in wanted:
+            return
         unet = copy.deepcopy(ref_pipe.unet)
-        apply_to_modules(unet, None, speedups)
+        if speedups is not None:
+            apply_to_modules(unet, None, speedups)
+        if blocks is not None:
+            compile_blocks(unet, blocks)
         configs[name] = cls(**{**ref_pipe.components, "unet": unet})
+
+    off = Speedups(False, False, False, "auto", False)
+    variant("channels_last", replace(off, channels_last=True))
+    variant("fuse_qkv", replace(off, fuse_qkv=True))
+    variant("compile transformer blocks", blocks=tuple(ref_pipe.unet._repeated_blocks))
+    variant("compile transformer+resnet blocks", replace(off, compile=True))
     configs["all (ours)"] = cls(**{**ref_pipe.components, "unet": ours_unet})
+    variant("ours + channels_last", replace(gpu_defaults(), channels_last=True))
     for pipe in configs.values():
         pipe.set_progress_bar_config(disable=True)
     return configs
@@ -283,7 +302,7 @@ def bench_family(family: str, args, work: Path, out_dir: Path, results: dict) ->
     row: dict = {"resolution": res, "steps": steps, "images": args.images, "guidance_scale": 5.0}
     results["families"][family] = row
     log(f"{family}: writing the model folder")
-    model_json = write_model(family, work / family / "model")
+    model_json = write_model(family, work / family / "model", getattr(torch, args.checkpoint_dtype))
     folder = Path(json.loads(model_json.read_text())["model"])
     row["checkpoint_gb"] = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file()) / 1e9
 
@@ -321,8 +340,15 @@ def bench_family(family: str, args, work: Path, out_dir: Path, results: dict) ->
     ref_a = run_reference(ref, prompts, image_seeds, steps, res, work / family / "ref_a")
     initial_ref = ref_latents[-1]
     log(f"{family}: reference {ref_a}")
-    ref_b = run_reference(ref, prompts, image_seeds, steps, res, work / family / "ref_b")
-    log(f"{family}: reference again {ref_b['seconds']:.2f} s")
+    # Its sensitivity to batch composition (the same images rendered 8 at a time): a yardstick for
+    # differences that only change how the arithmetic is grouped.
+    half = args.images // 2
+    ref_half = run_reference(ref, prompts[:half], image_seeds[:half], steps, res, work / family / "ref_half")
+    log(f"{family}: reference, first {half} images in a batch of {half}: {ref_half['seconds']:.2f} s")
+    ref_b = None
+    if args.rerun:
+        ref_b = run_reference(ref, prompts, image_seeds, steps, res, work / family / "ref_b")
+        log(f"{family}: reference again {ref_b['seconds']:.2f} s")
 
     # Ours, as the sample job runs it: GPU defaults, the same batch as the reference.
     sample = {"steps": steps, "guidance_scale": 5.0, "resolution": res, "batch_size": args.images}
@@ -342,11 +368,15 @@ def bench_family(family: str, args, work: Path, out_dir: Path, results: dict) ->
     ref_paths = sorted((work / family / "ref_a").glob("*.png"))
     ours_paths = [work / family / "ours" / "bench" / f"{i:03d}_{s}.png" for i in range(len(templates)) for s in seeds]
     row["reference"] = ref_a
-    row["reference_again"] = ref_b
     row["ours"] = ours
     row["same_initial_latents"] = same_noise
-    row["difference"] = {"reference_vs_reference": image_difference(ref_paths, sorted((work / family / "ref_b").glob("*.png"))),
+    half_paths = sorted((work / family / "ref_half").glob("*.png"))
+    row["difference"] = {"reference_batch_half_vs_reference": image_difference(half_paths, ref_paths[:half]),
                          "ours_vs_reference": image_difference(ours_paths, ref_paths)}
+    if ref_b is not None:
+        row["reference_again"] = ref_b
+        row["difference"]["reference_rerun_vs_reference"] = image_difference(
+            ref_paths, sorted((work / family / "ref_b").glob("*.png")))
     n = args.images
     row["seconds_per_image"] = {"reference": ref_a["seconds"] / n, "ours": ours["seconds"] / n}
     row["images_per_second"] = {"reference": n / ref_a["seconds"], "ours": n / ours["seconds"]}
@@ -362,19 +392,23 @@ def bench_family(family: str, args, work: Path, out_dir: Path, results: dict) ->
     if args.core_only:
         return
     lever_steps = args.lever_steps if CUDA else 2
-    configs = lever_pipelines(ref, backbone.unet)
+    configs = lever_pipelines(ref, backbone.unet, args.levers)
     row["levers"] = time_levers(configs, prompts, image_seeds, lever_steps, res, rounds=2 if CUDA else 1)
     log(f"{family}: levers {row['levers']['speedup_vs_plain']} first calls {row['levers']['first_call_seconds']}")
     save(results, out_dir)
-    if CUDA:
+    if CUDA and "attention" in args.extras:
         row["attention"] = time_attention(configs["all (ours)"], prompts, image_seeds, lever_steps, res)
         log(f"{family}: attention backends {row['attention']}")
-    row["vae"] = time_vae(backbone, captured[0][: 4])
-    log(f"{family}: vae {row['vae']}")
-    row["png_seconds_per_image"] = {"serial": time_png(ref_paths, 0) / len(ref_paths),
-                                    "4 threads": time_png(ref_paths, 4) / len(ref_paths)}
-    log(f"{family}: png {row['png_seconds_per_image']}")
+    if "vae" in args.extras:
+        row["vae"] = time_vae(backbone, captured[0][: 4])
+        log(f"{family}: vae {row['vae']}")
+    if "png" in args.extras:
+        row["png_seconds_per_image"] = {"serial": time_png(ref_paths, 0) / len(ref_paths),
+                                        "4 threads": time_png(ref_paths, 4) / len(ref_paths)}
+        log(f"{family}: png {row['png_seconds_per_image']}")
     save(results, out_dir)
+    if "batch" not in args.extras:
+        return
 
     # Batch size: per image-step of our denoiser at other batch sizes (the first other size recompiles).
     ours_pipe = configs["all (ours)"]
@@ -393,7 +427,7 @@ def bench_family(family: str, args, work: Path, out_dir: Path, results: dict) ->
         row["auto_batch_size_for_164"] = measure_batch_size(backbone, SampleSettings(**sample), 164)
     log(f"{family}: batch sizes {batch_rows} auto {row.get('auto_batch_size_for_164')}")
     save(results, out_dir)
-    if CUDA:
+    if CUDA and "profile" in args.extras:
         row["profile_ours_denoising"] = kernel_breakdown(
             lambda: denoise_seconds(ours_pipe, prompts, image_seeds, 2, res), out_dir / f"{family}_sample_profile.txt")
         row["profile_plain_denoising"] = kernel_breakdown(
@@ -414,6 +448,12 @@ def main() -> None:
     parser.add_argument("--lever-steps", type=int, default=4)
     parser.add_argument("--resolution", type=int)
     parser.add_argument("--core-only", action="store_true", help="reference vs ours only: no switches, no profile")
+    parser.add_argument("--levers", nargs="*", default=list(LEVERS), choices=list(LEVERS))
+    parser.add_argument("--rerun", action="store_true", help="also run the reference twice (run-to-run noise)")
+    parser.add_argument("--checkpoint-dtype", default="float32", choices=["float32", "bfloat16"],
+                        help="precision of the written model files (the hub's are fp32; bf16 writes faster)")
+    parser.add_argument("--extras", nargs="*", default=["attention", "vae", "png", "batch", "profile"],
+                        choices=["attention", "vae", "png", "batch", "profile"])
     parser.add_argument("--out", default=os.environ.get("OUT", ".bench-out"))
     args = parser.parse_args()
     out_dir = Path(args.out)
@@ -458,8 +498,8 @@ def print_summary(results: dict) -> None:
               f"ours/reference = {row['speedup']:.3f}x")
         if "mfu" in row:
             print(f"  MFU (of datasheet bf16 peak): reference {row['mfu']['reference']:.1%}, ours {row['mfu']['ours']:.1%}")
-        print(f"  same initial latents: {row['same_initial_latents']}; pixel difference "
-              f"ref-vs-ref {row['difference']['reference_vs_reference']}, ours-vs-ref {row['difference']['ours_vs_reference']}")
+        print(f"  same initial latents: {row['same_initial_latents']}; pixel differences: " + "; ".join(
+            f"{k} {v}" for k, v in row["difference"].items()))
         if "levers" in row:
             print("  denoising per step: " + ", ".join(f"{k} {v * 1000:.1f} ms ({row['levers']['speedup_vs_plain'][k]:.2f}x)"
                                                  for k, v in row["levers"]["seconds_per_step"].items()))

@@ -17,6 +17,7 @@ import json
 import statistics
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -24,13 +25,23 @@ from gpu_common import count_flops, kernel_breakdown, peak_tflops
 from PIL import Image
 
 from dti.backbones import backbone_class
-from dti.speedups import Speedups
+from dti.speedups import CPU_DEFAULTS, gpu_defaults
 from dti.train import Trainer, TrainSettings
 
-OFF, ON = Speedups(False, False, False), Speedups(True, True, True)
-# name: (method, latent cache, speed switches)
+OFF, FAST = CPU_DEFAULTS, gpu_defaults()
+FAST_CL = replace(FAST, channels_last=True)
+GRAPHS = replace(FAST, cuda_graphs=True)
+# name: (method, latent cache, speed switches); "fast" = what a GPU job runs by default
 CONFIGS = {"ti": ("ti", True, OFF), "dti": ("dti", True, OFF), "dti_no_cache": ("dti", False, OFF),
-           "ti_fast": ("ti", True, ON), "dti_fast": ("dti", True, ON)}
+           "ti_fast": ("ti", True, FAST), "dti_fast": ("dti", True, FAST),
+           "dti_fast_channels_last": ("dti", True, FAST_CL), "dti_fast_cuda_graphs": ("dti", True, GRAPHS)}
+
+
+RISKY = {"dti_fast_cuda_graphs"}
+RATIOS = {"DTI/TI": ("dti", "ti"), "DTI/TI fast": ("dti_fast", "ti_fast"), "no-cache/cache": ("dti_no_cache", "dti"),
+          "TI plain/fast": ("ti", "ti_fast"), "DTI plain/fast": ("dti", "dti_fast"),
+          "fast/fast+channels_last": ("dti_fast", "dti_fast_channels_last"),
+          "fast/fast+cuda_graphs": ("dti_fast", "dti_fast_cuda_graphs")}
 
 
 def make_images(n: int, size: int) -> list[Image.Image]:
@@ -78,12 +89,34 @@ def time_optimizer(trainer: Trainer, device: str, repeats: int = 200) -> float:
     return (time.perf_counter() - start) / repeats
 
 
+def run_rounds(order, trainers, backbone, times, failed, first, steps, device, family) -> None:
+    """Time each named configuration once per round; a configuration that raises is reported, not retried."""
+    for round_names in order:
+        for name in round_names:
+            if name in failed:
+                continue
+            trainer, layers = trainers[name]
+            for slot, layer in zip(backbone.slots, layers, strict=True):
+                slot.encoder.set_input_embeddings(layer)
+            try:
+                if name not in first:  # the first step compiles where a switch compiles
+                    start = time.perf_counter()
+                    trainer.train_step()
+                    torch.cuda.synchronize() if device == "cuda" else None
+                    first[name] = time.perf_counter() - start
+                times[name].append(time_steps(trainer, steps, device))
+            except Exception as exc:  # a switch this stack cannot run: report it, time the others
+                failed[name] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+                print(f"{family} {name} failed: {failed[name]}", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--family", nargs="+", default=["sd", "sdxl"])
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--json")
+    parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
     parser.add_argument("--profile-dir", help="write the torch profiler's kernel table of one fast DTI step here")
     args = parser.parse_args()
     torch._dynamo.config.cache_size_limit = 64  # several shapes and grad modes compile the same block
@@ -96,60 +129,68 @@ def main() -> None:
             resolution, batch = 64, 2
         backbone = build_backbone(family, device)
         images = make_images(5, resolution + resolution // 4)
-        fast_backbone = type(backbone)({**backbone.components, "unet": copy.deepcopy(backbone.unet)}, backbone.model_id)
+        # Switches change the denoiser in place: each distinct set trains its own copy of it.
+        owners = {OFF: backbone}
         trainers = {}
-        for name, (method, cache, speedups) in CONFIGS.items():
+        for name in args.configs:
+            method, cache, speedups = CONFIGS[name]
+            if speedups not in owners:
+                owners[speedups] = type(backbone)({**backbone.components, "unet": copy.deepcopy(backbone.unet)},
+                                                  backbone.model_id)
             # Each trainer installs its own placeholder rows; restore the encoders' plain embeddings after.
             originals = [slot.encoder.get_input_embeddings() for slot in backbone.slots]
             settings = TrainSettings(method=method, placeholder=f"<bench-{name}>", initializer="stuffed animal",
                                      steps=10**6, batch_size=batch, resolution=resolution, latent_cache=cache,
                                      speedups=speedups)
-            owner = fast_backbone if speedups.compile else backbone
-            trainer = Trainer(owner, images, settings, tempfile.mkdtemp())
+            trainer = Trainer(owners[speedups], images, settings, tempfile.mkdtemp())
             trainers[name] = (trainer, [slot.encoder.get_input_embeddings() for slot in backbone.slots])
             for slot, original in zip(backbone.slots, originals, strict=True):
                 slot.encoder.set_input_embeddings(original)
-        configs = CONFIGS
+        configs = trainers
         times = {name: [] for name in configs}
-        names = list(trainers)
-        for r in range(args.rounds):
-            for name in names[r % len(names):] + names[: r % len(names)]:  # rotate: no config always goes first
-                trainer, layers = trainers[name]
-                for slot, layer in zip(backbone.slots, layers, strict=True):
-                    slot.encoder.set_input_embeddings(layer)
-                times[name].append(time_steps(trainer, args.steps, device))
-        med = {name: statistics.median(t) for name, t in times.items()}
+        failed: dict = {}
+        # Configurations that may fail on a stack (CUDA graphs) run after the others: a failed capture
+        # can leave the device unusable for what follows.
+        names = [n for n in trainers if n not in RISKY]
+        first = {}
+
+        state = (trainers, backbone, times, failed, first, args.steps, device, family)
+        run_rounds([names[r % len(names):] + names[: r % len(names)] for r in range(args.rounds)], *state)  # rotated
         trainer, layers = trainers["dti"]
         for slot, layer in zip(backbone.slots, layers, strict=True):
             slot.encoder.set_input_embeddings(layer)
         flops = count_flops(trainer.train_step)  # one step: forward and backward, every encoder
+        profile = None
+        if args.profile_dir and "dti_fast" in trainers:
+            trainer, layers = trainers["dti_fast"]
+            for slot, layer in zip(backbone.slots, layers, strict=True):
+                slot.encoder.set_input_embeddings(layer)
+            profile = kernel_breakdown(trainer.train_step, Path(args.profile_dir) / f"{family}_train_profile.txt")
+        run_rounds([[n for n in trainers if n in RISKY]] * args.rounds, *state)
+        times = {n: t for n, t in times.items() if t}
+        med = {name: statistics.median(t) for name, t in times.items()}
         row = {"resolution": resolution, "batch": batch, "seconds_per_step": med, "rounds": times,
-               "optimizer_step_seconds": {n: time_optimizer(trainers[n][0], device) for n in ("ti", "dti")},
-               "dti_over_ti": med["dti"] / med["ti"], "no_cache_over_cache": med["dti_no_cache"] / med["dti"],
-               "fast_over_plain": {m: med[m] / med[f"{m}_fast"] for m in ("ti", "dti")}, "flops_per_step": flops}
+               "optimizer_step_seconds": {n: time_optimizer(trainers[n][0], device) for n in ("ti", "dti") if n in med},
+               "flops_per_step": flops, "first_step_seconds": first, "failed": failed,
+               "ratios": {label: med[a] / med[b] for label, (a, b) in RATIOS.items() if a in med and b in med}}
         peak = peak_tflops()
         if peak:
             row["mfu"] = {name: flops / t / (peak * 1e12) for name, t in med.items()}
         if device == "cuda":
             row["peak_memory_gb"] = torch.cuda.max_memory_allocated() / 1e9
-        if args.profile_dir:
-            trainer, layers = trainers["dti_fast"]
-            for slot, layer in zip(backbone.slots, layers, strict=True):
-                slot.encoder.set_input_embeddings(layer)
-            row["profile_dti_fast"] = kernel_breakdown(trainer.train_step,
-                                                       Path(args.profile_dir) / f"{family}_train_profile.txt")
+        if profile:
+            row["profile_dti_fast"] = profile
         results["families"][family] = row
         print(f"{family}: {resolution}px batch {batch} on {results['device']}: "
               + ", ".join(f"{k} {v * 1000:.1f} ms" for k, v in med.items())
-              + f" | DTI/TI = {row['dti_over_ti']:.3f} | no-cache/cache = {row['no_cache_over_cache']:.3f}"
-              + " | plain/fast = " + ", ".join(f"{k} {v:.3f}" for k, v in row["fast_over_plain"].items())
+              + " | " + ", ".join(f"{k} {v:.3f}" for k, v in row["ratios"].items())
               + f" | {flops / 1e12:.2f} TFLOP/step"
               + ("" if "mfu" not in row else " | MFU " + ", ".join(f"{k} {v:.1%}" for k, v in row["mfu"].items()))
               + " | optimizer step alone: " + ", ".join(f"{k} {v * 1e6:.0f} us"
                                                      for k, v in row["optimizer_step_seconds"].items()), flush=True)
         print(f"{family} per-round seconds/step: " + "; ".join(
             f"{k}: " + " ".join(f"{t * 1000:.1f}" for t in v) for k, v in times.items()), flush=True)
-        del trainers, backbone, fast_backbone
+        del trainers, backbone, owners
         if device == "cuda":
             torch.cuda.empty_cache()
     if args.json:
