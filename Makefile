@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 CORES ?= 2
 
-.PHONY: demo test lint dry-run-paper bench clean
+.PHONY: demo test lint dry-run-paper bench clean profiles
 
 # uv installs the ~6 GB stack and byte-compiles it on every core in well under half of pip's time
 # (CI-like machine: 37 s against 61 s for pip plus 25 s for compileall). Compiling matters: where
@@ -40,6 +40,10 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/snakemake --lint
+
+# Link profiles/slurm and profiles/local into ~/.config/snakemake, so `snakemake --profile slurm` works.
+profiles:
+	$(PYTHON) tools/install_profiles.py
 
 dry-run-paper: $(STAMP)
 	$(BIN)/snakemake -n --quiet rules --configfile config/paper-sdxl.yaml

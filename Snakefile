@@ -1,6 +1,6 @@
 # The dti benchmark: subjects -> train (DTI, TI, CrossInit) -> sample -> score -> tables.
 #   snakemake --cores 2                          # the embedded default (tiny models, CPU)
-#   snakemake --configfile config/paper-sdxl.yaml --profile profiles/slurm
+#   snakemake --configfile config/paper-sdxl.yaml --profile slurm
 import os
 
 from snakemake.utils import min_version, validate
