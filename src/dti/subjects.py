@@ -19,17 +19,15 @@ from dti.dreambooth import parse_prompts_and_classes, sha256_file
 from dti.errors import DtiError
 from dti.images import list_images, load_image
 from dti.io import save_image, write_json
+from dti.names import check_name
 
 SUBJECT_FILE = "subject.json"
 KINDS = ("object", "live")
-# Subject names become folder names and wildcard values in the workflow.
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 _IMAGE_NAME = re.compile(r"\d{2,}\.png")
 
 
 def _check_fields(name: str, class_noun: str, kind: str, initializer: str) -> None:
-    if not isinstance(name, str) or not _NAME.fullmatch(name):
-        raise DtiError(f"subject name must be letters, digits, '_', '.', '-' (not first), got {name!r}")
+    check_name(name, "subject name")  # it becomes a folder name and a wildcard value in the workflow
     if not isinstance(class_noun, str) or not class_noun.strip():
         raise DtiError(f"subject {name}: class noun must be a non-empty string, got {class_noun!r}")
     if kind not in KINDS:
