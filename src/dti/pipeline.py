@@ -96,6 +96,10 @@ def fetch_model(out_json: str, *, model: str, family: str, revision: str | None,
                 ignore_patterns=["*.fp16.safetensors", "*/diffusion_pytorch_model.fp16*"])
         except Exception as exc:
             raise DtiError(f"cannot fetch model {model!r} (revision {revision}): {exc}") from exc
+    if tiny_dir is None:  # a hub model not cached while planning is checked here, once fetched
+        from dti.model_files import check_declared_family
+
+        check_declared_family(path, family)
     write_json(out_json, {"model": path, "family": family, "revision": revision, "source": model})
 
 
@@ -146,10 +150,13 @@ def sample_subject(embeds_dir: str, model_json: str, subject_json: str, out_mani
     {prompt_set}/{prompt_id:03d}_{seed}.png beside the manifest, which is written last, atomically."""
     import pandas as pd
 
+    from dti.names import check_name
     from dti.prompts import eval_prompt, render
     from dti.sample import SampleJob, SampleSettings, generate, load_learned_token
     from dti.subjects import load_subject
 
+    for prompt_set in prompt_sets:  # each names a folder of images
+        check_name(prompt_set, "prompt set")
     subject = load_subject(Path(subject_json).parent, verify_images=False)
     backbone = _load_backbone(model_json, device or resolve_device())
     placeholder = load_learned_token(backbone, Path(embeds_dir), rescale_to=rescale_to)
