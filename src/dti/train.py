@@ -233,7 +233,12 @@ class Trainer:
         if not math.isfinite(total):  # before the optimizer step, so no state is poisoned
             raise self._diverged(step, f"the loss is {total}")
         grad_norms = {slot: layer.rows.grad.norm(dim=-1).tolist() for slot, layer in self.layers.items()}
-        self.optimizer.step()
+        try:
+            self.optimizer.step()
+        except RuntimeError as err:  # e.g. AdamW's step size beyond fp32 for an absurd learning rate
+            if "overflow" not in str(err):
+                raise
+            raise self._diverged(step, f"the optimizer step overflowed ({err})") from err
         self.step = step
         self.check_vectors()
         return {"step": step, "loss": total, "grad_norm": grad_norms, **self.vector_stats()}
