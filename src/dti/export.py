@@ -29,7 +29,7 @@ def diffusers_file(slot: str, step: int | None = None) -> str:
     return name if step is None else name.replace(".safetensors", f"-steps-{step}.safetensors")
 
 
-def _canonical(blob: bytes) -> bytes:
+def canonical_bytes(blob: bytes) -> bytes:
     """Sort the safetensors JSON header: the library writes it in hash-map order, so the same tensors and
     metadata would give different bytes on each call (and a resumed run could never byte-match)."""
     size = int.from_bytes(blob[:8], "little")
@@ -42,7 +42,7 @@ def _save(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]
     blob = save({k: v.detach().float().cpu().contiguous() for k, v in tensors.items()},
                 metadata={"format": "pt", **{k: str(v) for k, v in metadata.items()}})
     with atomic_path(path) as tmp:
-        tmp.write_bytes(_canonical(blob))
+        tmp.write_bytes(canonical_bytes(blob))
 
 
 def save_diffusers(out_dir: Path, placeholder: str, vectors: dict[str, torch.Tensor], metadata: dict,

@@ -23,6 +23,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save
 
+from dti.export import canonical_bytes
 from dti.io import atomic_path
 
 FORMAT = 1
@@ -54,7 +55,7 @@ def save_state(path: Path, state: TrainingState) -> None:
     meta = {"format": FORMAT, "fingerprint": state.fingerprint, "step": state.step, "optimizer": other}
     blob = save(tensors, metadata={_META_KEY: json.dumps(meta, sort_keys=True)})
     with atomic_path(path) as tmp:
-        tmp.write_bytes(blob)
+        tmp.write_bytes(canonical_bytes(blob))  # the same state gives the same bytes
 
 
 def read_state(path: Path) -> TrainingState:
