@@ -5,7 +5,7 @@ Whatever Pillow opens decodes to the picture a viewer shows:
 - 16-bit data (I;16, I;16B, I;16L, 16-bit PNGs) is scaled to 8 bits, not clipped (clipping turns
   everything above 255 of 65535 white); mode I, which older decoders use for 16-bit data, is read as
   16-bit; mode F (floating point) as 0..1;
-- CMYK, YCbCr, LAB and HSV are converted to RGB.
+- CMYK, YCbCr and HSV are converted to RGB; LAB (D50, as in TIFF) exactly, through LittleCMS.
 Time and memory stay bounded whatever the file claims: sizes are checked from the header before any
 decoding, an image with more than MAX_PIXELS or an aspect ratio beyond MAX_ASPECT is refused, and one
 whose longer side exceeds MAX_SIDE is reduced by an integer factor while decoding (JPEG's DCT scaling)
@@ -14,6 +14,7 @@ or right after (a box filter).
 
 from __future__ import annotations
 
+import functools
 import os
 import warnings
 from pathlib import Path
@@ -60,7 +61,10 @@ def load_image(path: str | os.PathLike) -> Image.Image:
             rgb = to_rgb(ImageOps.exif_transpose(opened))
         factor = _factor(rgb.size)
         return rgb.reduce(factor) if factor > 1 else rgb
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+    except Image.DecompressionBombError as err:  # beyond Pillow's own limit, far beyond ours
+        raise DtiError(f"image {path} has more than the {MAX_PIXELS / 1e6:.0f} megapixels this tool decodes ({err}); "
+                       "downscale it") from err
+    except (OSError, SyntaxError, ValueError) as err:
         # UnidentifiedImageError and "image file is truncated" are both OSErrors.
         raise DtiError(f"cannot read image {path}: {err}") from err
 
@@ -78,7 +82,7 @@ def _check_pixels(path: Path, size: tuple[int, int]) -> None:
     w, h = size
     if w * h > MAX_PIXELS:
         raise DtiError(f"image {path} is {w}x{h} ({w * h / 1e6:.0f} megapixels), more than the "
-                       f"{MAX_PIXELS / 1e6:.0f} this tool decodes; downscale it")
+                       f"{MAX_PIXELS / 1e6:.0f} megapixels this tool decodes; downscale it")
 
 
 def _factor(size: tuple[int, int]) -> int:
@@ -90,6 +94,10 @@ def to_rgb(img: Image.Image) -> Image.Image:
     """Any Pillow image as 8-bit RGB: wide integer and float modes scaled, transparency onto white."""
     if img.mode in _WIDE:
         img = _to_eight_bit(img)
+    if img.mode == "LAB":  # Pillow's own LAB conversion interpolates a coarse table: off by up to 16 levels
+        from PIL import ImageCms
+
+        return ImageCms.applyTransform(img, _lab_to_srgb())
     if img.mode in _PREMULTIPLIED:
         img = img.convert(_PREMULTIPLIED[img.mode])
     has_alpha = (img.mode in ("RGBA", "LA", "PA") or "transparency" in img.info
@@ -99,6 +107,14 @@ def to_rgb(img: Image.Image) -> Image.Image:
     rgba = img.convert("RGBA")
     canvas = Image.new("RGBA", rgba.size, _BACKGROUND + (255,))
     return Image.alpha_composite(canvas, rgba).convert("RGB")
+
+
+@functools.cache
+def _lab_to_srgb():
+    from PIL import ImageCms
+
+    return ImageCms.buildTransform(ImageCms.createProfile("LAB"), ImageCms.createProfile("sRGB"), "LAB", "RGB",
+                                   flags=ImageCms.Flags.NOOPTIMIZE)
 
 
 def _to_eight_bit(img: Image.Image) -> Image.Image:
