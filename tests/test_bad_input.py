@@ -338,6 +338,18 @@ def test_config_mistakes_are_caught_while_planning(tiny_models, tmp_path, case):
     assert needle in str(err.value)
 
 
+def test_a_family_the_model_contradicts_is_refused_when_fetching_and_loading(tiny_sdxl, tmp_path):
+    """A hub model not yet cached cannot be checked while planning; fetching and loading check it."""
+    from dti.backbones import load_backbone
+    from dti.pipeline import fetch_model
+
+    with pytest.raises(DtiError, match="is an 'sdxl' pipeline"):
+        fetch_model(str(tmp_path / "m.json"), model=str(tiny_sdxl), family="sd", revision=None, tiny_dir=None)
+    assert not (tmp_path / "m.json").exists()
+    with pytest.raises(DtiError, match="is an 'sdxl' pipeline"):
+        load_backbone(str(tiny_sdxl), family="sd")
+
+
 def test_the_default_and_paper_configs_plan_cleanly():
     for name in ("config.yaml", "paper-sdxl.yaml", "paper-sd15.yaml"):
         config = yaml.safe_load((REPO / "config" / name).read_text())
