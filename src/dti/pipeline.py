@@ -120,10 +120,14 @@ def _load_backbone(model_json: str, device: str):
 
     from dti.backbones import load_backbone
 
-    info = json.loads(Path(model_json).read_text())
+    try:
+        info = json.loads(Path(model_json).read_text(encoding="utf-8"))
+        model, family = info["model"], info["family"]
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as err:
+        raise DtiError(f"cannot read the model record {model_json} ({err!r}); delete it and rerun") from err
     dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
     # Loading from the fetched local folder: no hub access on compute nodes.
-    return load_backbone(info["model"], family=info["family"], revision=None, dtype=dtype, device=device)
+    return load_backbone(model, family=family, revision=None, dtype=dtype, device=device)
 
 
 # --- training ---------------------------------------------------------------------------------------
