@@ -41,6 +41,11 @@ def pristine(tiny_sd):
     return load_backbone(str(tiny_sd))
 
 
+@pytest.fixture(scope="module")
+def images(subject_images):
+    return subject_images[:2]  # two photos are enough here, and encode in half the time
+
+
 def _fresh(pristine):
     """A backbone to train: training changes only the tokenizers and text encoders, so only they are copied
     (the frozen UNet and VAE are shared, which saves a third of each run here)."""
@@ -65,10 +70,29 @@ def _assert_same_result(out: Path, reference: Path, names=FINAL) -> None:
     assert run == ref
 
 
+WRITE_POINTS = pytest.StashKey[dict]()
+
+
 @pytest.fixture(scope="module")
-def reference(pristine, subject_images, tmp_path_factory) -> Path:
+def reference(pristine, images, tmp_path_factory, request) -> Path:
+    """The uninterrupted run; it also counts its write points (atomic renames into it, log lines)."""
     out = tmp_path_factory.mktemp("reference")
-    _run(pristine, subject_images, out)
+    counts = {"replace": 0, "log_line": 0}
+    real_replace, real_append = os.replace, train_module._append
+
+    def counting_replace(src, dst):
+        counts["replace"] += Path(dst).is_relative_to(out)
+        return real_replace(src, dst)
+
+    def counting_append(log_file, path, record):
+        counts["log_line"] += 1
+        return real_append(log_file, path, record)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(os, "replace", counting_replace)
+        mp.setattr(train_module, "_append", counting_append)
+        _run(pristine, images, out)
+    request.config.stash[WRITE_POINTS] = counts
     return out
 
 
@@ -100,16 +124,15 @@ def crash_at(monkeypatch):
 
         monkeypatch.setattr(os, "replace", fake_replace)
         monkeypatch.setattr(train_module, "_append", fake_append)
-        return counts
+        return counts  # how far the armed run got
 
     yield arm
     monkeypatch.undo()
 
 
-def test_a_crash_at_every_write_point_reruns_to_the_identical_result(pristine, subject_images, reference, tmp_path,
-                                                                     crash_at, monkeypatch):
-    counts = crash_at(tmp_path / "count")  # an armed run that never fires: it counts the write points
-    _run(pristine, subject_images, tmp_path / "count")
+def test_a_crash_at_every_write_point_reruns_to_the_identical_result(pristine, images, reference, tmp_path,
+                                                                     crash_at, monkeypatch, request):
+    counts = request.config.stash[WRITE_POINTS]
     points = [("replace", k) for k in range(1, counts["replace"] + 1)]
     points += [("log_line", k) for k in range(1, counts["log_line"] + 1)]
     assert counts["log_line"] == SETTINGS["steps"] and counts["replace"] >= 7  # 2 saves x 2 files + 3 final files
@@ -117,21 +140,21 @@ def test_a_crash_at_every_write_point_reruns_to_the_identical_result(pristine, s
         out = tmp_path / f"{kind}-{k}"
         crash_at(out, **{kind: k})
         with pytest.raises(Crash):
-            _run(pristine, subject_images, out)
+            _run(pristine, images, out)
         monkeypatch.undo()
-        _run(pristine, subject_images, out)
+        _run(pristine, images, out)
         _assert_same_result(out, reference)
 
 
-def test_resumed_adamw_state_gives_the_identical_result(pristine, subject_images, tmp_path, crash_at, monkeypatch):
+def test_resumed_adamw_state_gives_the_identical_result(pristine, images, tmp_path, crash_at, monkeypatch):
     """TI's AdamW state (moments and a tensor step count) goes through the safetensors state file too."""
     ti = dict(method="ti", beta=None, kappa=None)
-    _run(pristine, subject_images, tmp_path / "straight", **ti)
+    _run(pristine, images, tmp_path / "straight", **ti)
     crash_at(tmp_path / "resumed", log_line=3)
     with pytest.raises(Crash):
-        _run(pristine, subject_images, tmp_path / "resumed", **ti)
+        _run(pristine, images, tmp_path / "resumed", **ti)
     monkeypatch.undo()
-    assert _run(pristine, subject_images, tmp_path / "resumed", **ti)["resumed_from"] == 2
+    assert _run(pristine, images, tmp_path / "resumed", **ti)["resumed_from"] == 2
     _assert_same_result(tmp_path / "resumed", tmp_path / "straight")
 
 
@@ -147,7 +170,7 @@ class _Exploit:
 
 
 @pytest.mark.parametrize("name", ["state.safetensors", "state.pt"])
-def test_a_crafted_pickle_in_the_output_folder_never_runs(pristine, subject_images, reference, tmp_path, caplog,
+def test_a_crafted_pickle_in_the_output_folder_never_runs(pristine, images, reference, tmp_path, caplog,
                                                           name):
     marker = tmp_path / "exploited"
     payload = pickle.dumps(_Exploit(marker))
@@ -158,7 +181,7 @@ def test_a_crafted_pickle_in_the_output_folder_never_runs(pristine, subject_imag
     (out / "checkpoints").mkdir(parents=True)
     (out / "checkpoints" / name).write_bytes(payload)
     with caplog.at_level(logging.WARNING):
-        run = _run(pristine, subject_images, out)
+        run = _run(pristine, images, out)
     assert not marker.exists()
     assert run["resumed_from"] == 0
     assert str(out / "checkpoints" / name) in caplog.text
@@ -170,7 +193,7 @@ def test_a_crafted_pickle_in_the_output_folder_never_runs(pristine, subject_imag
 
 # --- class 3: broken intermediate files ------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def interrupted(pristine, subject_images, tmp_path_factory) -> Path:
+def interrupted(pristine, images, tmp_path_factory) -> Path:
     """A run killed while writing step 3's log line: state of step 2, two whole log lines and a torn one."""
     out = tmp_path_factory.mktemp("interrupted")
     with pytest.MonkeyPatch.context() as mp:
@@ -184,7 +207,7 @@ def interrupted(pristine, subject_images, tmp_path_factory) -> Path:
 
         mp.setattr(train_module, "_append", tear_third)
         with pytest.raises(Crash):
-            _run(pristine, subject_images, out)
+            _run(pristine, images, out)
     assert read_state(out / "checkpoints" / "state.safetensors").step == 2
     return out
 
@@ -221,14 +244,14 @@ BROKEN = {  # case: (file, damage, resumed from)
 
 
 @pytest.mark.parametrize("case", list(BROKEN))
-def test_a_broken_intermediate_file_never_blocks_the_rerun(pristine, subject_images, reference, interrupted,
+def test_a_broken_intermediate_file_never_blocks_the_rerun(pristine, images, reference, interrupted,
                                                            tmp_path, caplog, case):
     name, damage, resumed_from = BROKEN[case]
     out = shutil.copytree(interrupted, tmp_path / "run")
     if damage is not None:
         damage(out / name)
     with caplog.at_level(logging.WARNING):
-        run = _run(pristine, subject_images, out)
+        run = _run(pristine, images, out)
     assert run["resumed_from"] == resumed_from
     _assert_same_result(out, reference)
     if resumed_from == 0:  # said in one line, naming the file
@@ -237,7 +260,7 @@ def test_a_broken_intermediate_file_never_blocks_the_rerun(pristine, subject_ima
 
 
 # --- class 4: resume only into identical inputs -----------------------------------------------------------
-def test_a_rebuilt_model_at_the_same_path_is_not_resumed_into(subject_images, tmp_path, caplog):
+def test_a_rebuilt_model_at_the_same_path_is_not_resumed_into(images, tmp_path, caplog):
     model = write_tiny_model("sd", tmp_path / "model", seed=0)
     out = tmp_path / "run"
     with pytest.MonkeyPatch.context() as mp:
@@ -250,17 +273,17 @@ def test_a_rebuilt_model_at_the_same_path_is_not_resumed_into(subject_images, tm
 
         mp.setattr(train_module, "_append", stop_at_3)
         with pytest.raises(Crash):
-            train(load_backbone(str(model)), subject_images, fast_settings(**SETTINGS), out, progress=False)
+            train(load_backbone(str(model)), images, fast_settings(**SETTINGS), out, progress=False)
     write_tiny_model("sd", model, seed=1)  # same path, same architecture and file layout, other weights
     with caplog.at_level(logging.WARNING):
-        run = train(load_backbone(str(model)), subject_images, fast_settings(**SETTINGS), out, progress=False)
+        run = train(load_backbone(str(model)), images, fast_settings(**SETTINGS), out, progress=False)
     assert run["resumed_from"] == 0
     assert "model weights" in caplog.text
 
 
-def test_other_images_are_not_resumed_into(pristine, subject_images, interrupted, tmp_path):
+def test_other_images_are_not_resumed_into(pristine, images, interrupted, tmp_path):
     out = shutil.copytree(interrupted, tmp_path / "run")
-    mirrored = [img.transpose(0) for img in subject_images]
+    mirrored = [img.transpose(0) for img in images]
     assert _run(pristine, mirrored, out)["resumed_from"] == 0
 
 
@@ -303,7 +326,7 @@ def _zero_rows_at(step):
 
 @pytest.mark.parametrize("method", ["dti", "ti", "crossinit"])
 @pytest.mark.parametrize("fault", ["nan loss", "collapsed vector"])
-def test_training_stops_at_the_first_bad_step_naming_it(pristine, subject_images, tmp_path, monkeypatch, method,
+def test_training_stops_at_the_first_bad_step_naming_it(pristine, images, tmp_path, monkeypatch, method,
                                                         fault):
     if fault == "nan loss":
         monkeypatch.setattr(train_module.Trainer, "loss_for", _nan_loss_at(3))
@@ -312,7 +335,7 @@ def test_training_stops_at_the_first_bad_step_naming_it(pristine, subject_images
     hp = SETTINGS if method == "dti" else {**SETTINGS, "beta": None, "kappa": None}
     out = tmp_path / "run"
     with pytest.raises(TrainingDiverged, match="at step 3") as err:
-        train(_fresh(pristine), subject_images, fast_settings(**{**hp, "method": method}), out, progress=False)
+        train(_fresh(pristine), images, fast_settings(**{**hp, "method": method}), out, progress=False)
     assert ("nan" if fault == "nan loss" else "collapsed") in str(err.value)
     logged = [json.loads(line)["step"] for line in (out / "train_log.jsonl").read_text().splitlines()]
     assert logged == [1, 2]
@@ -325,7 +348,7 @@ def test_training_stops_at_the_first_bad_step_naming_it(pristine, subject_images
     (dict(method="ti", lr=1e30, beta=None, kappa=None), "the loss is nan"),
     (dict(method="dti", magnitude=1e-50), "before the first step"),  # m below fp32: a zero vector from the start
 ])
-def test_real_divergence_stops_with_a_message(pristine, subject_images, tmp_path, overrides, needle):
+def test_real_divergence_stops_with_a_message(pristine, images, tmp_path, overrides, needle):
     with pytest.raises(TrainingDiverged, match=needle):
-        _run(pristine, subject_images, tmp_path / "run", **overrides)
+        _run(pristine, images, tmp_path / "run", **overrides)
     assert not (tmp_path / "run" / "run.json").exists()
