@@ -1,7 +1,8 @@
 """Prepared subject folders: normalized RGB PNGs plus `subject.json` describing them.
 
 Layout (the pipeline's contract):
-    {out_dir}/00.png, 01.png, ...   the subject's images, upright RGB, original resolution
+    {out_dir}/00.png, 01.png, ...   the subject's images, upright RGB, original resolution (reduced by an
+                                    integer factor to at most 4096 px on the longer side: dti.images)
     {out_dir}/subject.json          {"name", "class", "kind", "initializer", "images", "source", "sha256"}
 `subject.json` is written last, so its presence means the folder is complete and matches its hashes.
 """
