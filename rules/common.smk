@@ -1,12 +1,13 @@
 # Subjects, methods and backbones from the config; wildcard constraints built from them; the helpers
 # the rules call. Every job receives only its own subject's and method's settings through params.
-import csv
 import os
 import re
 from pathlib import Path
 
 import dti
+from dti.benchmark_config import check_config, prompt_set_key
 from dti.errors import DtiError
+from dti.images import IMAGE_SUFFIXES
 from dti.methods import get_method
 from dti.prompts import load_prompt_set
 from dti.tables import TABLE_NAMES
@@ -29,49 +30,15 @@ def _config_error(message):
     raise WorkflowError(f"config error: {message}")
 
 
-def load_subject_table():
-    if config.get("subject_table"):
-        path = Path(config["subject_table"])
-        if not path.is_absolute() and not path.is_file():  # a path relative to the workflow's folder
-            path = Path(workflow.basedir) / path
-        if not path.is_file():
-            _config_error(f"subject_table: file not found: {path}")
-        with open(path) as handle:
-            rows = [dict(r) for r in csv.DictReader(handle, delimiter="\t")]
-        for row in rows:
-            if not row.get("initializer"):
-                row.pop("initializer", None)
-    elif config.get("subjects"):
-        rows = [dict(r) for r in config["subjects"]]
-    else:
-        _config_error("give either `subjects` (a list) or `subject_table` (a TSV path)")
-    table = {}
-    for row in rows:
-        missing = {"name", "class", "kind", "source"} - set(row)
-        if missing:
-            _config_error(f"subject {row} lacks {sorted(missing)}")
-        if row["kind"] not in ("object", "live"):
-            _config_error(f"subject {row['name']}: kind must be object or live, got {row['kind']!r}")
-        if row["source"] not in ("synthetic", "dreambooth", "folder"):
-            _config_error(f"subject {row['name']}: source must be synthetic, dreambooth or folder, got {row['source']!r}")
-        if row["name"] in table:
-            _config_error(f"subject {row['name']!r} appears twice")
-        row.setdefault("initializer", row["class"])
-        table[row["name"]] = row
-    return table
-
-
-SUBJECTS = load_subject_table()
+try:  # the subject table, names, per-method hyper-parameters, prompt set names, metrics, model families
+    SUBJECTS = check_config(config, workflow.basedir)
+except DtiError as exc:
+    _config_error(str(exc))
 BACKBONES = config["backbones"]
 METHODS = config["methods"]
 PROMPT_SETS = config["prompt_sets"]
 SEEDS = config["seeds"]
 
-for _name in METHODS:
-    try:
-        get_method(_name)
-    except DtiError as exc:
-        _config_error(f"methods.{_name}: {exc}")
 for _name, _spec in SUBJECTS.items():
     for _set in PROMPT_SETS:  # fail at planning time, naming the file, rather than on a GPU node
         try:
@@ -113,7 +80,7 @@ def dreambooth_files(subject):
 
 def folder_images(subject):
     folder = Path(config["data"]["images_dir"]) / subject
-    files = sorted(p for p in folder.glob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png", ".webp"))
+    files = sorted(p for p in folder.glob("*") if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
     return [str(p) for p in files] or [str(folder / "no-images-found")]  # a missing input names the folder
 
 
@@ -184,7 +151,7 @@ def prompt_sets_for(wildcards):
     sets = {}
     for name in PROMPT_SETS:
         templates = load_prompt_set(name, SUBJECTS[wildcards.subject]["kind"], PROMPTS_DIR)
-        sets[Path(name).stem.split(".")[0]] = templates[:limit] if limit else templates
+        sets[prompt_set_key(name)] = templates[:limit] if limit else templates
     return sets
 
 

@@ -30,7 +30,7 @@ def test_train_then_sample_round_trip(tiny_sd, subject_dir, tmp_path, capsys):
     out = tmp_path / "run"
     assert main(_train_args(tiny_sd, subject_dir, out, magnitude="mean")) == 0
     for name in ("learned_embeds.safetensors", "run.json", "subject.safetensors", "train_log.jsonl",
-                 "learned_embeds-steps-2.safetensors", "checkpoints/state.pt"):
+                 "learned_embeds-steps-2.safetensors", "checkpoints/state.safetensors"):
         assert (out / name).is_file(), name
     rows = load_file(str(out / "learned_embeds.safetensors"))["<subject>"]
     assert rows.norm().item() == pytest.approx(vocab_mean_norm(tiny_sd, "clip_l"), rel=1e-6)

@@ -14,6 +14,7 @@ import torch
 from safetensors.torch import load_file
 
 from dti.export import read_metadata
+from dti.state import read_state
 
 STEPS, SAVE_EVERY, STOP_AFTER = 20, 5, 7
 FINAL_FILES = ("learned_embeds.safetensors", "run.json", "subject.safetensors")
@@ -90,13 +91,13 @@ def test_sigterm_then_rerun_equals_an_uninterrupted_run(tiny_sd, subject_dir, tm
     code, err = _finish(first)
     assert code == 143, err
     assert "rerun to resume" in err
-    assert (resumed / "checkpoints" / "state.pt").is_file()
+    assert (resumed / "checkpoints" / "state.safetensors").is_file()
     assert (resumed / "learned_embeds-steps-5.safetensors").is_file()
     for name in FINAL_FILES:
         assert not (resumed / name).exists(), name
     stopped_at = _logged_steps(resumed)[-1]
     assert STOP_AFTER <= stopped_at < STEPS
-    assert torch.load(resumed / "checkpoints" / "state.pt", weights_only=False)["step"] == stopped_at
+    assert read_state(resumed / "checkpoints" / "state.safetensors").step == stopped_at
 
     # Other settings in a copy of the interrupted folder must start over, not pick up the stale state.
     shutil.copytree(resumed, stale)

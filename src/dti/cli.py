@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
 
@@ -38,37 +39,63 @@ def _magnitude(value: str | None):
         return value
 
 
+def _output_folder(out: str) -> Path:
+    """--out must be a folder (or not exist yet): checked before minutes of loading."""
+    path = Path(out)
+    if path.exists() and not path.is_dir():
+        raise DtiError(f"--out {out} is a file; give a folder")
+    return path
+
+
 def cmd_train(args) -> None:
     from dti.backbones import load_backbone
     from dti.images import list_images, load_image
     from dti.train import TrainSettings, train
 
-    images = [load_image(p) for p in list_images(args.images)]
-    device = args.device or default_device()
+    _output_folder(args.out)
     settings = TrainSettings(
         method=args.method, placeholder=args.placeholder, initializer=args.initializer, steps=args.steps,
         lr=args.lr, batch_size=args.batch_size, grad_accum=args.grad_accum, resolution=args.resolution,
         seed=args.seed, kappa=args.kappa, beta=args.beta, magnitude=_magnitude(args.magnitude),
         weight_decay=args.weight_decay, save_every=args.save_every, mixed_precision=args.mixed_precision,
         latent_cache=not args.no_latent_cache, name=args.name)
+    settings.validate()  # bad settings fail before any image or model is loaded
+    images = [load_image(p) for p in list_images(args.images)]
+    device = args.device or default_device()
     backbone = load_backbone(args.model, family=args.family, revision=args.revision,
                              dtype=_dtype(args.dtype, device), device=device)
     run = train(backbone, images, settings, args.out, progress=not args.quiet)
     print(f"learned {run['tokens']} with {args.method} in {run['seconds']} s -> {args.out}")
 
 
+def _check_sample_args(args) -> None:
+    if "{}" not in args.prompt:
+        raise DtiError(f"--prompt must contain {{}} where the learned token goes, got {args.prompt!r}")
+    for flag, value in (("--steps", args.steps), ("--batch-size", args.batch_size), ("--resolution", args.resolution)):
+        if value < 1:
+            raise DtiError(f"{flag} must be a positive integer, got {value}")
+    if not (math.isfinite(args.guidance_scale) and args.guidance_scale >= 0):
+        raise DtiError(f"--guidance-scale must be a finite number >= 0, got {args.guidance_scale}")
+    for seed in args.seeds:
+        if not 0 <= seed < 2**63:
+            raise DtiError(f"--seeds must be integers in [0, 2^63), got {seed}")
+    if not Path(args.embeds).is_dir():
+        raise DtiError(f"--embeds {args.embeds} is not a folder (give the folder holding learned_embeds.safetensors)")
+
+
 def cmd_sample(args) -> None:
     from dti.backbones import load_backbone
+    from dti.latents import check_resolution
     from dti.sample import SampleJob, SampleSettings, generate, load_learned_token
 
+    _check_sample_args(args)
+    out = _output_folder(args.out)
     device = args.device or default_device()
     backbone = load_backbone(args.model, family=args.family, revision=args.revision,
                              dtype=_dtype(args.dtype, device), device=device)
+    check_resolution(args.resolution, backbone.vae)
     placeholder = load_learned_token(backbone, Path(args.embeds), rescale_to=args.rescale_to)
-    if "{}" not in args.prompt:
-        raise DtiError(f"--prompt must contain {{}} where the learned token goes, got {args.prompt!r}")
     prompt = args.prompt.replace("{}", placeholder)
-    out = Path(args.out)
     jobs = [SampleJob(prompt, seed, out / f"{seed:04d}.png") for seed in args.seeds]
     generate(backbone, jobs, SampleSettings(args.steps, args.guidance_scale, args.resolution, args.batch_size),
              progress=not args.quiet)
@@ -142,6 +169,9 @@ def main(argv: list[str] | None = None) -> int:
     except DtiError as exc:
         print(f"dti: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # the OS's message names the file (permissions, a folder where a file should be)
+        print(f"dti: error: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
     except Exception as exc:

@@ -14,7 +14,7 @@ import json
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save
 
 from dti.errors import DtiError
@@ -29,7 +29,7 @@ def diffusers_file(slot: str, step: int | None = None) -> str:
     return name if step is None else name.replace(".safetensors", f"-steps-{step}.safetensors")
 
 
-def _canonical(blob: bytes) -> bytes:
+def canonical_bytes(blob: bytes) -> bytes:
     """Sort the safetensors JSON header: the library writes it in hash-map order, so the same tensors and
     metadata would give different bytes on each call (and a resumed run could never byte-match)."""
     size = int.from_bytes(blob[:8], "little")
@@ -42,7 +42,7 @@ def _save(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]
     blob = save({k: v.detach().float().cpu().contiguous() for k, v in tensors.items()},
                 metadata={"format": "pt", **{k: str(v) for k, v in metadata.items()}})
     with atomic_path(path) as tmp:
-        tmp.write_bytes(_canonical(blob))
+        tmp.write_bytes(canonical_bytes(blob))
 
 
 def save_diffusers(out_dir: Path, placeholder: str, vectors: dict[str, torch.Tensor], metadata: dict,
@@ -63,22 +63,47 @@ def save_single_file(path: Path, vectors: dict[str, torch.Tensor], metadata: dic
     return Path(path)
 
 
-def load_diffusers(out_dir: Path, slots: list[str], step: int | None = None) -> tuple[str, dict[str, torch.Tensor]]:
-    """Read back (placeholder, {slot: rows}) from diffusers files."""
+def load_diffusers(out_dir: Path, slots: list[str], step: int | None = None, *, family: str | None = None,
+                   widths: dict[str, int] | None = None) -> tuple[str, dict[str, torch.Tensor]]:
+    """Read back (placeholder, {slot: rows}) from diffusers files, each checked to be finite float rows.
+
+    With `family` and `widths` ({slot: embedding width}), a file made for another model is refused: widths
+    alone cannot tell, since SD 1.x and SDXL's first encoder are both 768 wide, so the family recorded in the
+    file's metadata is compared too (files from other tools carry none and are checked by width only).
+    """
     vectors, names = {}, set()
     for slot in slots:
         path = Path(out_dir) / diffusers_file(slot, step)
         if not path.is_file():
             raise DtiError(f"learned embedding file missing: {path}")
-        with safe_open(str(path), framework="pt") as f:
-            keys = list(f.keys())
-            if len(keys) != 1:
-                raise DtiError(f"{path} should hold one placeholder tensor, found keys {keys}")
-            names.add(keys[0])
-            vectors[slot] = f.get_tensor(keys[0])
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                keys, meta = list(f.keys()), f.metadata() or {}
+                if len(keys) != 1:
+                    raise DtiError(f"{path} should hold one placeholder tensor, found keys {keys}")
+                if not keys[0] or any(c.isspace() for c in keys[0]):
+                    raise DtiError(f"{path}: placeholder {keys[0]!r} must be one word without spaces")
+                rows = f.get_tensor(keys[0])
+        except (SafetensorError, OSError, ValueError, RuntimeError) as err:
+            raise DtiError(f"cannot read learned embedding file {path}: {err}") from err
+        trained_for = meta.get("dti.family")
+        if family is not None and trained_for and trained_for != family:
+            raise DtiError(f"{path} was trained for an {trained_for!r} model; this model is {family!r}")
+        vectors[slot] = _checked_rows(path, rows, widths.get(slot) if widths else None)
+        names.add(keys[0])
     if len(names) != 1:
         raise DtiError(f"learned embedding files in {out_dir} disagree on the placeholder: {sorted(names)}")
     return names.pop(), vectors
+
+
+def _checked_rows(path: Path, rows: torch.Tensor, width: int | None) -> torch.Tensor:
+    if not rows.is_floating_point() or rows.dim() not in (1, 2) or rows.numel() == 0:
+        raise DtiError(f"{path}: expected float rows [k, width], got {rows.dtype} of shape {tuple(rows.shape)}")
+    if width is not None and rows.shape[-1] != width:
+        raise DtiError(f"{path}: rows are {rows.shape[-1]} wide; this model's text encoder takes {width}")
+    if not bool(torch.isfinite(rows).all()):
+        raise DtiError(f"{path}: the learned rows hold non-finite values (NaN or inf)")
+    return rows
 
 
 def read_metadata(path: Path) -> dict[str, str]:

@@ -1,19 +1,39 @@
-"""Reading subject images: upright, fully decoded RGB, or a DtiError that names the file."""
+"""Reading subject images: upright, fully decoded 8-bit RGB, or a DtiError that names the file.
+
+Whatever Pillow opens decodes to the picture a viewer shows:
+- transparency (an alpha band, a palette's alpha, a tRNS colour key) is composited onto white;
+- 16-bit data (I;16, I;16B, I;16L, 16-bit PNGs) is scaled to 8 bits, not clipped (clipping turns
+  everything above 255 of 65535 white); mode I, which older decoders use for 16-bit data, is read as
+  16-bit; mode F (floating point) as 0..1;
+- CMYK, YCbCr and HSV are converted to RGB; LAB (D50, as in TIFF) exactly, through LittleCMS.
+Time and memory stay bounded whatever the file claims: sizes are checked from the header before any
+decoding, an image with more than MAX_PIXELS or an aspect ratio beyond MAX_ASPECT is refused, and one
+whose longer side exceeds MAX_SIDE is reduced by an integer factor while decoding (JPEG's DCT scaling)
+or right after (a box filter).
+"""
 
 from __future__ import annotations
 
+import functools
 import os
+import warnings
 from pathlib import Path
 
+import numpy as np
 from PIL import Image, ImageOps
 
 from dti.errors import DtiError
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp"})
+MAX_SIDE = 4096  # longer side kept; training crops at most ~1024 px, DreamBooth's photos are <= 2048
+MAX_PIXELS = 1 << 26  # 67 megapixels decoded at most (about 200 MB as RGB)
+MAX_ASPECT = 4.0  # a longer side beyond 4x the shorter leaves the subject a sliver of every square crop
 
 # Transparent pixels become white: a cut-out subject on white is what a viewer shows, whereas dropping
 # the alpha channel would expose whatever colour happens to be stored under it.
 _BACKGROUND = (255, 255, 255)
+_WIDE = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
+_PREMULTIPLIED = {"La": "LA", "RGBa": "RGBA"}
 
 
 def load_image(path: str | os.PathLike) -> Image.Image:
@@ -27,22 +47,87 @@ def load_image(path: str | os.PathLike) -> Image.Image:
     if not path.is_file():
         raise DtiError(f"image file not found: {path}")
     try:
-        with Image.open(path) as opened:
+        with warnings.catch_warnings():
+            # Pillow warns above its own pixel limit; ours is lower and refuses with a clear message.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            opened = Image.open(path)
+        with opened:
+            _check_shape(path, opened.size)
+            factor = _factor(opened.size)
+            if factor > 1:  # JPEG decodes at 1/2, 1/4 or 1/8 scale directly (a no-op for other formats)
+                opened.draft(opened.mode, tuple(-(-side // factor) for side in opened.size))
+            _check_pixels(path, opened.size)
             opened.load()
-            upright = ImageOps.exif_transpose(opened)
-            return _to_rgb(upright)
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+            rgb = to_rgb(ImageOps.exif_transpose(opened))
+        factor = _factor(rgb.size)
+        return rgb.reduce(factor) if factor > 1 else rgb
+    except Image.DecompressionBombError as err:  # beyond Pillow's own limit, far beyond ours
+        raise DtiError(f"image {path} has more than the {MAX_PIXELS / 1e6:.0f} megapixels this tool decodes ({err}); "
+                       "downscale it") from err
+    except (OSError, SyntaxError, ValueError) as err:
         # UnidentifiedImageError and "image file is truncated" are both OSErrors.
         raise DtiError(f"cannot read image {path}: {err}") from err
 
 
-def _to_rgb(img: Image.Image) -> Image.Image:
-    has_alpha = img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info)
+def _check_shape(path: Path, size: tuple[int, int]) -> None:
+    w, h = size
+    if min(w, h) < 1:
+        raise DtiError(f"image {path} has no pixels ({w}x{h})")
+    if max(w, h) / min(w, h) > MAX_ASPECT:
+        raise DtiError(f"image {path} is {w}x{h}, an aspect ratio of {max(w, h) / min(w, h):.1f}:1; "
+                       f"crop it to at most {MAX_ASPECT:g}:1")
+
+
+def _check_pixels(path: Path, size: tuple[int, int]) -> None:
+    w, h = size
+    if w * h > MAX_PIXELS:
+        raise DtiError(f"image {path} is {w}x{h} ({w * h / 1e6:.0f} megapixels), more than the "
+                       f"{MAX_PIXELS / 1e6:.0f} megapixels this tool decodes; downscale it")
+
+
+def _factor(size: tuple[int, int]) -> int:
+    """The smallest integer reduction that brings the longer side to MAX_SIDE or less."""
+    return -(-max(size) // MAX_SIDE)
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Any Pillow image as 8-bit RGB: wide integer and float modes scaled, transparency onto white."""
+    if img.mode in _WIDE:
+        img = _to_eight_bit(img)
+    if img.mode == "LAB":  # Pillow's own LAB conversion interpolates a coarse table: off by up to 16 levels
+        from PIL import ImageCms
+
+        return ImageCms.applyTransform(img, _lab_to_srgb())
+    if img.mode in _PREMULTIPLIED:
+        img = img.convert(_PREMULTIPLIED[img.mode])
+    has_alpha = (img.mode in ("RGBA", "LA", "PA") or "transparency" in img.info
+                 or (img.mode == "P" and img.palette is not None and img.palette.mode == "RGBA"))
     if not has_alpha:
         return img.convert("RGB")
     rgba = img.convert("RGBA")
     canvas = Image.new("RGBA", rgba.size, _BACKGROUND + (255,))
     return Image.alpha_composite(canvas, rgba).convert("RGB")
+
+
+@functools.cache
+def _lab_to_srgb():
+    from PIL import ImageCms
+
+    return ImageCms.buildTransform(ImageCms.createProfile("LAB"), ImageCms.createProfile("sRGB"), "LAB", "RGB",
+                                   flags=ImageCms.Flags.NOOPTIMIZE)
+
+
+def _to_eight_bit(img: Image.Image) -> Image.Image:
+    """16-bit and 32-bit integer grey (read as 16-bit data) and float grey (read as 0..1) as 8-bit L; a
+    tRNS colour key becomes an alpha band."""
+    raw = np.asarray(img)
+    scale = 255.0 if img.mode == "F" else 1 / 257  # 65535 / 257 = 255
+    grey = Image.fromarray(np.clip(np.rint(raw.astype(np.float64) * scale), 0, 255).astype(np.uint8))
+    key = img.info.get("transparency")
+    if isinstance(key, int) and img.mode != "F":
+        alpha = Image.fromarray(np.where(raw == key, 0, 255).astype(np.uint8))
+        return Image.merge("LA", (grey, alpha))
+    return grey
 
 
 def list_images(folder: str | os.PathLike) -> list[Path]:

@@ -15,6 +15,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from dti.errors import DtiError
+
 
 def resize_shorter_side(image: Image.Image, resolution: int) -> Image.Image:
     w, h = image.size
@@ -36,14 +38,25 @@ class Crop:
     left: int
 
 
+def vae_factor(vae) -> int:
+    """Pixels per latent cell along each side (8 for SD and SDXL)."""
+    return 2 ** (len(vae.config.block_out_channels) - 1)
+
+
+def check_resolution(resolution: int, vae) -> None:
+    factor = vae_factor(vae)
+    if resolution < factor or resolution % factor:
+        raise DtiError(f"resolution {resolution} must be a positive multiple of {factor}, this model's "
+                       "pixels per latent cell")
+
+
 class LatentSource:
     """Latents for crops of the training images; subclasses decide when the VAE runs."""
 
     def __init__(self, vae, images: list[Image.Image], resolution: int):
         self.vae = vae
-        self.factor = 2 ** (len(vae.config.block_out_channels) - 1)
-        if resolution % self.factor:
-            raise ValueError(f"resolution {resolution} must be a multiple of the VAE factor {self.factor}")
+        self.factor = vae_factor(vae)
+        check_resolution(resolution, vae)
         self.resolution = resolution
         self.cells = resolution // self.factor
         self.original_sizes = [(img.height, img.width) for img in images]

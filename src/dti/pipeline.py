@@ -96,6 +96,10 @@ def fetch_model(out_json: str, *, model: str, family: str, revision: str | None,
                 ignore_patterns=["*.fp16.safetensors", "*/diffusion_pytorch_model.fp16*"])
         except Exception as exc:
             raise DtiError(f"cannot fetch model {model!r} (revision {revision}): {exc}") from exc
+    if tiny_dir is None:  # a hub model not cached while planning is checked here, once fetched
+        from dti.model_files import check_declared_family
+
+        check_declared_family(path, family)
     write_json(out_json, {"model": path, "family": family, "revision": revision, "source": model})
 
 
@@ -116,10 +120,14 @@ def _load_backbone(model_json: str, device: str):
 
     from dti.backbones import load_backbone
 
-    info = json.loads(Path(model_json).read_text())
+    try:
+        info = json.loads(Path(model_json).read_text(encoding="utf-8"))
+        model, family = info["model"], info["family"]
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as err:
+        raise DtiError(f"cannot read the model record {model_json} ({err!r}); delete it and rerun") from err
     dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
     # Loading from the fetched local folder: no hub access on compute nodes.
-    return load_backbone(info["model"], family=info["family"], revision=None, dtype=dtype, device=device)
+    return load_backbone(model, family=family, revision=None, dtype=dtype, device=device)
 
 
 # --- training ---------------------------------------------------------------------------------------
@@ -155,10 +163,13 @@ def render_subject(backbone, embeds_dir: str, subject_json: str, out_manifest: s
     """`sample_subject` with the backbone already loaded (the benchmark times loading apart)."""
     import pandas as pd
 
+    from dti.names import check_name
     from dti.prompts import eval_prompt, render
     from dti.sample import SampleJob, SampleSettings, generate, load_learned_token
     from dti.subjects import load_subject
 
+    for prompt_set in prompt_sets:  # each names a folder of images
+        check_name(prompt_set, "prompt set")
     subject = load_subject(Path(subject_json).parent, verify_images=False)
     placeholder = load_learned_token(backbone, Path(embeds_dir), rescale_to=rescale_to)
     out_dir = Path(out_manifest).parent

@@ -65,12 +65,16 @@ def load_learned_token(backbone: Backbone, embeds_dir: Path, *, rescale_to: str 
     `rescale_to` (TI-rescaled) sets every row's norm to that vocabulary statistic of its encoder first.
     """
     slots = [slot.name for slot in backbone.slots]
-    placeholder, vectors = load_diffusers(embeds_dir, slots, step)
+    widths = {s.name: s.encoder.get_input_embeddings().embedding_dim for s in backbone.slots}
+    placeholder, vectors = load_diffusers(embeds_dir, slots, step, family=backbone.family, widths=widths)
     if rescale_to is not None:
         magnitudes = {s.name: resolve_magnitude(s.encoder.get_input_embeddings().weight, rescale_to)
                       for s in backbone.slots}
         vectors = rescale(vectors, magnitudes)
-    load_into_pipeline(backbone.pipe, placeholder, vectors)
+    try:
+        load_into_pipeline(backbone.pipe, placeholder, vectors)
+    except ValueError as err:  # diffusers' loader refuses e.g. a placeholder already in the vocabulary
+        raise DtiError(f"cannot load the learned token of {embeds_dir}: {err}") from err
     return placeholder
 
 

@@ -1,7 +1,8 @@
 """Prepared subject folders: normalized RGB PNGs plus `subject.json` describing them.
 
 Layout (the pipeline's contract):
-    {out_dir}/00.png, 01.png, ...   the subject's images, upright RGB, original resolution
+    {out_dir}/00.png, 01.png, ...   the subject's images, upright RGB, original resolution (reduced by an
+                                    integer factor to at most 4096 px on the longer side: dti.images)
     {out_dir}/subject.json          {"name", "class", "kind", "initializer", "images", "source", "sha256"}
 `subject.json` is written last, so its presence means the folder is complete and matches its hashes.
 """
@@ -19,17 +20,15 @@ from dti.dreambooth import parse_prompts_and_classes, sha256_file
 from dti.errors import DtiError
 from dti.images import list_images, load_image
 from dti.io import save_image, write_json
+from dti.names import check_name
 
 SUBJECT_FILE = "subject.json"
 KINDS = ("object", "live")
-# Subject names become folder names and wildcard values in the workflow.
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 _IMAGE_NAME = re.compile(r"\d{2,}\.png")
 
 
 def _check_fields(name: str, class_noun: str, kind: str, initializer: str) -> None:
-    if not isinstance(name, str) or not _NAME.fullmatch(name):
-        raise DtiError(f"subject name must be letters, digits, '_', '.', '-' (not first), got {name!r}")
+    check_name(name, "subject name")  # it becomes a folder name and a wildcard value in the workflow
     if not isinstance(class_noun, str) or not class_noun.strip():
         raise DtiError(f"subject {name}: class noun must be a non-empty string, got {class_noun!r}")
     if kind not in KINDS:

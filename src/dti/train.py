@@ -8,8 +8,11 @@ run sees, and batch B x accumulation A draws the same B*A samples as batch B*A x
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
+import logging
+import math
 import signal
 import time
 from contextlib import contextmanager
@@ -25,10 +28,13 @@ from dti.errors import DtiError
 from dti.export import save_diffusers, save_single_file
 from dti.io import atomic_path, write_json
 from dti.latents import CachedLatents, EncodeEveryStep
-from dti.methods import get_method, make_optimizer
+from dti.methods import HYPER_PARAMETERS, check_hyper_parameters, get_method, make_optimizer
+from dti.model_files import weights_identity
+from dti.names import check_name
 from dti.prompts import TRAINING_TEMPLATES, render
 from dti.speedups import Speedups, apply_to_modules, attention_backend
 from dti.sphere import angle, normalize
+from dti.state import TrainingState, UnreadableState, read_state, save_state
 from dti.tokens import (
     Placeholder,
     PlaceholderEmbedding,
@@ -39,6 +45,10 @@ from dti.tokens import (
     token_init,
     vocab_norm_stats,
 )
+
+log = logging.getLogger(__name__)
+# A vector whose norm falls below this fraction of the vocabulary's mean norm has collapsed (zero).
+_DEGENERATE = 1e-6
 
 
 @dataclass
@@ -71,12 +81,13 @@ class TrainSettings:
         if method.trained_as:
             raise DtiError(f"method {self.method!r} is an evaluation-time variant of {method.trained_as!r}; "
                            f"train {method.trained_as!r} instead")
-        hp = dict(method.defaults)
-        for key in ("lr", "kappa", "beta", "eps", "magnitude", "weight_decay", "pull_weight", "adam_betas"):
-            value = getattr(self, key)
-            if value is not None:
-                hp[key] = value
-        return hp
+        given = {key: getattr(self, key) for key in HYPER_PARAMETERS if getattr(self, key) is not None}
+        return {**method.defaults, **check_hyper_parameters(self.method, given)}
+
+    @property
+    def export_name(self) -> str:
+        """File name (trigger word) of the single-file export."""
+        return self.name or self.placeholder.strip("<>") or "embedding"
 
     def validate(self) -> None:
         if isinstance(self.speedups, dict):
@@ -86,10 +97,16 @@ class TrainSettings:
                 raise DtiError(f"{key} must be a positive integer, got {getattr(self, key)}")
         if self.mixed_precision not in ("auto", "no", "bf16"):
             raise DtiError(f"mixed_precision must be auto, no or bf16, got {self.mixed_precision!r}")
+        check_name(self.export_name, "export file name" + ("" if self.name else " (from the placeholder; set name)"))
+        self.hyper_parameters()
 
 
 class TrainingInterrupted(Exception):
     """SIGTERM/SIGUSR1 arrived (preemption, time limit): state was saved, rerun to resume."""
+
+
+class TrainingDiverged(DtiError):
+    """A non-finite loss or a non-finite or collapsed vector: stopping beats saving a wrong token."""
 
 
 def sample_generator(seed: int, step: int, index: int) -> torch.Generator:
@@ -220,10 +237,34 @@ class Trainer:
                 loss = self.loss_for(step, range(a * s.batch_size, (a + 1) * s.batch_size))
                 self.accelerator.backward(loss / s.grad_accum)
                 total += loss.item() / s.grad_accum
+        if not math.isfinite(total):  # before the optimizer step, so no state is poisoned
+            raise self._diverged(step, f"the loss is {total}")
         grad_norms = {slot: layer.rows.grad.norm(dim=-1).tolist() for slot, layer in self.layers.items()}
-        self.optimizer.step()
+        try:
+            self.optimizer.step()
+        except RuntimeError as err:  # e.g. AdamW's step size beyond fp32 for an absurd learning rate
+            if "overflow" not in str(err):
+                raise
+            raise self._diverged(step, f"the optimizer step overflowed ({err})") from err
         self.step = step
+        self.check_vectors()
         return {"step": step, "loss": total, "grad_norm": grad_norms, **self.vector_stats()}
+
+    def _diverged(self, step: int, what: str) -> TrainingDiverged:
+        when = f"at step {step}" if step else "before the first step"
+        return TrainingDiverged(f"training diverged {when} ({self.settings.method}, lr {self.hp.get('lr')}): {what}; "
+                                f"nothing more is written to {self.out_dir}")
+
+    @torch.no_grad()
+    def check_vectors(self) -> None:
+        """Stop at a non-finite or collapsed vector: training on, or saving it, would only hide it."""
+        for slot, layer in self.layers.items():
+            rows = layer.embedding_rows().float()
+            if not bool(torch.isfinite(rows).all()):
+                raise self._diverged(self.step, f"the {slot} vector has non-finite values")
+            smallest = rows.norm(dim=-1).min().item()
+            if smallest <= _DEGENERATE * self.vocab_stats[slot]["mean"]:
+                raise self._diverged(self.step, f"the {slot} vector's norm collapsed to {smallest:.3g}")
 
     @torch.no_grad()
     def vector_stats(self) -> dict:
@@ -253,46 +294,107 @@ class Trainer:
         return meta
 
     def fingerprint(self) -> str:
-        """Identifies a run: resuming is only allowed into the same settings, model and images."""
-        h = hashlib.sha256(json.dumps(asdict(self.settings), sort_keys=True, default=str).encode())
-        h.update(f"{self.backbone.model_id}@{self.backbone.revision}".encode())
+        return self._fingerprint
+
+    @functools.cached_property
+    def _fingerprint(self) -> str:
+        """Identifies a run: resuming is only allowed into the same settings, code, model weights and images."""
+        b = self.backbone
+        identity = {"settings": asdict(self.settings), "code_version": __version__, "model": b.model_id,
+                    "revision": b.revision, "weights": weights_identity(b.model_id, b.revision)}
+        h = hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode())
         for img in self.images:
+            h.update(f"{img.mode} {img.size}".encode())
             h.update(img.tobytes())
         return h.hexdigest()
 
     @property
     def state_path(self) -> Path:
-        return self.out_dir / "checkpoints" / "state.pt"
+        return self.out_dir / "checkpoints" / "state.safetensors"
 
     def save_state(self) -> None:
-        state = {"fingerprint": self.fingerprint(), "step": self.step,
-                 "rows": {slot: layer.rows.detach().cpu() for slot, layer in self.layers.items()},
-                 "optimizer": self.optimizer.state_dict()}
-        with atomic_path(self.state_path) as tmp:
-            torch.save(state, tmp)
+        save_state(self.state_path, TrainingState(
+            self.fingerprint(), self.step, {slot: layer.rows for slot, layer in self.layers.items()},
+            self.optimizer.state_dict()["state"]))
 
-    def try_resume(self) -> bool:
+    def read_state(self) -> TrainingState | None:
+        """The saved state if it is whole and belongs to this very run; otherwise None, having said in one
+        line why it is not used and removed it (it would only be overwritten by the next save)."""
+        legacy = self.state_path.with_name("state.pt")
+        if legacy.is_file():  # pickle, from an older version: never loaded, since unpickling can run code
+            log.warning("dti: removing %s (an older version's pickle state; it is never loaded)", legacy)
+            legacy.unlink()
         if not self.state_path.is_file():
-            return False
-        state = torch.load(self.state_path, map_location="cpu", weights_only=False)
-        if state.get("fingerprint") != self.fingerprint():
-            self.state_path.unlink()  # from other settings or images: start over rather than mix runs
-            return False
+            return None
+        try:
+            state = read_state(self.state_path)
+            if state.fingerprint != self.fingerprint():
+                log.warning("dti: %s is from other settings, code, model weights or images; training starts over",
+                            self.state_path)
+                self.state_path.unlink()
+                return None
+            self._check_state(state)
+        except UnreadableState as err:
+            log.warning("dti: %s is unreadable (%s); training starts over", self.state_path, err)
+            self.state_path.unlink()
+            return None
+        return state
+
+    def _check_state(self, state: TrainingState) -> None:
+        """Shapes and values a state of this run must have, so a damaged one cannot fail mid-training."""
+        if not 0 < state.step <= self.settings.steps:
+            raise UnreadableState(f"step {state.step} outside 1..{self.settings.steps}")
+        if set(state.rows) != set(self.layers):
+            raise UnreadableState(f"rows for {sorted(state.rows)}, this run trains {sorted(self.layers)}")
+        params = [layer.rows for layer in self.layers.values()]
+        if set(state.optimizer_state) != set(range(len(params))):
+            raise UnreadableState(f"optimizer state for parameters {sorted(state.optimizer_state)}")
+        for slot, rows in state.rows.items():
+            if rows.shape != self.layers[slot].rows.shape or not bool(torch.isfinite(rows).all()):
+                raise UnreadableState(f"rows.{slot} has shape {tuple(rows.shape)} or non-finite values")
+        for index, entries in state.optimizer_state.items():
+            shape = params[index].shape
+            expected = {"exp_avg": shape, "exp_avg_sq": shape, "max_exp_avg_sq": shape, "mu": shape,
+                        "sq_avg": shape[:-1] + (1,), "step": ()}
+            for key, value in entries.items():
+                if isinstance(value, torch.Tensor) and (key not in expected or value.shape != expected[key]
+                                                        or not bool(torch.isfinite(value).all())):
+                    raise UnreadableState(f"optimizer.{index}.{key} has shape {tuple(value.shape)} or bad values")
+
+    def load_state(self, state: TrainingState) -> None:
         with torch.no_grad():
-            for slot, rows in state["rows"].items():
+            for slot, rows in state.rows.items():
                 self.layers[slot].rows.copy_(rows.to(self.device))
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.step = int(state["step"])
-        return True
+        current = self.optimizer.state_dict()  # this run's param_groups; only the per-parameter state is saved
+        self.optimizer.load_state_dict({**current, "state": state.optimizer_state})
+        self.step = state.step
 
 
-def _rewrite_log(path: Path, upto_step: int) -> None:
-    """Keep only log lines of steps a resumed run does not redo."""
-    if not path.exists():
-        return
-    keep = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= upto_step]
-    with atomic_path(path) as tmp:
-        tmp.write_text("".join(line + "\n" for line in keep))
+def _logged_lines(path: Path, upto_step: int) -> list[str] | None:
+    """The log's lines of steps 1..upto_step, in order; None unless all of them are there whole (a crash
+    mid-write tears at most the last line, which belongs to a step after the saved state)."""
+    try:
+        lines = path.read_bytes().decode("utf-8", errors="replace").split("\n")
+    except FileNotFoundError:
+        return None
+    keep = []
+    for line in lines[:upto_step]:
+        try:
+            step = json.loads(line)["step"]
+        except (ValueError, TypeError, KeyError):
+            return None
+        if step != len(keep) + 1:
+            return None
+        keep.append(line)
+    return keep if len(keep) == upto_step else None
+
+
+def _append(log_file, path: Path, record: dict) -> None:
+    try:
+        log_file.write(json.dumps(record) + "\n")
+        log_file.flush()
+    except OSError as err:
+        raise DtiError(f"cannot write {path}: {err.strerror or err}") from err
 
 
 def train(backbone: Backbone, images: list[Image.Image], settings: TrainSettings, out_dir: str | Path, *,
@@ -301,21 +403,34 @@ def train(backbone: Backbone, images: list[Image.Image], settings: TrainSettings
     from tqdm.auto import tqdm
 
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise DtiError(f"output folder {out_dir} is a file")
     started = time.time()
     trainer = Trainer(backbone, images, settings, out_dir)
+    trainer.check_vectors()  # e.g. a magnitude too small for fp32 gives a zero vector from the start
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise DtiError(f"cannot create output folder {out_dir}: {err.strerror or err}") from err
     log_path = out_dir / "train_log.jsonl"
-    resumed_from = trainer.step if resume and trainer.try_resume() else 0
-    if resumed_from:
-        _rewrite_log(log_path, resumed_from)
-    elif log_path.exists():
-        log_path.unlink()
-    with _stop_on_signals() as stop, open(log_path, "a") as log, \
+    state = trainer.read_state() if resume else None
+    kept = _logged_lines(log_path, state.step) if state is not None else None
+    if state is not None and kept is None:
+        log.warning("dti: %s lacks whole lines for steps 1..%d of the saved state; training starts over",
+                    log_path, state.step)
+        state = None
+    if state is not None:
+        trainer.load_state(state)
+        with atomic_path(log_path) as tmp:  # drop the lines of steps this run redoes (and a torn last line)
+            tmp.write_text("".join(line + "\n" for line in kept))
+    else:
+        log_path.unlink(missing_ok=True)
+    resumed_from = trainer.step
+    with _stop_on_signals() as stop, open(log_path, "a") as log_file, \
             tqdm(total=settings.steps, initial=trainer.step, disable=not progress, desc=f"{settings.method}") as bar:
         while trainer.step < settings.steps:
             record = trainer.train_step()
-            log.write(json.dumps(record) + "\n")
-            log.flush()
+            _append(log_file, log_path, record)
             bar.update(1)
             bar.set_postfix(loss=f"{record['loss']:.4f}")
             if trainer.step % settings.save_every == 0 or trainer.step == settings.steps:
@@ -330,11 +445,9 @@ def train(backbone: Backbone, images: list[Image.Image], settings: TrainSettings
 
 def finish(trainer: Trainer, out_dir: Path, resumed_from: int, seconds: float) -> dict:
     s = trainer.settings
+    trainer.check_vectors()  # the last guard before anything final is written
     vectors, meta = trainer.vectors(), trainer.provenance()
-    if not all(torch.isfinite(v).all() for v in vectors.values()):
-        raise DtiError(f"training diverged: non-finite embedding values; nothing final written to {out_dir}")
-    name = s.name or s.placeholder.strip("<>") or "embedding"
-    single = save_single_file(out_dir / f"{name}.safetensors", vectors, meta)
+    single = save_single_file(out_dir / f"{s.export_name}.safetensors", vectors, meta)
     final = save_diffusers(out_dir, s.placeholder, vectors, meta)
     norms = [{"encoder": slot, "vector": i, "norm": float(n), "vocab_norm_mean": trainer.vocab_stats[slot]["mean"],
               "vocab_norm_std": trainer.vocab_stats[slot]["std"]}

@@ -9,12 +9,11 @@ import torch
 import torch.nn.functional as F
 
 from dti.errors import DtiError
+from dti.model_files import PIPELINE_FAMILIES as _PIPELINE_CLASSES
+from dti.model_files import check_declared_family
+from dti.model_files import looks_local as _looks_local
 
 _FAMILIES: dict[str, type[Backbone]] = {}
-_PIPELINE_CLASSES = {  # model_index.json `_class_name` -> family
-    "StableDiffusionPipeline": "sd",
-    "StableDiffusionXLPipeline": "sdxl",
-}
 
 
 def backbone_class(family: str) -> type[Backbone]:
@@ -131,10 +130,6 @@ class Backbone:
         return F.mse_loss(pred.float(), target.float(), reduction="mean")
 
 
-def _looks_local(model: str) -> bool:
-    return model.startswith((".", "/", "~")) or Path(model).exists() or model.count("/") > 1
-
-
 def detect_family(model: str, revision: str | None = None) -> str:
     """Read the family from the model's model_index.json (local folder or the hub cache)."""
     from diffusers import DiffusionPipeline
@@ -161,6 +156,8 @@ def load_backbone(model: str, *, family: str | None = None, revision: str | None
                   dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu") -> Backbone:
     """Load a frozen backbone by hub id or local folder, with every weight checked to be present."""
     check_model_exists(model)
+    if family is not None:
+        check_declared_family(model, family, revision)
     cls = backbone_class(family or detect_family(model, revision))
     model = str(Path(model).expanduser()) if _looks_local(model) else model
     return cls.load(model, revision=revision, dtype=dtype, device=torch.device(device))

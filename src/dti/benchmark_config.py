@@ -1,0 +1,148 @@
+"""Checks of the benchmark configuration beyond what its JSON schema expresses, made while planning.
+
+config/schema.yaml checks keys, types and ranges. Here, before any job starts: the subject table (inline or
+a TSV), one naming rule (dti.names) for every name that becomes a path or a wildcard (subjects, backbones,
+methods, prompt sets), each method's own hyper-parameters, that no two prompt sets share a name, that some
+metric is enabled, photo file names that are text, and each backbone's family against the model's own
+model_index.json where the model is already on this machine. Torch-free, so planning stays fast; every
+error is a DtiError naming the config key, file or value.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from pathlib import Path
+
+from dti.errors import DtiError
+from dti.methods import check_hyper_parameters
+from dti.model_files import check_declared_family
+from dti.names import check_name
+
+KINDS = ("object", "live")
+SOURCES = ("synthetic", "dreambooth", "folder")
+COLUMNS = ("name", "class", "kind", "source")
+
+
+def check_config(config: dict, basedir: str | os.PathLike) -> dict[str, dict]:
+    """Check everything below; return the subject table {name: row} (initializer defaulting to the class)."""
+    subjects = load_subject_table(config, basedir)
+    for key in config["backbones"]:
+        check_name(key, "backbones: backbone name")
+    check_methods(config["methods"])
+    check_prompt_set_names(config["prompt_sets"])
+    check_metrics(config["metrics"])
+    check_backbone_families(config["backbones"])
+    placeholder = config.get("training", {}).get("placeholder", "<{subject}>")
+    for name in subjects:
+        token = placeholder.replace("{subject}", name)
+        if not token.strip() or any(c.isspace() for c in token):
+            raise DtiError(f"training.placeholder {placeholder!r} gives {token!r} for subject {name}; "
+                           "a placeholder must be one word without spaces")
+    images_dir = (config.get("data") or {}).get("images_dir")
+    for name, row in subjects.items():
+        if row["source"] == "folder" and images_dir:
+            check_photo_names(Path(images_dir) / name)
+    return subjects
+
+
+def load_subject_table(config: dict, basedir: str | os.PathLike) -> dict[str, dict]:
+    if config.get("subject_table"):
+        path = Path(config["subject_table"])
+        if not path.is_absolute() and not path.is_file():  # a path relative to the workflow's folder
+            path = Path(basedir) / path
+        where = f"subject_table {path}"
+        try:
+            with open(path, encoding="utf-8", newline="") as handle:
+                reader = csv.DictReader(handle, delimiter="\t")
+                rows = [dict(r) for r in reader]
+                header = reader.fieldnames or []
+        except FileNotFoundError:
+            raise DtiError(f"subject_table: file not found: {path}") from None
+        except (OSError, UnicodeDecodeError, csv.Error) as err:
+            raise DtiError(f"{where}: cannot read: {err}") from err
+        missing = [c for c in COLUMNS if c not in header]
+        if missing:
+            raise DtiError(f"{where}: missing column(s) {missing}; it needs {list(COLUMNS)} (tab-separated)")
+        for row in rows:
+            if not row.get("initializer"):
+                row.pop("initializer", None)
+        labelled = [(f"{where} row {i + 2}", row) for i, row in enumerate(rows)]  # row 1 is the header
+    elif config.get("subjects"):
+        where = "subjects"
+        labelled = [(f"subjects[{i}]", dict(row)) for i, row in enumerate(config["subjects"])]
+    else:
+        raise DtiError("give either `subjects` (a list) or `subject_table` (a TSV path)")
+    if not labelled:
+        raise DtiError(f"{where}: lists no subjects")
+    table = {}
+    for label, row in labelled:
+        missing = [c for c in COLUMNS if not row.get(c)]
+        if missing:
+            raise DtiError(f"{label}: no value for {missing}")
+        name = check_name(row["name"], f"{label}: subject name")
+        if row["kind"] not in KINDS:
+            raise DtiError(f"{label}: subject {name}: kind must be object or live, got {row['kind']!r}")
+        if row["source"] not in SOURCES:
+            raise DtiError(f"{label}: subject {name}: source must be one of {list(SOURCES)}, got {row['source']!r}")
+        if name in table:
+            raise DtiError(f"{label}: subject {name!r} appears twice")
+        row.setdefault("initializer", row["class"])
+        table[name] = row
+    return table
+
+
+def check_methods(methods: dict) -> None:
+    """Every method is known, and takes every hyper-parameter given to it, each with a valid value."""
+    for name, hp in methods.items():
+        try:
+            check_name(name, "method name")
+            check_hyper_parameters(name, hp or {})
+        except DtiError as err:
+            raise DtiError(f"methods.{name}: {err}") from err
+
+
+def prompt_set_key(name: str) -> str:
+    """The name a prompt set's images are filed under: the file name up to its first dot
+    (`complex`, `config/prompts/dreambooth.object.txt` -> `dreambooth`)."""
+    return Path(name).name.split(".")[0]
+
+
+def check_prompt_set_names(prompt_sets: list[str]) -> None:
+    seen: dict[str, str] = {}
+    for entry in prompt_sets:
+        key = check_name(prompt_set_key(entry), f"prompt_sets: the set name (from {entry!r})")
+        if key in seen:
+            raise DtiError(f"prompt_sets: {seen[key]!r} and {entry!r} are both named {key!r} (their images "
+                           f"would share samples/{key}/); rename one file")
+        seen[key] = entry
+
+
+def check_metrics(metrics: dict) -> None:
+    from dti.metrics.spec import metric_names
+
+    if not metric_names(metrics):
+        raise DtiError("metrics: every metric is disabled; enable at least one (the tables would be empty)")
+
+
+def check_backbone_families(backbones: dict) -> None:
+    for key, spec in backbones.items():
+        if spec["model"] == "tiny":
+            continue
+        try:
+            check_declared_family(spec["model"], spec["family"], spec.get("revision"))
+        except DtiError as err:
+            raise DtiError(f"backbones.{key}.family: {err}") from err
+
+
+def check_photo_names(folder: Path) -> None:
+    """File names the workflow passes around must be text: one that is not valid UTF-8 cannot be written
+    into a job's parameters or a log."""
+    if not folder.is_dir():
+        return  # the missing input is reported, naming the folder, when the subject is planned
+    for entry in folder.iterdir():
+        try:
+            entry.name.encode("utf-8")
+        except UnicodeEncodeError:
+            raise DtiError(f"data.images_dir: {folder} holds a file whose name is not valid UTF-8 "
+                           f"({ascii(entry.name)}); rename it") from None
