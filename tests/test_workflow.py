@@ -207,6 +207,8 @@ def test_paper_config_plans_the_whole_grid_without_downloading(tmp_path):
     (lambda c: c["methods"].update(magic={"lr": 0.1}), "magic"),
     (lambda c: c.update(prompt_sets=["no_such_set"]), "no_such_set"),
     (lambda c: c["backbones"]["tiny_sd"].update(family="sd3"), "sd3"),
+    (lambda c: c.update(eval_steps=[LAST_STEP - 1]), f"eval_steps: {LAST_STEP - 1} is not a checkpoint"),
+    (lambda c: c["aggregate"].update(summary_prompt_set="dti_simple"), "summary_prompt_set: 'dti_simple'"),
 ])
 def test_bad_config_stops_with_a_message_naming_it(tmp_path, change, needle):
     config = write_config(tmp_path / "c.yaml", change)

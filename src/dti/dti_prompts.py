@@ -21,7 +21,6 @@ import json
 import os
 import shutil
 import tempfile
-import urllib.request
 from pathlib import Path
 
 from dti.errors import DtiError
@@ -127,6 +126,8 @@ def read_prompts_file(path: str | os.PathLike, sha256: str = SHA256) -> dict[str
 
 
 def _download(url: str, dest: Path) -> None:
+    import urllib.request  # here, not at the top: the workflow imports this module to plan
+
     try:
         with urllib.request.urlopen(url, timeout=60) as response, open(dest, "wb") as out:
             shutil.copyfileobj(response, out)
