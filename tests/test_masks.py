@@ -10,6 +10,7 @@ from PIL import Image
 from dti.errors import DtiError
 from dti.io import save_image, write_parquet
 from dti.masks import mask_references
+from dti.metrics.tiny import write_tiny_metric_model
 from dti.pipeline import score_subject
 from dti.subjects import prepare_subject
 from dti.synthetic import make_synthetic_subject
@@ -73,21 +74,22 @@ def scored_subject(tmp_path):
 
 def test_score_subject_scores_against_masked_references(scored_subject, tmp_path):
     subject_dir, samples = scored_subject
-    specs = {"dino": {"backend": "timm", "model": "vit_small_patch16_224.dino", "image_size": 32}}
+    specs = {"dinov2": {"backend": "transformers", "model": "tiny"}}
+    tiny_dirs = {"dinov2": write_tiny_metric_model("dinov2", tmp_path / "tiny-dinov2")}
 
-    def dino(mask_dir=None):
+    def dinov2(mask_dir=None):
         out = tmp_path / f"scores-{len(list(tmp_path.glob('scores-*')))}.parquet"
         score_subject(str(samples / "manifest.parquet"), str(subject_dir / "subject.json"), str(out),
-                      metric_specs=specs, mask_dir=None if mask_dir is None else str(mask_dir))
+                      metric_specs=specs, tiny_dirs=tiny_dirs, mask_dir=None if mask_dir is None else str(mask_dir))
         return pd.read_parquet(out)["value"].to_numpy()
 
-    plain = dino()
+    plain = dinov2()
     white, halves = tmp_path / "white", tmp_path / "halves"
     for i in range(3):
         _mask(white / f"{i:02d}.png", left_white=False)
         _mask(halves / f"{i:02d}.png")
-    np.testing.assert_allclose(dino(white), plain, rtol=0, atol=1e-6)  # an all-white mask changes nothing
-    assert np.abs(dino(halves) - plain).min() > 1e-3
+    np.testing.assert_allclose(dinov2(white), plain, rtol=0, atol=1e-6)  # an all-white mask changes nothing
+    assert np.abs(dinov2(halves) - plain).min() > 1e-3
     (halves / "02.png").unlink()
     with pytest.raises(DtiError, match="02.png"):
-        dino(halves)
+        dinov2(halves)
