@@ -14,6 +14,7 @@ rule aggregate:
         out_dir=lambda wildcards, output: os.path.dirname(output[0]),
         n_boot=config["aggregate"]["n_boot"],
         seed=config["aggregate"]["seed"],
+        summary=SUMMARY,
         code_version=CODE_VERSION,
     log:
         "logs/aggregate.log",

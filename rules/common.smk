@@ -1,14 +1,18 @@
 # Subjects, methods and backbones from the config; wildcard constraints built from them; the helpers
 # the rules call. Every job receives only its own subject's and method's settings through params.
+import functools
 import os
 import re
 from pathlib import Path
 
 import dti
 from dti.benchmark_config import check_config, prompt_set_key
+from dti.dti_prompts import is_dti_prompt_set, read_prompts_file
+from dti.dti_prompts import reference as dti_prompt_reference
 from dti.errors import DtiError
 from dti.images import IMAGE_SUFFIXES
 from dti.methods import get_method
+from dti.metrics.spec import tiny_families
 from dti.prompts import load_prompt_set
 from dti.tables import TABLE_NAMES
 
@@ -39,14 +43,60 @@ METHODS = config["methods"]
 PROMPT_SETS = config["prompt_sets"]
 SEEDS = config["seeds"]
 
+# The DTI authors' sets come from their pinned prompts.py: checked here when data.dti_prompts names a
+# local copy, otherwise downloaded and checked by fetch_dti_prompts on the login node.
+USES_DTI_PROMPTS = any(is_dti_prompt_set(s) for s in PROMPT_SETS)
+if USES_DTI_PROMPTS and config["data"].get("dti_prompts"):
+    try:
+        read_prompts_file(config["data"]["dti_prompts"])
+    except DtiError as exc:
+        _config_error(f"data.dti_prompts: {exc}")
 for _name, _spec in SUBJECTS.items():
     for _set in PROMPT_SETS:  # fail at planning time, naming the file, rather than on a GPU node
+        if is_dti_prompt_set(_set):
+            continue
         try:
             load_prompt_set(_set, _spec["kind"], PROMPTS_DIR)
         except DtiError as exc:
             _config_error(f"prompt_sets: {exc}")
     if _spec["source"] == "folder" and not config["data"].get("images_dir"):
         _config_error(f"subject {_name} has source 'folder' but data.images_dir is not set")
+
+
+def _checkpoints(backbone):
+    """The training steps of `backbone` to sample and score: eval_steps (default: the last step). Each
+    must be a step that training saves, so no checkpoint is ever made up or retrained."""
+    train = BACKBONES[backbone]["train"]
+    last, every = train["steps"], train["save_every"]
+    steps = sorted(set(config.get("eval_steps") or [last]))
+    for step in steps:
+        if step > last or (step % every and step != last):
+            _config_error(f"eval_steps: {step} is not a checkpoint of backbone {backbone} (training saves "
+                          f"every {every} steps and the last step, {last})")
+    return steps
+
+
+EVAL_STEPS = {b: _checkpoints(b) for b in BACKBONES}
+
+
+def _summary_steps():
+    wanted = config["aggregate"].get("summary_step")
+    for backbone, steps in EVAL_STEPS.items():
+        if wanted is not None and wanted not in steps:
+            _config_error(f"aggregate.summary_step: {wanted} is not among the steps scored for backbone "
+                          f"{backbone} ({steps}); add it to eval_steps")
+    return {b: wanted if wanted is not None else steps[-1] for b, steps in EVAL_STEPS.items()}
+
+
+def _summary_prompt_set():
+    labels = [prompt_set_key(s) for s in PROMPT_SETS]
+    wanted = config["aggregate"].get("summary_prompt_set")
+    if wanted is not None and wanted not in labels:
+        _config_error(f"aggregate.summary_prompt_set: {wanted!r} is not one of prompt_sets {labels}")
+    return wanted or labels[0]
+
+
+SUMMARY = {"prompt_set": _summary_prompt_set(), "step": _summary_steps()}
 
 TRAINED_METHODS = sorted({get_method(m).trained_as or m for m in METHODS})
 
@@ -60,6 +110,8 @@ wildcard_constraints:
     backbone=_alternatives(BACKBONES),
     method=_alternatives(set(METHODS) | set(TRAINED_METHODS)),
     family="sd|sdxl",
+    metric_family="dinov2|siglip",
+    step=r"\d+",
 
 
 # --- data -----------------------------------------------------------------------------------------
@@ -124,6 +176,25 @@ def sample_settings(wildcards):
 
 
 METRICS = canonical(config["metrics"])
+# Tiny random transformers metric models (`model: tiny`), built offline by the tiny_metric_model rule.
+TINY_METRICS = {key: f"resources/metrics/tiny/{key}" for key in tiny_families(METRICS)}
+
+
+@functools.lru_cache(maxsize=None)
+def _mask_files(subject):
+    root = config["data"].get("reference_masks")
+    return sorted(str(p) for p in (Path(root) / subject).glob("*.png")) if root else []
+
+
+def reference_masks(wildcards):
+    """The subject's mask files (inputs, so a changed mask rescores); which one each reference needs is
+    checked by the score job, which names a missing one."""
+    return _mask_files(wildcards.subject)
+
+
+def mask_dir(wildcards):
+    root = config["data"].get("reference_masks")
+    return str(Path(root) / wildcards.subject) if root else None
 
 
 def placeholder(wildcards):
@@ -146,18 +217,28 @@ def rescale_to(wildcards):
 
 
 def prompt_sets_for(wildcards):
-    """{prompt set: templates} for this subject's kind (DreamBooth has object and live lists)."""
+    """{prompt set: templates} for this subject's kind (DreamBooth has object and live lists). An authors'
+    set is a reference (name, kind, limit, pinned sha256) that the job resolves from dti_prompts.json."""
     limit = config.get("prompt_limit")
+    kind = SUBJECTS[wildcards.subject]["kind"]
     sets = {}
     for name in PROMPT_SETS:
-        templates = load_prompt_set(name, SUBJECTS[wildcards.subject]["kind"], PROMPTS_DIR)
+        if is_dti_prompt_set(name):
+            sets[name] = dti_prompt_reference(name, kind, limit)
+            continue
+        templates = load_prompt_set(name, kind, PROMPTS_DIR)
         sets[prompt_set_key(name)] = templates[:limit] if limit else templates
     return sets
 
 
+def dti_prompts_file(wildcards):
+    return ["resources/dti_prompts.json"] if USES_DTI_PROMPTS else []
+
+
 # --- targets --------------------------------------------------------------------------------------
 def score_files():
-    return [f"results/{b}/{m}/{s}/scores.parquet" for b in BACKBONES for m in METHODS for s in SUBJECTS]
+    return [f"results/{b}/{m}/{s}/scores/step-{n}.parquet"
+            for b in BACKBONES for m in METHODS for s in SUBJECTS for n in EVAL_STEPS[b]]
 
 
 def run_records():

@@ -3,6 +3,7 @@
 localrules:
     synthesize_subject,
     fetch_dreambooth,
+    fetch_dti_prompts,
 
 
 rule synthesize_subject:
@@ -33,6 +34,20 @@ rule fetch_dreambooth:
         "benchmarks/fetch_dreambooth.tsv"
     script:
         "../workflow/scripts/fetch_dreambooth.py"
+
+
+# The DTI authors' prompt lists (their prompts.py at a pinned commit, checksummed, read as data).
+rule fetch_dti_prompts:
+    output:
+        "resources/dti_prompts.json",
+    params:
+        source=config["data"].get("dti_prompts"),
+    log:
+        "logs/fetch_dti_prompts.log",
+    benchmark:
+        "benchmarks/fetch_dti_prompts.tsv"
+    script:
+        "../workflow/scripts/fetch_dti_prompts.py"
 
 
 rule prepare_subject:

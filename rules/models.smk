@@ -2,6 +2,7 @@
 # may touch the network); GPU jobs then load them offline.
 localrules:
     tiny_model,
+    tiny_metric_model,
     fetch_model,
     fetch_metrics,
 
@@ -34,11 +35,25 @@ rule fetch_model:
         "../workflow/scripts/fetch_model.py"
 
 
+rule tiny_metric_model:
+    output:
+        directory("resources/metrics/tiny/{metric_family}"),
+    log:
+        "logs/tiny_metric_model/{metric_family}.log",
+    benchmark:
+        "benchmarks/tiny_metric_model/{metric_family}.tsv"
+    script:
+        "../workflow/scripts/tiny_metric_model.py"
+
+
 rule fetch_metrics:
+    input:
+        tiny=list(TINY_METRICS.values()),
     output:
         "resources/metrics.json",
     params:
         metrics=METRICS,
+        tiny_metrics=TINY_METRICS,
     log:
         "logs/fetch_metrics.log",
     benchmark:

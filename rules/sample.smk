@@ -1,4 +1,6 @@
-# One GPU job per (backbone, method, subject): every prompt set x prompt x seed, batched, one model load.
+# One GPU job per (backbone, method, subject, checkpoint): every prompt set x prompt x seed, batched, one
+# model load. A checkpoint is a training step whose embedding training saved (eval_steps), so a new step
+# adds sample and score jobs and never retrains.
 
 
 rule sample:
@@ -6,10 +8,12 @@ rule sample:
         run=trained_run,
         subject=subject_json,
         model=model_json,
+        dti_prompts=dti_prompts_file,
     output:
-        manifest="results/{backbone}/{method}/{subject}/samples/manifest.parquet",
+        manifest="results/{backbone}/{method}/{subject}/samples/step-{step}/manifest.parquet",
     params:
         labels=lambda wc: {"backbone": wc.backbone, "method": wc.method, "subject": wc.subject},
+        step=lambda wc: int(wc.step),
         prompt_sets=prompt_sets_for,
         seeds=SEEDS,
         sample=sample_settings,
@@ -18,10 +22,13 @@ rule sample:
     threads: 1
     resources:
         gpu=1,
-        runtime=gpu_runtime(60),
+        # A chain's submission asks for the sum of its jobs' times (one GPU, one job after the other): with
+        # 8 checkpoints x (TI + TI-rescaled) that is 16 sample jobs, so each asks for what it needs (an
+        # estimate: 164 SDXL images at 1024 px take about 10 minutes on an H100), not an hour.
+        runtime=gpu_runtime(30),
     log:
-        "logs/sample/{backbone}/{method}/{subject}.log",
+        "logs/sample/{backbone}/{method}/{subject}/step-{step}.log",
     benchmark:
-        "benchmarks/sample/{backbone}/{method}/{subject}.tsv"
+        "benchmarks/sample/{backbone}/{method}/{subject}/step-{step}.tsv"
     script:
         "../workflow/scripts/sample.py"

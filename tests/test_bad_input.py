@@ -236,7 +236,7 @@ def test_sample_subject_refuses_a_prompt_set_name_escaping_its_folder(tmp_path):
 
     with pytest.raises(DtiError, match="prompt set '../x'"):
         sample_subject("unused", "unused", "unused", str(tmp_path / "m.parquet"), labels={},
-                       prompt_sets={"../x": ["a {}"]}, seeds=[0], sample={})
+                       prompt_sets={"../x": ["a {}"]}, seeds=[0], sample={}, step=1)
     assert list(tmp_path.iterdir()) == []
 
 

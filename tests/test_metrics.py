@@ -14,7 +14,7 @@ from dti.metrics.encoders import OpenClipEncoder, TimmImageEncoder
 
 # The Scores columns as written in the data contract.
 CONTRACT_COLUMNS = [
-    "backbone", "method", "subject", "subject_kind", "prompt_set", "prompt_id", "seed", "image",
+    "backbone", "method", "step", "subject", "subject_kind", "prompt_set", "prompt_id", "seed", "image",
     "metric", "metric_model", "value",
 ]  # fmt: skip
 
@@ -65,7 +65,7 @@ def manifest():
     eval_prompts = [p.replace("<s>", "a stuffed animal") for p in prompts]
     return pd.DataFrame(
         {
-            "backbone": "sd15", "method": "dti", "subject": "bear_plushie", "subject_kind": "object",
+            "backbone": "sd15", "method": "dti", "step": 400, "subject": "bear_plushie", "subject_kind": "object",
             "prompt_set": "test", "prompt_id": [0, 1, 0], "prompt": prompts, "eval_prompt": eval_prompts,
             "seed": [0, 0, 1], "image": ["same.png", "other.png", "ramp.png"],
         }
@@ -107,6 +107,7 @@ def test_scores_follow_the_contract(scores, manifest):
     assert set(scores["metric"]) == {"dino", "dinov2", "clip_i", "clip_t"}
     assert scores["value"].dtype == np.float64
     assert scores["prompt_id"].dtype == np.int64 and scores["seed"].dtype == np.int64
+    assert scores["step"].dtype == np.int64 and set(scores["step"]) == {400}
     labels = scores.groupby("metric")["metric_model"].unique().map(list).to_dict()
     assert labels == {
         "dino": ["timm:vit_small_patch16_224.dino@random/224px"],

@@ -17,11 +17,12 @@ CLIP_T = "open_clip:ViT-B-32@openai"
 
 
 def rows(backbone, method, subject, values, *, kind="object", metric="dino", model=DINO, prompt_set="object",
-         prompt_id=0, seeds=None):
+         prompt_id=0, seeds=None, step=400):
     """One score row per value; by default each value gets its own seed (so its own image)."""
     seeds = range(len(values)) if seeds is None else seeds
-    return [dict(backbone=backbone, method=method, subject=subject, subject_kind=kind, prompt_set=prompt_set,
-                 prompt_id=prompt_id, seed=seed, image=f"{subject}/{prompt_set}/{prompt_id}/{seed}.png",
+    return [dict(backbone=backbone, method=method, step=step, subject=subject, subject_kind=kind,
+                 prompt_set=prompt_set, prompt_id=prompt_id, seed=seed,
+                 image=f"{subject}/step-{step}/{prompt_set}/{prompt_id}/{seed}.png",
                  metric=metric, metric_model=model, value=float(v))
             for seed, v in zip(seeds, values, strict=True)]
 
@@ -60,12 +61,13 @@ def test_summary_is_mean_of_subject_means_not_pooled_mean():
 def test_long_layout_columns():
     tables = build_tables(unbalanced(), None)
     stats = ["metric", "metric_model", "mean", "ci_low", "ci_high", "n_subjects", "n_images"]
-    assert list(tables["summary"].columns) == ["backbone", "method", *stats]
-    assert list(tables["by_prompt_set"].columns) == ["backbone", "prompt_set", "method", *stats]
-    assert list(tables["by_kind"].columns) == ["backbone", "subject_kind", "method", *stats]
-    assert list(tables["per_subject"].columns) == ["backbone", "method", "subject", "subject_kind", "metric",
-                                                   "metric_model", "mean", "n_images"]
-    assert list(tables["per_prompt"].columns) == ["backbone", "method", "prompt_set", "prompt_id", "metric",
+    assert list(tables["summary"].columns) == ["backbone", "prompt_set", "step", "method", *stats]
+    assert list(tables["by_prompt_set"].columns) == ["backbone", "prompt_set", "step", "method", *stats]
+    assert list(tables["by_kind"].columns) == ["backbone", "prompt_set", "step", "subject_kind", "method", *stats]
+    assert list(tables["over_steps"].columns) == ["backbone", "prompt_set", "method", "step", *stats]
+    assert list(tables["per_subject"].columns) == ["backbone", "prompt_set", "step", "method", "subject",
+                                                   "subject_kind", "metric", "metric_model", "mean", "n_images"]
+    assert list(tables["per_prompt"].columns) == ["backbone", "method", "prompt_set", "step", "prompt_id", "metric",
                                                   "metric_model", "mean", "n_subjects", "n_images"]
     assert "norms" not in tables
 
@@ -115,19 +117,76 @@ def test_ci_collapses_to_mean_for_one_subject():
 
 
 def test_by_kind_and_by_prompt_set_split_the_subjects():
-    scores = frame(rows("sdxl", "dti", "cat", [0.8, 0.6], kind="live", prompt_set="live"),
+    scores = frame(rows("sdxl", "dti", "cat", [0.8, 0.6], kind="live", prompt_set="simple"),
                    rows("sdxl", "dti", "cat", [0.2], kind="live", prompt_set="custom", seeds=[9]),
-                   rows("sdxl", "dti", "can", [0.4], kind="object", prompt_set="object"),
+                   rows("sdxl", "dti", "can", [0.4], kind="object", prompt_set="simple"),
                    rows("sdxl", "dti", "can", [0.1, 0.3], kind="object", prompt_set="custom", seeds=[7, 8]))
-    tables = build_tables(scores, None)
-    live = one(tables["by_kind"], subject_kind="live")
-    assert live["mean"] == pytest.approx(np.mean([0.8, 0.6, 0.2]))
-    assert (live["n_subjects"], live["n_images"]) == (1, 3)
+    tables = build_tables(scores, None, summary_prompt_set="simple")
+    live = one(tables["by_kind"], subject_kind="live", prompt_set="simple")
+    assert live["mean"] == pytest.approx(np.mean([0.8, 0.6]))
+    assert (live["n_subjects"], live["n_images"]) == (1, 2)
+    assert one(tables["by_kind"], subject_kind="object", prompt_set="custom")["mean"] == pytest.approx(0.2)
     custom = one(tables["by_prompt_set"], prompt_set="custom")
     assert custom["mean"] == pytest.approx(np.mean([0.2, np.mean([0.1, 0.3])]))
     assert (custom["n_subjects"], custom["n_images"]) == (2, 3)
     summary = one(tables["summary"], method="dti")
-    assert summary["mean"] == pytest.approx(np.mean([np.mean([0.8, 0.6, 0.2]), np.mean([0.4, 0.1, 0.3])]))
+    assert summary["prompt_set"] == "simple"
+    assert summary["mean"] == pytest.approx(np.mean([np.mean([0.8, 0.6]), 0.4]))
+
+
+def test_summary_never_pools_prompt_sets():
+    # A long set with low scores and a short one with high ones: pooled, the long one would dominate.
+    scores = frame(rows("sdxl", "dti", "a", [0.1] * 6, prompt_set="long"),
+                   rows("sdxl", "dti", "a", [0.9], prompt_set="short", seeds=[99]))
+    with pytest.raises(DtiError, match="several prompt sets"):
+        build_tables(scores, None)
+    for name, value in (("long", 0.1), ("short", 0.9)):
+        summary = build_tables(scores, None, summary_prompt_set=name)["summary"]
+        assert list(summary["prompt_set"]) == [name]
+        assert summary["mean"].iloc[0] == pytest.approx(value)
+    with pytest.raises(DtiError, match="'medium'"):
+        build_tables(scores, None, summary_prompt_set="medium")
+
+
+def stepped_scores() -> pd.DataFrame:
+    """TI peaks at step 200 and falls by 400; DTI keeps rising (the overfitting a reviewer asked about)."""
+    values = {("ti", 200): [0.7, 0.6], ("ti", 400): [0.3, 0.2], ("dti", 200): [0.5, 0.4], ("dti", 400): [0.8, 0.6]}
+    return frame(*[rows("sdxl", method, subject, [v], step=step, seeds=[0])
+                   for (method, step), per_subject in values.items()
+                   for subject, v in zip(("a", "b"), per_subject, strict=True)])
+
+
+def test_headline_tables_show_one_checkpoint_and_over_steps_all():
+    scores = stepped_scores()
+    tables = build_tables(scores, None)
+    for name in ("summary", "by_prompt_set", "by_kind", "per_subject", "per_prompt"):
+        assert set(tables[name]["step"]) == {400}, name  # the last step scored
+    assert one(tables["summary"], method="ti")["mean"] == pytest.approx(0.25)
+    over = tables["over_steps"]
+    assert len(over) == 4
+    assert one(over, method="ti", step=200)["mean"] == pytest.approx(0.65)
+    assert one(over, method="dti", step=400)["mean"] == pytest.approx(0.7)
+    at_200 = build_tables(scores, None, summary_step=200)
+    assert one(at_200["summary"], method="ti")["mean"] == pytest.approx(0.65)
+    per_backbone = build_tables(scores, None, summary_step={"sdxl": 200})["summary"]
+    pd.testing.assert_frame_equal(per_backbone, at_200["summary"])
+    with pytest.raises(DtiError, match="300"):
+        build_tables(scores, None, summary_step=300)
+
+
+def test_over_steps_latex_bolds_the_best_method_at_each_step():
+    table = build_tables(stepped_scores(), None)["over_steps"]
+    body = parse_body(to_latex(table, caption="c", label="tab:over_steps"), 4)
+    bold = {(method, step) for (_, _, method, step), cells in body.items() if r"\textbf{" in cells[0]}
+    assert bold == {("ti", "200"), ("dti", "400")}
+
+
+def test_caption_names_prompt_set_and_step():
+    scores = stepped_scores()
+    tables = build_tables(scores, None)
+    caption = caption_for(scores, "summary", table=tables["summary"])
+    assert "Prompt set object; checkpoint at training step 400." in caption
+    assert "training steps 200, 400" in caption_for(scores, "over_steps", table=tables["over_steps"])
 
 
 def test_different_metric_models_stay_apart():
@@ -153,8 +212,8 @@ def test_per_subject_and_per_prompt():
     assert one(tables["per_prompt"], prompt_id=1)["mean"] == pytest.approx(0.5)
 
 
-def norm_rows(method, subject, norms, *, encoder="clip_l", vocab=(0.4, 0.05), backbone="sdxl"):
-    return [dict(backbone=backbone, method=method, subject=subject, encoder=encoder, vector=i, norm=n,
+def norm_rows(method, subject, norms, *, encoder="clip_l", vocab=(0.4, 0.05), backbone="sdxl", step=400):
+    return [dict(backbone=backbone, method=method, step=step, subject=subject, encoder=encoder, vector=i, norm=n,
                  vocab_norm_mean=vocab[0], vocab_norm_std=vocab[1]) for i, n in enumerate(norms)]
 
 
@@ -260,17 +319,17 @@ def parse_body(latex: str, n_keys: int) -> dict[tuple, list[str]]:
 def test_latex_bolds_best_method_per_metric_within_each_backbone():
     summary = build_tables(bench_scores(), None)["summary"]
     latex = to_latex(summary, caption="c", label="tab:summary")
-    body = parse_body(latex, 2)
+    body = parse_body(latex, 4)
     assert len(body) == 6
     metrics = ["dino", "clip_t"]
     bold = {(backbone.replace(r"\_", "_"), method.replace(r"\_", "_"), metric)
-            for (backbone, method), cells in body.items()
+            for (backbone, _, _, method), cells in body.items()
             for metric, cell in zip(metrics, cells, strict=True) if r"\textbf{" in cell}
     assert bold == BOLD
     # Cells read "mean ± half-CI" with the table's numbers.
     row = one(summary, backbone="sana", method="ti", metric="dino")
     half = (row["ci_high"] - row["ci_low"]) / 2
-    assert body[("sana", "ti")][0] == f"{row['mean']:.3f} $\\pm$ {half:.3f}"
+    assert body[("sana", "object", "400", "ti")][0] == f"{row['mean']:.3f} $\\pm$ {half:.3f}"
 
 
 def test_latex_has_booktabs_rules_and_escapes_names():
@@ -278,7 +337,7 @@ def test_latex_has_booktabs_rules_and_escapes_names():
                      label="tab:summary_main")
     lines = latex.splitlines()
     assert lines.index(r"\toprule") < lines.index(r"\midrule") < lines.index(r"\bottomrule")
-    assert r"\begin{tabular}{llcc}" in lines
+    assert r"\begin{tabular}{llllcc}" in lines
     assert "DINO & CLIP-T" in latex
     assert r"sdxl\_base" in latex and r"cross\_init" in latex
     assert r"cross\_init \& co" in latex
@@ -313,8 +372,8 @@ def test_norms_latex_is_not_bolded():
     table = build_tables(unbalanced(), norms)["norms"]
     latex = to_latex(table, caption=caption_for(unbalanced(), "norms"), label="tab:norms")
     assert r"\textbf" not in latex
-    body = parse_body(latex, 3)
-    assert body[("sdxl", "ti", "clip\\_l")][-1] == f"{2.0 / 0.4:.3f}"
+    body = parse_body(latex, 4)
+    assert body[("sdxl", "ti", "400", "clip\\_l")][-1] == f"{2.0 / 0.4:.3f}"
 
 
 def test_write_tables_writes_parquet_and_tex_that_round_trip(tmp_path):
@@ -328,7 +387,7 @@ def test_write_tables_writes_parquet_and_tex_that_round_trip(tmp_path):
         pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "tables" / f"{name}.parquet"), table)
         tex = (tmp_path / "tables" / f"{name}.tex").read_text()
         assert tex == to_latex(table, caption=captions[name], label=f"tab:{name}")
-    assert len(written) == 2 * 6
+    assert len(written) == 2 * 7
 
 
 def test_write_tables_needs_a_caption_per_table(tmp_path):

@@ -11,6 +11,7 @@ import shutil
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
@@ -24,6 +25,13 @@ SUBJECTS = sorted(s["name"] for s in DEFAULT["subjects"])
 SEEDS = DEFAULT["seeds"]
 PROMPTS_PER_SET = DEFAULT["prompt_limit"]
 PROMPT_SETS = DEFAULT["prompt_sets"]
+TRAIN = {b: DEFAULT["backbones"][b]["train"] for b in BACKBONES}
+assert len({(t["steps"], t["save_every"]) for t in TRAIN.values()}) == 1  # the checks below assume one schedule
+LAST_STEP, SAVE_EVERY = TRAIN[BACKBONES[0]]["steps"], TRAIN[BACKBONES[0]]["save_every"]
+STEPS = DEFAULT.get("eval_steps") or [LAST_STEP]
+CHAINS = len(BACKBONES) * len(METHODS) * len(SUBJECTS)
+AUTHORS_PROMPTS = next((p for p in (REPO.parent / "shared/third_party/kunheek-dti/prompts.py",
+                                    Path("/work/shared/third_party/kunheek-dti/prompts.py")) if p.is_file()), None)
 
 pytestmark = pytest.mark.slow
 
@@ -46,19 +54,26 @@ def jobs_by_rule(jobs) -> Counter:
 
 # --- end to end -------------------------------------------------------------------------------------
 def test_tables_cover_the_whole_grid(default_run):
-    scores = pd.concat(pd.read_parquet(p) for p in default_run.glob("results/*/*/*/scores.parquet"))
+    scores = pd.concat(pd.read_parquet(p) for p in default_run.glob("results/*/*/*/scores/step-*.parquet"))
     metrics = sorted(scores["metric"].unique())
-    assert metrics == ["clip_i", "clip_t", "dino"]
-    per_image = len(BACKBONES) * len(METHODS) * len(SUBJECTS) * len(PROMPT_SETS) * PROMPTS_PER_SET * len(SEEDS)
+    assert metrics == ["clip_i", "clip_t", "dino", "dinov2", "siglip_t"]
+    per_image = CHAINS * len(STEPS) * len(PROMPT_SETS) * PROMPTS_PER_SET * len(SEEDS)
     assert len(scores) == per_image * len(metrics)
-    assert not scores.duplicated(["backbone", "method", "subject", "prompt_set", "prompt_id", "seed", "metric"]).any()
+    assert sorted(scores["step"].unique()) == STEPS
+    identity = ["backbone", "method", "step", "subject", "prompt_set", "prompt_id", "seed", "metric"]
+    assert not scores.duplicated(identity).any()
     assert scores["value"].notna().all()
+    labels = scores.groupby("metric")["metric_model"].unique().map(list).to_dict()
+    assert labels["dinov2"] == ["transformers:tiny-dinov2@random/short256-bicubic-crop224-norm-imagenet"]
+    assert labels["siglip_t"] == ["transformers:tiny-siglip@random/64x64-bicubic-norm-0.5/text64"]
 
+    # The headline tables: the first prompt set (never pooled with the other) at the last step.
     summary = pd.read_parquet(default_run / "results/tables/summary.parquet")
     grid = {(b, m, x) for b in BACKBONES for m in METHODS for x in metrics}
     assert set(zip(summary["backbone"], summary["method"], summary["metric"], strict=True)) == grid
+    assert set(summary["prompt_set"]) == {PROMPT_SETS[0]} and set(summary["step"]) == {max(STEPS)}
     assert (summary["n_subjects"] == len(SUBJECTS)).all()
-    assert (summary["n_images"] == len(SUBJECTS) * len(PROMPT_SETS) * PROMPTS_PER_SET * len(SEEDS)).all()
+    assert (summary["n_images"] == len(SUBJECTS) * PROMPTS_PER_SET * len(SEEDS)).all()
     assert (summary["ci_low"] <= summary["mean"]).all() and (summary["mean"] <= summary["ci_high"]).all()
 
     by_set = pd.read_parquet(default_run / "results/tables/by_prompt_set.parquet")
@@ -66,7 +81,10 @@ def test_tables_cover_the_whole_grid(default_run):
     by_kind = pd.read_parquet(default_run / "results/tables/by_kind.parquet")
     assert sorted(by_kind["subject_kind"].unique()) == ["live", "object"]
     per_subject = pd.read_parquet(default_run / "results/tables/per_subject.parquet")
-    assert len(per_subject) == len(BACKBONES) * len(METHODS) * len(SUBJECTS) * len(metrics)
+    assert len(per_subject) == CHAINS * len(PROMPT_SETS) * len(metrics)
+    over_steps = pd.read_parquet(default_run / "results/tables/over_steps.parquet")
+    assert len(over_steps) == len(BACKBONES) * len(PROMPT_SETS) * len(METHODS) * len(STEPS) * len(metrics)
+    assert "Step" in (default_run / "results/tables/over_steps.tex").read_text()
 
 
 def test_learned_norms_sit_next_to_the_vocabulary(default_run):
@@ -90,8 +108,8 @@ def test_every_rule_has_log_and_benchmark(default_run):
 
     logs = rules_under(default_run / "logs", ".log")
     benches = rules_under(default_run / "benchmarks", ".tsv")
-    expected = {"synthesize_subject", "tiny_model", "fetch_model", "fetch_metrics", "prepare_subject", "train",
-                "sample", "score", "aggregate"}
+    expected = {"synthesize_subject", "tiny_model", "tiny_metric_model", "fetch_model", "fetch_metrics",
+                "prepare_subject", "train", "sample", "score", "aggregate"}
     assert expected <= logs and expected <= benches
 
 
@@ -114,7 +132,9 @@ def test_replaced_photo_reruns_only_that_subject(default_run, tmp_path):
     Image.new("RGB", (96, 96), (200, 30, 30)).save(photo)
     jobs = planned_jobs(work)
     counts = jobs_by_rule(jobs)
-    assert counts == Counter({"prepare_subject": 1, "train": 6, "sample": 6, "score": 6, "aggregate": 1, "all": 1})
+    per_subject = len(BACKBONES) * len(METHODS)
+    assert counts == Counter({"prepare_subject": 1, "train": per_subject, "sample": per_subject * len(STEPS),
+                              "score": per_subject * len(STEPS), "aggregate": 1, "all": 1})
     assert {wc.get("subject") for rule, wc in jobs if rule in ("prepare_subject", "train", "sample", "score")} == {
         "striped_box"}
 
@@ -130,7 +150,7 @@ def test_new_initializer_reruns_only_that_subject(default_run, tmp_path):
     jobs = planned_jobs(work, "--configfile", str(write_config(tmp_path / "c.yaml", change)))
     assert {wc.get("subject") for rule, wc in jobs if rule in ("prepare_subject", "train", "sample", "score")} == {
         "plush_bear"}
-    assert jobs_by_rule(jobs)["train"] == 6
+    assert jobs_by_rule(jobs)["train"] == len(BACKBONES) * len(METHODS)
 
 
 def test_new_learning_rate_reruns_only_that_method(default_run, tmp_path):
@@ -138,17 +158,45 @@ def test_new_learning_rate_reruns_only_that_method(default_run, tmp_path):
     config = write_config(tmp_path / "c.yaml", lambda c: c["methods"]["dti"].update(lr=0.05))
     jobs = planned_jobs(work, "--configfile", str(config))
     counts = jobs_by_rule(jobs)
-    assert counts == Counter({"train": 6, "sample": 6, "score": 6, "aggregate": 1, "all": 1})
+    per_method = len(BACKBONES) * len(SUBJECTS)
+    assert counts == Counter({"train": per_method, "sample": per_method * len(STEPS),
+                              "score": per_method * len(STEPS), "aggregate": 1, "all": 1})
     assert {wc["method"] for rule, wc in jobs if rule in ("train", "sample", "score")} == {"dti"}
+
+
+def test_a_new_eval_step_samples_and_scores_only_that_checkpoint(default_run, tmp_path):
+    saved = set(range(SAVE_EVERY, LAST_STEP + 1, SAVE_EVERY)) | {LAST_STEP}
+    new_step = max(saved - set(STEPS))  # a checkpoint training wrote but the default does not score
+    work = copy_run(default_run, tmp_path / "run")
+    config = write_config(tmp_path / "c.yaml", lambda c: c.update(eval_steps=sorted([*STEPS, new_step])))
+    jobs = planned_jobs(work, "--configfile", str(config))
+    assert jobs_by_rule(jobs) == Counter({"sample": CHAINS, "score": CHAINS, "aggregate": 1, "all": 1})
+    assert {wc["step"] for rule, wc in jobs if rule in ("sample", "score")} == {str(new_step)}
+
+    # Run one chain's new jobs for real: training is not touched, the new checkpoint's images are its own.
+    chain = f"results/{BACKBONES[0]}/dti/{SUBJECTS[0]}"
+    trained = {p: p.stat().st_mtime_ns for p in (work / chain).glob("*.*")}
+    snakemake(work, f"{chain}/scores/step-{new_step}.parquet", "--cores", "2", "--configfile", str(config))
+    assert {p: p.stat().st_mtime_ns for p in (work / chain).glob("*.*")} == trained
+    new = pd.read_parquet(work / chain / f"scores/step-{new_step}.parquet")
+    last = pd.read_parquet(work / chain / f"scores/step-{LAST_STEP}.parquet")
+    assert set(new["step"]) == {new_step} and len(new) == len(last)
+    assert not np.allclose(new.loc[new["metric"] == "dino", "value"], last.loc[last["metric"] == "dino", "value"])
 
 
 # --- planning the paper grid ------------------------------------------------------------------------
 def test_paper_config_plans_the_whole_grid_without_downloading(tmp_path):
+    paper = yaml.safe_load((REPO / "config/paper-sdxl.yaml").read_text())
+    assert paper["prompt_sets"] == ["dti_simple"] and paper["seeds"] == [0, 1, 2, 3]
+    assert paper["eval_steps"] == list(range(50, 401, 50))  # every checkpoint the launchers save
+    assert {k: v["model"] for k, v in paper["metrics"].items() if v["backend"] == "transformers"} == {
+        "dinov2": "facebook/dinov2-base", "siglip": "google/siglip-base-patch16-512"}
     jobs = planned_jobs(tmp_path, "--configfile", str(REPO / "config/paper-sdxl.yaml"))
     counts = jobs_by_rule(jobs)
     assert counts["prepare_subject"] == 30
     assert counts["train"] == 30 * 3  # ti, crossinit, dti (ti_rescaled reuses ti's vectors)
-    assert counts["sample"] == counts["score"] == 30 * 4
+    assert counts["sample"] == counts["score"] == 30 * 4 * 8
+    assert counts["fetch_dti_prompts"] == counts["fetch_metrics"] == 1
     assert not any(tmp_path.joinpath(p).exists() for p in ("resources", "results"))
 
 
@@ -159,12 +207,42 @@ def test_paper_config_plans_the_whole_grid_without_downloading(tmp_path):
     (lambda c: c["methods"].update(magic={"lr": 0.1}), "magic"),
     (lambda c: c.update(prompt_sets=["no_such_set"]), "no_such_set"),
     (lambda c: c["backbones"]["tiny_sd"].update(family="sd3"), "sd3"),
+    (lambda c: c.update(eval_steps=[LAST_STEP - 1]), f"eval_steps: {LAST_STEP - 1} is not a checkpoint"),
+    (lambda c: c["aggregate"].update(summary_prompt_set="dti_simple"), "summary_prompt_set: 'dti_simple'"),
 ])
 def test_bad_config_stops_with_a_message_naming_it(tmp_path, change, needle):
     config = write_config(tmp_path / "c.yaml", change)
     result = snakemake(tmp_path, "-n", "--configfile", str(config), check=False)
     assert result.returncode != 0
     assert needle in result.stdout + result.stderr
+
+
+@pytest.mark.skipif(AUTHORS_PROMPTS is None, reason="the authors' prompts.py copy is not here")
+def test_authors_prompt_set_from_a_local_copy(default_run, tmp_path):
+    work = copy_run(default_run, tmp_path / "run")
+
+    def change(config):
+        config["prompt_sets"] = ["dti_simple"]
+        config["data"] = {"dti_prompts": str(AUTHORS_PROMPTS)}
+
+    manifest = f"results/{BACKBONES[0]}/dti/spotted_pup/samples/step-{LAST_STEP}/manifest.parquet"
+    snakemake(work, manifest, "--cores", "2", "--configfile", str(write_config(tmp_path / "c.yaml", change)))
+    extracted = json.loads((work / "resources/dti_prompts.json").read_text())
+    live = extracted["sets"]["dti_simple"]["live"][:PROMPTS_PER_SET]
+    rows = pd.read_parquet(work / manifest).drop_duplicates("prompt_id")
+    assert list(rows["prompt"]) == [t.replace("{}", "<spotted_pup>") for t in live]
+    assert list(rows["eval_prompt"]) == [t.replace("{}", "dog") for t in live]
+
+    changed = tmp_path / "prompts.py"
+    changed.write_bytes(AUTHORS_PROMPTS.read_bytes() + b"# edited\n")
+
+    def bad(config):
+        change(config)
+        config["data"]["dti_prompts"] = str(changed)
+
+    result = snakemake(work, "-n", "--configfile", str(write_config(tmp_path / "bad.yaml", bad)), check=False)
+    assert result.returncode != 0
+    assert f"data.dti_prompts: {changed}: checksum mismatch" in result.stdout + result.stderr
 
 
 def test_corrupt_photo_stops_that_subject_naming_the_file(default_run, tmp_path):

@@ -19,7 +19,8 @@ from dti.errors import DtiError
 METRIC_LABELS = {"dino": "DINO", "dinov2": "DINOv2", "clip_i": "CLIP-I", "clip_t": "CLIP-T",
                  "siglip_t": "SigLIP-T"}
 KEY_LABELS = {"backbone": "Backbone", "prompt_set": "Prompt set", "subject_kind": "Kind",
-              "method": "Method", "subject": "Subject", "prompt_id": "Prompt", "encoder": "Encoder"}
+              "method": "Method", "step": "Step", "subject": "Subject", "prompt_id": "Prompt",
+              "encoder": "Encoder"}
 DIGITS = 3
 
 _SPECIALS = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",

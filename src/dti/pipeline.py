@@ -103,16 +103,23 @@ def fetch_model(out_json: str, *, model: str, family: str, revision: str | None,
     write_json(out_json, {"model": path, "family": family, "revision": revision, "source": model})
 
 
-def fetch_metrics(out_json: str, *, metric_specs: dict) -> None:
+def fetch_metrics(out_json: str, *, metric_specs: dict, tiny_dirs: dict | None = None) -> None:
     """Validate the metric specs and, on the login node, build once each model whose weights come from the
-    hub, which downloads them into the cache (random-weight and local-file models need nothing fetched)."""
+    hub, which downloads them into the cache (random-weight and local-file models need nothing fetched).
+    transformers models are downloaded whole first (weights, processor, tokenizer), then built offline."""
     from dti.metrics import load_metric_models, parse_metric_specs
 
-    specs = parse_metric_specs(metric_specs)
+    specs = parse_metric_specs(metric_specs, tiny_dirs)
     from_hub = {key: spec for key, spec in specs.items() if spec.needs_hub}
+    labels = {key: spec.metric_model for key, spec in specs.items()}
     if from_hub:
-        load_metric_models(from_hub, "cpu")
-    write_json(out_json, {key: spec.metric_model for key, spec in specs.items()})
+        from dti.metrics.hf import fetch_transformers_model
+
+        for spec in from_hub.values():
+            if spec.backend == "transformers":
+                fetch_transformers_model(spec)
+        labels.update({key: model.metric_model for key, model in load_metric_models(from_hub, "cpu").items()})
+    write_json(out_json, labels)
 
 
 def _load_backbone(model_json: str, device: str):
@@ -147,31 +154,45 @@ def train_subject(subject_json: str, model_json: str, out_dir: str, *, method: s
 
 
 # --- sampling ---------------------------------------------------------------------------------------
+def resolve_prompt_sets(prompt_sets: dict, dti_prompts: str | None) -> dict[str, list[str]]:
+    """{set: templates}: lists pass through; the authors' sets (references) are read from `dti_prompts`,
+    the JSON that fetch_dti_prompts extracted."""
+    from dti.dti_prompts import resolve_reference
+
+    return {name: resolve_reference(value, dti_prompts) if isinstance(value, dict) else list(value)
+            for name, value in prompt_sets.items()}
+
+
 def sample_subject(embeds_dir: str, model_json: str, subject_json: str, out_manifest: str, *, labels: dict,
-                   prompt_sets: dict[str, list[str]], seeds: list[int], sample: dict,
-                   rescale_to: str | None = None, device: str | None = None) -> None:
-    """Render every (prompt set, prompt, seed) of one subject in one model load; PNGs go to
-    {prompt_set}/{prompt_id:03d}_{seed}.png beside the manifest, which is written last, atomically."""
+                   prompt_sets: dict, seeds: list[int], sample: dict, step: int,
+                   rescale_to: str | None = None, dti_prompts: str | None = None,
+                   device: str | None = None) -> None:
+    """Render every (prompt set, prompt, seed) of one subject with the embedding training saved at `step`,
+    in one model load; PNGs go to {prompt_set}/{prompt_id:03d}_{seed}.png beside the manifest, which is
+    written last, atomically."""
+    from dti.names import check_name
+
+    for prompt_set in prompt_sets:  # each names a folder of images; checked before the model load
+        check_name(prompt_set, "prompt set")
+    prompt_sets = resolve_prompt_sets(prompt_sets, dti_prompts)
     backbone = _load_backbone(model_json, device or resolve_device())
     render_subject(backbone, embeds_dir, subject_json, out_manifest, labels=labels, prompt_sets=prompt_sets,
-                   seeds=seeds, sample=sample, rescale_to=rescale_to)
+                   seeds=seeds, sample=sample, step=step, rescale_to=rescale_to)
 
 
 def render_subject(backbone, embeds_dir: str, subject_json: str, out_manifest: str, *, labels: dict,
-                   prompt_sets: dict[str, list[str]], seeds: list[int], sample: dict,
+                   prompt_sets: dict[str, list[str]], seeds: list[int], sample: dict, step: int | None = None,
                    rescale_to: str | None = None) -> None:
-    """`sample_subject` with the backbone already loaded (the benchmark times loading apart)."""
+    """`sample_subject` with the backbone already loaded and the prompt sets resolved (the benchmark
+    times loading apart)."""
     import pandas as pd
 
-    from dti.names import check_name
     from dti.prompts import eval_prompt, render
     from dti.sample import SampleJob, SampleSettings, generate, load_learned_token
     from dti.subjects import load_subject
 
-    for prompt_set in prompt_sets:  # each names a folder of images
-        check_name(prompt_set, "prompt set")
     subject = load_subject(Path(subject_json).parent, verify_images=False)
-    placeholder = load_learned_token(backbone, Path(embeds_dir), rescale_to=rescale_to)
+    placeholder = load_learned_token(backbone, Path(embeds_dir), rescale_to=rescale_to, step=step)
     out_dir = Path(out_manifest).parent
     rows, jobs = [], []
     for prompt_set, templates in prompt_sets.items():
@@ -180,7 +201,7 @@ def render_subject(backbone, embeds_dir: str, subject_json: str, out_manifest: s
             for seed in seeds:
                 image = f"{prompt_set}/{prompt_id:03d}_{seed}.png"
                 jobs.append(SampleJob(prompt, seed, out_dir / image))
-                rows.append({**labels, "subject_kind": subject["kind"], "prompt_set": prompt_set,
+                rows.append({**labels, "step": step, "subject_kind": subject["kind"], "prompt_set": prompt_set,
                              "prompt_id": prompt_id, "prompt": prompt,
                              "eval_prompt": eval_prompt(template, subject["class"]), "seed": seed, "image": image})
     generate(backbone, jobs, SampleSettings(**sample), progress=False)
@@ -189,25 +210,33 @@ def render_subject(backbone, embeds_dir: str, subject_json: str, out_manifest: s
 
 # --- scoring ----------------------------------------------------------------------------------------
 def score_subject(manifest_path: str, subject_json: str, out_scores: str, *, metric_specs: dict,
-                  device: str | None = None) -> None:
+                  tiny_dirs: dict | None = None, mask_dir: str | None = None, device: str | None = None) -> None:
+    """Score one manifest's images; with `mask_dir`, each reference is first multiplied by its mask
+    (mask_dir/{image stem}.png)."""
     import pandas as pd
 
     from dti.images import load_image
+    from dti.masks import mask_references
     from dti.metrics import score_samples
     from dti.subjects import load_subject
 
     subject_dir = Path(subject_json).parent
     subject = load_subject(subject_dir)
     references = [load_image(subject_dir / name) for name in subject["images"]]
+    if mask_dir is not None:
+        references = mask_references(references, subject["images"], mask_dir)
     manifest = pd.read_parquet(manifest_path)
     scores = score_samples(manifest, Path(manifest_path).parent, references, metric_specs,
-                           device=device or resolve_device())
+                           device=device or resolve_device(), tiny_dirs=tiny_dirs)
     write_parquet(out_scores, scores)
 
 
 # --- aggregation ------------------------------------------------------------------------------------
-def aggregate(score_files: list[str], runs: list[dict], out_dir: str, *, n_boot: int, seed: int) -> None:
-    """Tables from every score file; `runs` = [{"path": run.json, "backbone", "method", "subject"}]."""
+def aggregate(score_files: list[str], runs: list[dict], out_dir: str, *, n_boot: int, seed: int,
+              summary_prompt_set: str | None = None, summary_step: int | dict | None = None) -> None:
+    """Tables from every score file; `runs` = [{"path": run.json, "backbone", "method", "subject"}].
+
+    `summary_prompt_set` / `summary_step` choose the headline prompt set and checkpoint (dti.tables)."""
     import pandas as pd
 
     from dti.tables import build_tables, caption_for, write_tables
@@ -217,11 +246,12 @@ def aggregate(score_files: list[str], runs: list[dict], out_dir: str, *, n_boot:
     for run in runs:
         info = json.loads(Path(run["path"]).read_text())
         for row in info["norms"]:
-            norm_rows.append({"backbone": run["backbone"], "method": run["method"], "subject": run["subject"],
-                              **row})
+            norm_rows.append({"backbone": run["backbone"], "method": run["method"], "step": info["steps"],
+                              "subject": run["subject"], **row})
     norms = pd.DataFrame(norm_rows) if norm_rows else None
-    tables = build_tables(scores, norms, n_boot=n_boot, seed=seed)
-    captions = {name: caption_for(scores, name, n_boot=n_boot) for name in tables}
+    tables = build_tables(scores, norms, n_boot=n_boot, seed=seed, summary_prompt_set=summary_prompt_set,
+                          summary_step=summary_step)
+    captions = {name: caption_for(scores, name, n_boot=n_boot, table=table) for name, table in tables.items()}
     write_tables(tables, out_dir, captions=captions)
 
 

@@ -1,6 +1,6 @@
 """Aggregate per-image benchmark scores into result tables (long/tidy layout, Parquet-friendly).
 
-Protocol (METHOD.md section 6, the authors' aggregation): within each group, first the mean of every
+Protocol (the DTI authors' aggregation, docs/PROTOCOL.md): within each group, first the mean of every
 subject's images, then the unweighted mean over subjects, so a subject with many images weighs no more
 than one with few. On top we give a 95% percentile bootstrap interval over subjects: subjects are
 resampled with replacement `n_boot` times and the 2.5/97.5 percentiles of the resampled subject-means
@@ -12,6 +12,11 @@ collapses to the mean: it then says nothing about between-subject spread.
 
 Every row keeps its `metric_model`: benchmarks disagree on the metric backbones, and two models for the
 same metric are never averaged together.
+
+Prompt sets and checkpoints are never pooled: sets of different sizes would weigh by their size, and a
+mean over checkpoints is no checkpoint's score. The headline tables (summary, by_prompt_set, by_kind,
+per_subject, per_prompt) show one checkpoint per backbone, the `summary_step` (default: the last step
+scored); the summary shows one prompt set, which it names. `over_steps` gives every checkpoint.
 """
 
 from __future__ import annotations
@@ -27,9 +32,9 @@ from dti.errors import DtiError
 from dti.io import write_parquet, write_text
 from dti.latex import METRIC_LABELS, to_latex
 
-SCORE_COLUMNS = ("backbone", "method", "subject", "subject_kind", "prompt_set", "prompt_id", "seed",
+SCORE_COLUMNS = ("backbone", "method", "step", "subject", "subject_kind", "prompt_set", "prompt_id", "seed",
                  "image", "metric", "metric_model", "value")
-NORM_COLUMNS = ("backbone", "method", "subject", "encoder", "vector", "norm", "vocab_norm_mean",
+NORM_COLUMNS = ("backbone", "method", "step", "subject", "encoder", "vector", "norm", "vocab_norm_mean",
                 "vocab_norm_std")
 SUBJECT_KINDS = ("object", "live")
 METRIC_ORDER = tuple(METRIC_LABELS)
@@ -37,9 +42,10 @@ STAT_COLUMNS = ("mean", "ci_low", "ci_high", "n_subjects", "n_images")
 
 # Row keys of the tables that carry a bootstrap interval, and of the breakdowns that do not.
 _CI_TABLES = {
-    "summary": ("backbone", "method"),
-    "by_prompt_set": ("backbone", "prompt_set", "method"),
-    "by_kind": ("backbone", "subject_kind", "method"),
+    "summary": ("backbone", "prompt_set", "step", "method"),
+    "by_prompt_set": ("backbone", "prompt_set", "step", "method"),
+    "by_kind": ("backbone", "prompt_set", "step", "subject_kind", "method"),
+    "over_steps": ("backbone", "prompt_set", "method", "step"),
 }
 TABLE_NAMES = (*_CI_TABLES, "per_subject", "per_prompt", "norms")
 
@@ -96,6 +102,7 @@ def validate_scores(scores: pd.DataFrame) -> pd.DataFrame:
                    "metric_model"):
         frame[column] = frame[column].astype(str)
     frame["value"] = _numeric(frame, "value", "scores", row_id, "float64")
+    frame["step"] = _numeric(frame, "step", "scores", row_id, "int64")
     frame["prompt_id"] = _numeric(frame, "prompt_id", "scores", row_id, "int64")
     frame["seed"] = _numeric(frame, "seed", "scores", row_id, "int64")
 
@@ -108,7 +115,7 @@ def validate_scores(scores: pd.DataFrame) -> pd.DataFrame:
         raise DtiError(f"scores: subject(s) {sorted(kinds[kinds > 1].index)} appear with more than one "
                        "subject_kind")
     # The same image scored twice (e.g. one file concatenated twice) would silently double its weight.
-    identity = ["backbone", "method", "subject", "prompt_set", "prompt_id", "seed", "image", "metric",
+    identity = ["backbone", "method", "step", "subject", "prompt_set", "prompt_id", "seed", "image", "metric",
                 "metric_model"]
     dup = frame[frame.duplicated(identity, keep=False)]
     if not dup.empty:
@@ -124,6 +131,7 @@ def validate_norms(norms: pd.DataFrame) -> pd.DataFrame:
     for column in ("backbone", "method", "subject", "encoder"):
         frame[column] = frame[column].astype(str)
     frame["vector"] = _numeric(frame, "vector", "norms", row_id, "int64")
+    frame["step"] = _numeric(frame, "step", "norms", row_id, "int64")
     for column in ("norm", "vocab_norm_mean", "vocab_norm_std"):
         frame[column] = _numeric(frame, column, "norms", row_id, "float64")
     nonpositive = frame[frame["vocab_norm_mean"] <= 0]
@@ -178,7 +186,7 @@ def _ci_table(scores: pd.DataFrame, keys: tuple[str, ...], *, n_boot: int, seed:
 
 
 def _per_subject_table(scores: pd.DataFrame) -> pd.DataFrame:
-    keys = ["backbone", "method", "subject", "subject_kind"]
+    keys = ["backbone", "prompt_set", "step", "method", "subject", "subject_kind"]
     table = scores.groupby([*keys, "metric", "metric_model"], sort=True)["value"].agg(
         mean="mean", n_images="size").reset_index()
     return _sort(table.astype({"n_images": "int64"}), keys)
@@ -186,7 +194,7 @@ def _per_subject_table(scores: pd.DataFrame) -> pd.DataFrame:
 
 def _per_prompt_table(scores: pd.DataFrame) -> pd.DataFrame:
     """Per prompt: each subject's mean over its seeds, then the unweighted mean over subjects."""
-    keys = ["backbone", "method", "prompt_set", "prompt_id"]
+    keys = ["backbone", "method", "prompt_set", "step", "prompt_id"]
     per_subject = _subject_means(scores, keys)
     table = per_subject.groupby([*keys, "metric", "metric_model"], sort=True).agg(
         mean=("mean", "mean"), n_subjects=("subject", "size"), n_images=("n_images", "sum")).reset_index()
@@ -199,7 +207,7 @@ def _norms_table(norms: pd.DataFrame) -> pd.DataFrame:
     norm_mean follows the scores protocol (per-subject mean first, then over subjects); min and max are
     over every learned vector; ratio = norm_mean / vocab_norm_mean.
     """
-    keys = ["backbone", "method", "encoder"]
+    keys = ["backbone", "method", "step", "encoder"]
     rows = []
     for group, part in norms.groupby(keys, sort=True):
         for column in ("vocab_norm_mean", "vocab_norm_std"):
@@ -219,18 +227,55 @@ def _norms_table(norms: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=columns).astype({"n_subjects": "int64", "n_vectors": "int64"})
 
 
-def build_tables(scores: pd.DataFrame, norms: pd.DataFrame | None, *, n_boot: int = 1000,
-                 seed: int = 0) -> dict[str, pd.DataFrame]:
-    """All result tables in long layout, keyed by name (see TABLE_NAMES); "norms" only if norms is given."""
+def _summary_prompt_set(scores: pd.DataFrame, prompt_set: str | None) -> str:
+    present = sorted(scores["prompt_set"].unique())
+    if prompt_set is None:
+        if len(present) > 1:
+            raise DtiError(f"scores hold several prompt sets {present}: name the summary's (summary_prompt_set)")
+        return present[0]
+    if prompt_set not in present:
+        raise DtiError(f"summary prompt set {prompt_set!r} has no scores; prompt sets scored: {present}")
+    return prompt_set
+
+
+def _summary_steps(scores: pd.DataFrame, step: int | Mapping[str, int] | None) -> dict[str, int]:
+    """The headline checkpoint of each backbone: the given one, or the last one scored."""
+    steps = {}
+    for backbone, part in scores.groupby("backbone", sort=True):
+        scored = sorted(int(v) for v in part["step"].unique())
+        wanted = step.get(backbone) if isinstance(step, Mapping) else step
+        if wanted is None:
+            wanted = scored[-1]
+        if isinstance(wanted, bool) or not isinstance(wanted, (int, np.integer)) or int(wanted) not in scored:
+            raise DtiError(f"summary step {wanted!r} of backbone {backbone!r} was not scored; steps scored: "
+                           f"{scored}")
+        steps[str(backbone)] = int(wanted)
+    return steps
+
+
+def build_tables(scores: pd.DataFrame, norms: pd.DataFrame | None, *, n_boot: int = 1000, seed: int = 0,
+                 summary_prompt_set: str | None = None,
+                 summary_step: int | Mapping[str, int] | None = None) -> dict[str, pd.DataFrame]:
+    """All result tables in long layout, keyed by name (see TABLE_NAMES); "norms" only if norms is given.
+
+    `summary_prompt_set`: the summary's prompt set (needed when several were scored). `summary_step`: the
+    checkpoint of the headline tables, one for all backbones or {backbone: step}; default: each backbone's
+    last scored step.
+    """
     if isinstance(n_boot, bool) or not isinstance(n_boot, (int, np.integer)) or n_boot < 1:
         raise DtiError(f"n_boot must be a positive integer, got {n_boot!r}")
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise DtiError(f"seed must be a non-negative integer, got {seed!r}")
     scores = validate_scores(scores)
-    tables = {name: _ci_table(scores, keys, n_boot=int(n_boot), seed=int(seed))
+    prompt_set = _summary_prompt_set(scores, summary_prompt_set)
+    steps = _summary_steps(scores, summary_step)
+    at_step = scores[scores["step"] == scores["backbone"].map(steps)]
+    sources = {"summary": at_step[at_step["prompt_set"] == prompt_set], "by_prompt_set": at_step,
+               "by_kind": at_step, "over_steps": scores}
+    tables = {name: _ci_table(sources[name], keys, n_boot=int(n_boot), seed=int(seed))
               for name, keys in _CI_TABLES.items()}
-    tables["per_subject"] = _per_subject_table(scores)
-    tables["per_prompt"] = _per_prompt_table(scores)
+    tables["per_subject"] = _per_subject_table(at_step)
+    tables["per_prompt"] = _per_prompt_table(at_step)
     if norms is not None:
         tables["norms"] = _norms_table(validate_norms(norms))
     return tables
@@ -258,20 +303,41 @@ _TITLES = {
     "summary": "Subject and text fidelity per backbone and method.",
     "by_prompt_set": "Subject and text fidelity per prompt set.",
     "by_kind": "Subject and text fidelity for object and live subjects.",
+    "over_steps": "Subject and text fidelity over training steps.",
     "per_subject": "Scores per subject.",
     "per_prompt": "Scores per prompt.",
     "norms": "Norms of the learned token embeddings.",
 }
 
 
-def caption_for(scores: pd.DataFrame, table_name: str, *, n_boot: int = 1000) -> str:
-    """Plain-text caption stating the protocol, subject counts, seeds and metric models (to_latex escapes it)."""
+def _where(table: pd.DataFrame | None) -> str:
+    """"Prompt set X; checkpoint at training step N. " for the prompt sets and steps a table shows."""
+    if table is None:
+        return ""
+    parts = []
+    if "prompt_set" in table.columns:
+        sets = sorted(table["prompt_set"].unique())
+        parts.append(f"{'Prompt sets' if len(sets) > 1 else 'Prompt set'} {', '.join(sets)}")
+    if "step" in table.columns:
+        steps = sorted(int(v) for v in table["step"].unique())
+        parts.append(f"{'checkpoints at training steps' if len(steps) > 1 else 'checkpoint at training step'} "
+                     f"{', '.join(map(str, steps))}")
+    if not parts:
+        return ""
+    text = "; ".join(parts)
+    return text[0].upper() + text[1:] + ". "
+
+
+def caption_for(scores: pd.DataFrame, table_name: str, *, n_boot: int = 1000,
+                table: pd.DataFrame | None = None) -> str:
+    """Plain-text caption stating the protocol, subject counts, seeds and metric models (to_latex escapes it);
+    with `table`, also its prompt set(s) and checkpoint(s)."""
     if table_name not in _TITLES:
         raise DtiError(f"caption_for: unknown table {table_name!r}; known: {list(_TITLES)}")
     if table_name == "norms":
-        return (f"{_TITLES['norms']} L2 norm of each learned token embedding per text encoder: per-subject "
-                "mean, then the unweighted mean over subjects; min and max over all learned vectors; the "
-                "vocabulary's mean and std of token-embedding norms; ratio = learned mean / vocabulary mean.")
+        return (f"{_TITLES['norms']} {_where(table)}L2 norm of each learned token embedding per text encoder: "
+                "per-subject mean, then the unweighted mean over subjects; min and max over all learned vectors; "
+                "the vocabulary's mean and std of token-embedding norms; ratio = learned mean / vocabulary mean.")
     scores = validate_scores(scores)
     subjects = scores.drop_duplicates("subject")
     n_live = int((subjects["subject_kind"] == "live").sum())
@@ -287,11 +353,11 @@ def caption_for(scores: pd.DataFrame, table_name: str, *, n_boot: int = 1000) ->
     else:
         protocol = f"Per-subject means over seeds, then the unweighted mean over subjects ({counts})."
     best = {"summary": "per backbone", "by_prompt_set": "per backbone and prompt set",
-            "by_kind": "per backbone and subject kind", "per_subject": "per backbone and subject",
-            "per_prompt": "per backbone and prompt"}[table_name]
+            "by_kind": "per backbone, prompt set and subject kind", "over_steps": "per backbone, prompt set and step",
+            "per_subject": "per backbone and subject", "per_prompt": "per backbone and prompt"}[table_name]
     protocol += f" Higher is better; the best method {best} is in bold."
     seeds = _compact_ints(scores["seed"].unique())
-    return (f"{_TITLES[table_name]} {protocol} Seeds {seeds} per prompt. "
+    return (f"{_TITLES[table_name]} {_where(table)}{protocol} Seeds {seeds} per prompt. "
             f"Metric models: {_metric_models(scores)}.")
 
 

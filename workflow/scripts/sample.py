@@ -11,5 +11,5 @@ set_threads(snakemake.threads)
 with claim_gpu():
     sample_subject(str(Path(snakemake.input.run).parent), snakemake.input.model, snakemake.input.subject,
                    snakemake.output.manifest, labels=snakemake.params.labels, prompt_sets=snakemake.params.prompt_sets,
-                   seeds=snakemake.params.seeds, sample=snakemake.params.sample,
-                   rescale_to=snakemake.params.rescale_to)
+                   seeds=snakemake.params.seeds, sample=snakemake.params.sample, step=snakemake.params.step,
+                   rescale_to=snakemake.params.rescale_to, dti_prompts=next(iter(snakemake.input.dti_prompts), None))

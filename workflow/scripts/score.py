@@ -8,4 +8,5 @@ redirect_output(snakemake.log[0])
 set_threads(snakemake.threads)
 with claim_gpu():
     score_subject(snakemake.input.manifest, snakemake.input.subject, snakemake.output[0],
-                  metric_specs=snakemake.params.metrics)
+                  metric_specs=snakemake.params.metrics, tiny_dirs=snakemake.params.tiny_metrics,
+                  mask_dir=snakemake.params.mask_dir)

@@ -68,6 +68,7 @@ class TimmImageEncoder:
         except Exception as err:  # hub/network, file format or key mismatches all surface here
             raise _load_error(spec, err) from err
         self.model = model.eval().to(self.device)
+        self.metric_model = spec.metric_model
         cfg = model.pretrained_cfg
         self.preprocess = transforms.Compose(
             [
@@ -139,6 +140,7 @@ class OpenClipEncoder:
         except Exception as err:
             raise _load_error(spec, err) from err
         self.model = model.eval().to(self.device)
+        self.metric_model = spec.metric_model
         self.preprocess = preprocess
 
     @torch.inference_mode()
@@ -162,7 +164,11 @@ class OpenClipEncoder:
         return torch.sigmoid(scale * cosine + bias)
 
 
-def build_encoder(spec: MetricSpec, device: str | torch.device = "cpu") -> TimmImageEncoder | OpenClipEncoder:
+def build_encoder(spec: MetricSpec, device: str | torch.device = "cpu"):
     if spec.backend == "timm":
         return TimmImageEncoder(spec, device)
+    if spec.backend == "transformers":
+        from dti.metrics.hf import build_transformers_encoder
+
+        return build_transformers_encoder(spec, device)
     return OpenClipEncoder(spec, device)

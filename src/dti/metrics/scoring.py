@@ -14,20 +14,20 @@ from dti.metrics.spec import MetricSpec, parse_metric_specs
 
 # The Scores contract, in column order.
 SCORE_COLUMNS = [
-    "backbone", "method", "subject", "subject_kind", "prompt_set", "prompt_id", "seed", "image",
+    "backbone", "method", "step", "subject", "subject_kind", "prompt_set", "prompt_id", "seed", "image",
     "metric", "metric_model", "value",
 ]  # fmt: skip
-_KEY_COLUMNS = SCORE_COLUMNS[:8]
+_KEY_COLUMNS = SCORE_COLUMNS[:9]
 _MANIFEST_COLUMNS = [*_KEY_COLUMNS, "eval_prompt"]
 
-Encoder = TimmImageEncoder | OpenClipEncoder
+Encoder = TimmImageEncoder | OpenClipEncoder  # or a transformers encoder (dti.metrics.hf), same methods
 
 
 def load_metric_models(
-    metric_specs: dict[str, dict] | dict[str, MetricSpec], device: str = "cpu"
+    metric_specs: dict[str, dict] | dict[str, MetricSpec], device: str = "cpu", tiny_dirs: dict | None = None
 ) -> dict[str, Encoder]:
     """Build one encoder per enabled family (specs may be raw config dicts or parsed MetricSpecs)."""
-    specs = _as_specs(metric_specs)
+    specs = _as_specs(metric_specs, tiny_dirs)
     models: dict[str, Encoder] = {}
     for key, spec in specs.items():
         encoder = build_encoder(spec, device)
@@ -39,10 +39,10 @@ def load_metric_models(
     return models
 
 
-def _as_specs(metric_specs: dict) -> dict[str, MetricSpec]:
+def _as_specs(metric_specs: dict, tiny_dirs: dict | None = None) -> dict[str, MetricSpec]:
     if all(isinstance(v, MetricSpec) for v in metric_specs.values()):
         return dict(metric_specs)
-    return parse_metric_specs(metric_specs)
+    return parse_metric_specs(metric_specs, tiny_dirs)
 
 
 def _check_manifest(manifest: pd.DataFrame) -> None:
@@ -96,6 +96,7 @@ def score_samples(
     device: str = "cpu",
     batch_size: int = 16,
     models: dict[str, Encoder] | None = None,
+    tiny_dirs: dict | None = None,
 ) -> pd.DataFrame:
     """One Scores row per manifest image and metric (columns: SCORE_COLUMNS).
 
@@ -104,7 +105,7 @@ def score_samples(
     `models` lets a caller reuse encoders from `load_metric_models(metric_specs)`; otherwise each
     model is built once here.
     """
-    specs = _as_specs(metric_specs)
+    specs = _as_specs(metric_specs, tiny_dirs)
     _check_manifest(manifest)
     if not reference_images:
         raise DtiError("score_samples: no reference images given")
@@ -136,7 +137,8 @@ def score_samples(
             text_features[key] = dict(zip(unique_prompts, encoder.encode_texts(unique_prompts), strict=True))
 
     metric_order = [name for spec in specs.values() for name in spec.metrics]
-    labels = {name: spec.metric_model for spec in specs.values() for name in spec.metrics}
+    # The encoder's label: transformers encoders add the image transform they read from the model.
+    labels = {name: models[key].metric_model for key, spec in specs.items() for name in spec.metrics}
     values: dict[str, list[float]] = {name: [] for name in metric_order}
     for start in range(0, len(rows), batch_size):
         images = [_open_image(path) for path in paths[start : start + batch_size]]
@@ -159,11 +161,11 @@ def score_samples(
         return _empty_scores()
     out = pd.concat(frames).rename_axis("_row").sort_values(["_row", "_order"], kind="stable")
     out = out.drop(columns="_order").reset_index(drop=True)
-    return out.astype({"prompt_id": "int64", "seed": "int64", "image": str, "value": "float64"})[
+    return out.astype({"step": "int64", "prompt_id": "int64", "seed": "int64", "image": str, "value": "float64"})[
         SCORE_COLUMNS
     ]
 
 
 def _empty_scores() -> pd.DataFrame:
     frame = pd.DataFrame({c: pd.Series(dtype=str) for c in SCORE_COLUMNS})
-    return frame.astype({"prompt_id": "int64", "seed": "int64", "value": "float64"})
+    return frame.astype({"step": "int64", "prompt_id": "int64", "seed": "int64", "value": "float64"})

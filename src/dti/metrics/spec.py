@@ -2,7 +2,9 @@
 
 Each family key maps to a fixed set of metric names (the Scores contract), so tables can be built
 from the config alone. Model names are checked against the timm / open_clip registries here, before
-any (possibly slow) model is built.
+any (possibly slow) model is built. The transformers backend (DINOv2 and SigLIP as the DTI authors
+load them) takes a hub id (fetched on the login node), a local folder, or `tiny`: a tiny random model
+of the same class that the workflow builds offline.
 """
 
 from __future__ import annotations
@@ -20,18 +22,22 @@ FAMILY_METRICS: dict[str, tuple[str, ...]] = {
     "clip": ("clip_i", "clip_t"),
     "siglip": ("siglip_t",),
 }
-# DINO-family models are image-only (timm); text metrics need a joint image-text model (open_clip).
-FAMILY_BACKEND: dict[str, str] = {
-    "dino": "timm",
-    "dinov2": "timm",
-    "clip": "open_clip",
-    "siglip": "open_clip",
+# Which libraries can compute each family; the first is the default. DINO-family models are image-only
+# (timm); text metrics need a joint image-text model (open_clip); transformers loads DINOv2 and SigLIP
+# the way the DTI authors' evaluator does.
+FAMILY_BACKENDS: dict[str, tuple[str, ...]] = {
+    "dino": ("timm",),
+    "dinov2": ("timm", "transformers"),
+    "clip": ("open_clip",),
+    "siglip": ("open_clip", "transformers"),
 }
 
 _ALLOWED_KEYS = {
     "timm": {"enabled", "backend", "model", "pretrained", "weights", "image_size"},
     "open_clip": {"enabled", "backend", "model", "pretrained", "weights", "tokenizer"},
+    "transformers": {"enabled", "backend", "model", "revision"},
 }
+TINY = "tiny"  # transformers backend: a tiny random model, built offline into a folder
 
 
 @dataclass(frozen=True)
@@ -47,6 +53,8 @@ class MetricSpec:
     weights: Path | None
     image_size: int | None  # timm only; open_clip uses the model's own preprocessing
     tokenizer: Path | None  # open_clip only: a local Hugging Face tokenizer folder
+    revision: str | None = None  # transformers only: the hub revision (None: the default branch)
+    folder: Path | None = None  # transformers only: the local folder it loads from (None: the hub cache)
 
     @property
     def metrics(self) -> tuple[str, ...]:
@@ -55,6 +63,12 @@ class MetricSpec:
     @property
     def source(self) -> str:
         """Where the weights come from: a local file, a hub tag, or a seeded random init."""
+        if self.backend == "transformers":
+            if self.model == TINY:
+                return "random"
+            if self.folder is not None:
+                return "local"  # the model name is the folder
+            return f"hub:{self.revision}" if self.revision else "hub"
         if self.weights is not None:
             return str(self.weights)
         if self.backend == "timm":
@@ -65,13 +79,16 @@ class MetricSpec:
     def needs_hub(self) -> bool:
         """Whether building the model reads the hub: weights by tag (or timm's pretrained), or a SigLIP
         tokenizer without a local folder (CLIP's BPE ships with open_clip)."""
+        if self.backend == "transformers":
+            return self.folder is None
         hub_weights = self.weights is None and self.source != "random"
         return hub_weights or (self.key == "siglip" and self.tokenizer is None)
 
     @property
     def metric_model(self) -> str:
-        """The backbone label written into every Scores row."""
-        label = f"{self.backend}:{self.model}@{self.source}"
+        """The backbone label written into every Scores row (transformers encoders add their transform)."""
+        model = f"tiny-{self.key}" if self.backend == "transformers" and self.model == TINY else self.model
+        label = f"{self.backend}:{model}@{self.source}"
         if self.backend == "timm":
             label += f"/{self.image_size}px"
         return label
@@ -142,16 +159,38 @@ def _check_open_clip_model(key: str, model: str, tag: str | None) -> None:
         )
 
 
-def parse_metric_spec(key: str, raw: dict[str, Any]) -> MetricSpec:
-    """Validate one family's settings; errors name `metrics.<key>.<field>` and the bad value."""
+def _transformers_spec(key: str, model: str, raw: dict[str, Any], tiny_dirs: dict) -> MetricSpec:
+    revision = raw.get("revision")
+    if revision is not None and (not isinstance(revision, str) or not revision):
+        raise DtiError(f"metrics.{key}.revision: expected a hub revision (branch, tag or commit), got {revision!r}")
+    if model == TINY:
+        if key not in tiny_dirs:
+            raise DtiError(f"metrics.{key}.model: 'tiny' needs the folder of the tiny random {key} model")
+        folder = Path(tiny_dirs[key])
+    elif Path(model).expanduser().is_dir():
+        folder = Path(model).expanduser()
+    elif model.startswith((".", "/", "~")) or model.count("/") != 1:
+        raise DtiError(f"metrics.{key}.model: {model!r} is neither a local folder nor a hub id (org/name)")
+    else:
+        folder = None
+    if folder is not None and revision is not None:
+        raise DtiError(f"metrics.{key}.revision: a local folder ({folder}) has no revision")
+    return MetricSpec(key, "transformers", model, None, None, None, None, revision, folder)
+
+
+def parse_metric_spec(key: str, raw: dict[str, Any], tiny_dirs: dict | None = None) -> MetricSpec:
+    """Validate one family's settings; errors name `metrics.<key>.<field>` and the bad value.
+
+    `tiny_dirs` ({family: folder}) says where the tiny random models (`model: tiny`) were built.
+    """
     _check_family(key)
     _enabled(key, raw)
-    backend = raw.get("backend", FAMILY_BACKEND[key])
+    backend = raw.get("backend", FAMILY_BACKENDS[key][0])
     if backend not in _ALLOWED_KEYS:
         raise DtiError(f"metrics.{key}.backend: unknown backend {backend!r}; known: {sorted(_ALLOWED_KEYS)}")
-    if backend != FAMILY_BACKEND[key]:
+    if backend not in FAMILY_BACKENDS[key]:
         raise DtiError(
-            f"metrics.{key}.backend: {backend!r} cannot compute {key}; use {FAMILY_BACKEND[key]!r}"
+            f"metrics.{key}.backend: {backend!r} cannot compute {key}; use one of {list(FAMILY_BACKENDS[key])}"
         )
     unknown = sorted(set(raw) - _ALLOWED_KEYS[backend])
     if unknown:
@@ -159,6 +198,8 @@ def parse_metric_spec(key: str, raw: dict[str, Any]) -> MetricSpec:
     model = raw.get("model")
     if not isinstance(model, str) or not model:
         raise DtiError(f"metrics.{key}.model: expected a model name, got {model!r}")
+    if backend == "transformers":
+        return _transformers_spec(key, model, raw, tiny_dirs or {})
     weights = _existing_path(key, "weights", raw.get("weights"), want_dir=False)
     pretrained = raw.get("pretrained")
 
@@ -186,7 +227,7 @@ def parse_metric_spec(key: str, raw: dict[str, Any]) -> MetricSpec:
     return MetricSpec(key, backend, model, pretrained, weights, None, tokenizer)
 
 
-def parse_metric_specs(config: dict[str, dict]) -> dict[str, MetricSpec]:
+def parse_metric_specs(config: dict[str, dict], tiny_dirs: dict | None = None) -> dict[str, MetricSpec]:
     """Validate every family and return the enabled ones, keyed by family."""
     if not isinstance(config, dict):
         raise DtiError(f"metrics: expected a mapping of metric families, got {config!r}")
@@ -194,5 +235,11 @@ def parse_metric_specs(config: dict[str, dict]) -> dict[str, MetricSpec]:
     for key, raw in config.items():
         _check_family(key)
         if _enabled(key, raw):
-            specs[key] = parse_metric_spec(key, raw)
+            specs[key] = parse_metric_spec(key, raw, tiny_dirs)
     return specs
+
+
+def tiny_families(config: dict[str, dict]) -> list[str]:
+    """The enabled families that ask for a tiny random model (`backend: transformers, model: tiny`)."""
+    return [key for key, raw in config.items() if isinstance(raw, dict) and raw.get("enabled", True)
+            and raw.get("backend") == "transformers" and raw.get("model") == TINY]
