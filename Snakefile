@@ -37,9 +37,11 @@ include: "rules/train.smk"
 include: "rules/sample.smk"
 include: "rules/score.smk"
 include: "rules/aggregate.smk"
+include: "rules/interpolation.smk"
 
 
 rule all:
     default_target: True
     input:
         table_files(),
+        interpolation_files(),
