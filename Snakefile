@@ -38,6 +38,12 @@ include: "rules/sample.smk"
 include: "rules/score.smk"
 include: "rules/aggregate.smk"
 include: "rules/interpolation.smk"
+include: "rules/analysis.smk"
+include: "rules/report.smk"
+
+
+# `snakemake --report report.html`: the outputs marked report() in the rules, under this front page.
+report: "workflow/report/workflow.rst"
 
 
 rule all:
@@ -45,3 +51,5 @@ rule all:
     input:
         table_files(),
         interpolation_files(),
+        analysis_files(),
+        report_files(),

@@ -19,6 +19,19 @@ _FALLBACK = ["#7b4fa0", "#8c6d31", "#17a2b8", "#666666"]
 PNG_DPI = 110
 
 
+METRIC_NAMES = {"dino": "DINO", "dinov2": "DINOv2", "clip_i": "CLIP-I", "clip_t": "CLIP-T", "siglip_t": "SigLIP-T"}
+
+
+def metric_name(label: str) -> str:
+    """'dino (timm:vit_small...)' -> 'DINO': the axis says which metric, a footnote which model."""
+    key = label.split(" ", 1)[0]
+    return METRIC_NAMES.get(key, key)
+
+
+def model_footnote(fig, *labels: str) -> None:
+    fig.text(0.01, 0.0, "metric models: " + "; ".join(labels), fontsize=6.5, color="#666666", va="top")
+
+
 def method_color(method: str) -> str:
     if method in METHOD_COLORS:
         return METHOD_COLORS[method]

@@ -6,7 +6,15 @@ from pathlib import Path
 
 import pandas as pd
 
-from dti.figures import SCHEME_STYLES, image_axes, method_color, new_figure, thumbnail
+from dti.figures import (
+    SCHEME_STYLES,
+    image_axes,
+    method_color,
+    metric_name,
+    model_footnote,
+    new_figure,
+    thumbnail,
+)
 
 
 def variant_label(method: str, scheme: str) -> str:
@@ -15,9 +23,9 @@ def variant_label(method: str, scheme: str) -> str:
 
 def curves_figure(per_t: pd.DataFrame, *, title: str, image_metric: str, text_metric: str):
     """Three panels over t, one line per method and path: sim(A) - sim(B), text fidelity, |e(t)| / m."""
-    fig, axes = new_figure(11.5, 3.4, 1, 3)
-    panels = [("progress", f"sim(A) - sim(B)\n{image_metric}"), ("text", f"text fidelity\n{text_metric}"),
-              ("norm_ratio", "|e(t)| / vocabulary mean norm")]
+    fig, axes = new_figure(11.5, 3.6, 1, 3)
+    panels = [("progress", f"sim(A) - sim(B), {metric_name(image_metric)}"),
+              ("text", f"text fidelity, {metric_name(text_metric)}"), ("norm_ratio", "|e(t)| / vocabulary mean norm")]
     data = per_t.assign(progress=per_t["sim_a"] - per_t["sim_b"])
     for ax, (column, ylabel) in zip(axes[0], panels, strict=True):
         for (method, scheme), part in data.groupby(["method", "scheme"], sort=True):
@@ -28,9 +36,12 @@ def curves_figure(per_t: pd.DataFrame, *, title: str, image_metric: str, text_me
         ax.set_ylabel(ylabel)
         ax.set_xlim(-0.03, 1.03)
     axes[0][2].axhline(1.0, color="#888888", linewidth=0.8, linestyle=":")
-    axes[0][0].legend(fontsize=7, loc="best")
+    axes[0][2].set_yscale("log")
+    handles, labels = axes[0][0].get_legend_handles_labels()
     fig.suptitle(title)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.1, 1, 1))
+    fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=8, bbox_to_anchor=(0.5, 0.0))
+    model_footnote(fig, image_metric, text_metric)
     return fig
 
 
