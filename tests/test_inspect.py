@@ -49,7 +49,7 @@ def test_dti_file_sits_at_the_vocabulary_mean_next_to_its_initializer(tiny_sdxl,
 
 
 def test_ti_file_shows_its_norm_inflation(tiny_sd, trained_run):
-    run = trained_run("sd", "ti", lr=0.5)
+    run = trained_run("sd", "ti")
     info = inspect_file(run.out_dir / "learned_embeds.safetensors", load_vocabularies(tiny_sd), model="tiny")
     (row,) = info["encoders"][0]["rows"]
     expected = run.run["norms"][0]["norm"] / vocab_mean_norm(tiny_sd, "clip_l")
