@@ -102,9 +102,9 @@ def parse_interpolation(config: dict | None, subjects: Iterable[str], methods: I
     seeds = [int(s) for s in config.get("seeds", (0,))]
     if not seeds:
         raise DtiError("interpolation.seeds: the list is empty")
-    neutral = str(config.get("neutral", "object")).strip()
+    neutral = str(config.get("neutral", "thing")).strip()
     if not neutral:
-        raise DtiError("interpolation.neutral: give a noun such as 'object'")
+        raise DtiError("interpolation.neutral: give a noun such as 'thing'")
     return InterpolationPlan(tuple(pairs), tuple(sorted(set(t))), tuple(prompts), tuple(seeds), neutral)
 
 
