@@ -190,6 +190,7 @@ def render_pair(runs: dict[str, dict[str, str]], model_json: str, out_manifest: 
         _, vec_b = load_diffusers(Path(ends["b"]).parent, slots)
         magnitudes = infos[method]["a"].get("magnitudes") or None  # DTI's m; empty for TI and CrossInit
         for scheme in schemes[method]:
+            jobs = []
             for value in t:
                 vectors = interpolate_token(vec_a, vec_b, value, scheme, magnitudes if scheme == "slerp" else None,
                                             what=f"interpolation pair {pair} ({method})")
@@ -201,19 +202,21 @@ def render_pair(runs: dict[str, dict[str, str]], model_json: str, out_manifest: 
                 save_diffusers(folder, placeholder, vectors, meta)
                 save_single_file(folder / f"{a_name}-{b_name}-{method}-{scheme}-{t_label(value)}.safetensors",
                                  vectors, meta)
-                set_token_rows(backbone, placeholder, vectors)
-                jobs = []
+                # One token per t, so a path's images render in shared batches; the rows (not the token's
+                # name) decide the image.
+                token = f"<{pair}@{t_label(value)}>"
+                set_token_rows(backbone, token, vectors)
                 norm_ratio = float(np.mean([(r.norm(dim=-1) / vocab_mean[s]).mean().item() for s, r in vectors.items()]))
                 for prompt_id, template in enumerate(prompts):
                     for seed in seeds:
                         image = f"{method}-{scheme}/{prompt_id:02d}_{seed}_{t_label(value)}.png"
-                        jobs.append(SampleJob(render(template, placeholder), seed, out_dir / image))
+                        jobs.append(SampleJob(render(template, token), seed, out_dir / image))
                         rows.append({**labels, "pair": pair, "a": a_name, "b": b_name, "method": method,
                                      "scheme": scheme, "t": value, "prompt_id": prompt_id, "prompt": template,
                                      "neutral_prompt": render(template, neutral), "seed": seed, "image": image,
                                      "norm_ratio": norm_ratio,
                                      "embedding": str((folder / "learned_embeds.safetensors").relative_to(out_dir))})
-                generate(backbone, jobs, settings, progress=False)
+            generate(backbone, jobs, settings, progress=False)
     write_parquet(out_manifest, pd.DataFrame(rows))
 
 

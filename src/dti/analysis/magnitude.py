@@ -62,20 +62,23 @@ def render_sweep(runs: list[dict], subject_jsons: dict[str, str], model_json: st
     rows = []
     for run in runs:
         subject = json.loads(Path(subject_jsons[run["subject"]]).read_text())
-        placeholder, vectors = load_diffusers(Path(run["path"]).parent, slots)
+        _, vectors = load_diffusers(Path(run["path"]).parent, slots)
         trained = float(np.mean([(r.norm(dim=-1) / m[s]).mean().item() for s, r in vectors.items()]))
+        jobs = []
         for scale in scales:
-            set_token_rows(backbone, placeholder, {s: scale * m[s] * normalize(r.float()) for s, r in vectors.items()})
-            jobs = []
+            # One token per subject and scale, so all scales render in shared batches; every method's
+            # token of this subject has the same number of vectors and reuses it.
+            token = f"<{run['subject']}@{scale:g}>"
+            set_token_rows(backbone, token, {s: scale * m[s] * normalize(r.float()) for s, r in vectors.items()})
             for prompt_id, template in enumerate(prompts):
                 for seed in seeds:
                     image = f"{run['method']}/{run['subject']}/s{scale:g}_{prompt_id:02d}_{seed}.png"
-                    jobs.append(SampleJob(render(template, placeholder), seed, out_dir / image))
+                    jobs.append(SampleJob(render(template, token), seed, out_dir / image))
                     rows.append({**labels, "method": run["method"], "subject": run["subject"],
                                  "subject_kind": subject["kind"], "scale": scale, "trained_ratio": trained,
                                  "prompt_id": prompt_id, "prompt": template,
                                  "eval_prompt": eval_prompt(template, subject["class"]), "seed": seed, "image": image})
-            generate(backbone, jobs, settings, progress=False)
+        generate(backbone, jobs, settings, progress=False)
     write_parquet(out_manifest, pd.DataFrame(rows))
 
 
