@@ -7,47 +7,16 @@ localrules:
     checkpoint_sweep,
 
 
-GRID = {"prompts": 2, "seeds": 2, "thumb": 192, **(config.get("report") or {}).get("grid", {})}
-TABLE_NOTES = {
-    "interpolation": "Smoothness of concept interpolation per method and path (docs/analysis.md); "
-    "LaTeX: results/interpolation/summary.tex.",
-}
-
-
-def sample_manifests():
-    return [{"path": f"results/{b}/{m}/{s}/samples/manifest.parquet", "backbone": b, "method": m, "subject": s}
-            for b in BACKBONES for m in METHODS for s in SUBJECTS]
-
-
-def grid_files(ext):
-    return [f"results/report/grids/{b}/{s}.{ext}" for b in BACKBONES for s in SUBJECTS]
-
-
-def table_pages():
-    """{page name: Parquet file} of every table the report shows."""
-    pages = {name: f"results/tables/{name}.parquet" for name in TABLE_NAMES}
-    if PAIRS:
-        pages["interpolation"] = "results/interpolation/summary.parquet"
-    return pages
-
-
-def report_files():
-    return [*grid_files("png"), *grid_files("pdf"), *[f"results/report/tables/{n}.html" for n in table_pages()],
-            *[f"results/analysis/checkpoints.{ext}" for ext in ("png", "pdf", "parquet")]]
-
-
 rule sample_grids:
     input:
         manifests=[m["path"] for m in sample_manifests()],
-        subjects=[f"resources/subjects/{s}/subject.json" for s in SUBJECTS],
+        subjects=list(subject_files(SUBJECTS).values()),
     output:
-        grids=[report(f, caption="../workflow/report/sample_grid.rst", category="Samples",
-                      subcategory=f.split("/")[3], labels={"subject": Path(f).stem, "backbone": f.split("/")[3]})
-               for f in grid_files("png")],
+        grids=grid_reports(),
         pdf=grid_files("pdf"),
     params:
         manifests=sample_manifests(),
-        subjects={s: f"resources/subjects/{s}/subject.json" for s in SUBJECTS},
+        subjects=subject_files(SUBJECTS),
         methods=list(METHODS),
         grid=GRID,
         out_dir="results/report/grids",

@@ -110,7 +110,7 @@ def test_interpolation_table_covers_every_method_and_path(default_run):
 
 def test_magnitude_sweep_covers_every_token_and_scale(default_run):
     for backbone in BACKBONES:
-        scores = pd.read_parquet(default_run / f"results/magnitude/{backbone}/scores.parquet")
+        scores = pd.read_parquet(default_run / f"results/magnitude/{backbone}/fidelity.parquet")
         assert len(scores) == len(TRAINED) * len(SUBJECTS) * len(SWEEP["scales"]) * len(SWEEP["prompts"]) * len(
             SWEEP["seeds"])
         assert scores[["subject_fidelity", "text_fidelity"]].notna().all().all()

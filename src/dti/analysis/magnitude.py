@@ -117,7 +117,7 @@ def sweep_table(scores: pd.DataFrame) -> pd.DataFrame:
 
 
 def write_sweep_outputs(score_files: dict[str, str], out_dir: str) -> None:
-    """Per backbone ({backbone: scores.parquet}): the figure (PNG + PDF) and its numbers (Parquet)."""
+    """Per backbone ({backbone: fidelity.parquet}): the figure (PNG + PDF) and its numbers (Parquet)."""
     from dti.figures import save_figure
     from dti.figures.norms import magnitude_figure
     from dti.io import write_parquet
