@@ -78,12 +78,12 @@ rule score_magnitude_sweep:
 
 rule magnitude_outputs:
     input:
-        [f"results/magnitude/{b}/fidelity.parquet" for b in BACKBONES],
+        [f"results/magnitude/{b}/fidelity.parquet" for b in SWEEP_BACKBONES],
     output:
-        figures=analysis_reports("magnitude", "magnitude", "Magnitude sweep"),
+        figures=analysis_reports("magnitude", "magnitude", "Magnitude sweep", SWEEP_BACKBONES),
         other=[f for f in magnitude_files() if not f.endswith(".png")],
     params:
-        scores={b: f"results/magnitude/{b}/fidelity.parquet" for b in BACKBONES},
+        scores={b: f"results/magnitude/{b}/fidelity.parquet" for b in SWEEP_BACKBONES},
         out_dir="results/analysis/magnitude",
         code_version=CODE_VERSION,
     log:

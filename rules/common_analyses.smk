@@ -1,5 +1,6 @@
 # The analyses' settings, checked at planning time (errors name the key), and the helpers their rules call
 # (rules/interpolation.smk, analysis.smk, report.smk). Definitions: docs/analysis.md.
+from dti.analysis import pick_backbones
 from dti.analysis.fidelity import pick_metrics
 from dti.analysis.magnitude import check_sweep
 from dti.interpolation import parse_interpolation, schemes_for
@@ -8,6 +9,9 @@ try:
     INTERPOLATION = parse_interpolation(config.get("interpolation"), SUBJECTS, TRAINED_METHODS)
     _sweep = (config.get("analysis") or {}).get("magnitude") or {}
     MAGNITUDE = check_sweep(_sweep) if _sweep.get("enabled", True) else None
+    INTERPOLATION_BACKBONES = pick_backbones((config.get("interpolation") or {}).get("backbones"), BACKBONES,
+                                             "interpolation.backbones")
+    SWEEP_BACKBONES = pick_backbones(_sweep.get("backbones"), BACKBONES, "analysis.magnitude.backbones")
     if INTERPOLATION.pairs or MAGNITUDE:
         pick_metrics(config["metrics"])
 except DtiError as exc:
@@ -50,11 +54,11 @@ def pair_subject(end):
 
 
 def interpolation_fidelity_files():
-    return [f"results/interpolation/{b}/{p}/fidelity.parquet" for b in BACKBONES for p in PAIRS]
+    return [f"results/interpolation/{b}/{p}/fidelity.parquet" for b in INTERPOLATION_BACKBONES for p in PAIRS]
 
 
 def interpolation_figures(kind, ext):
-    return [f"results/interpolation/{b}/{p}/{kind}.{ext}" for b in BACKBONES for p in PAIRS]
+    return [f"results/interpolation/{b}/{p}/{kind}.{ext}" for b in INTERPOLATION_BACKBONES for p in PAIRS]
 
 
 def interpolation_reports(kind):
@@ -62,7 +66,7 @@ def interpolation_reports(kind):
     return [report(f"results/interpolation/{b}/{p}/{kind}.png", caption=f"../workflow/report/interpolation_{kind}.rst",
                    category="Interpolation", subcategory={"strip": "Strips", "curves": "Curves"}[kind],
                    labels={"backbone": b, "pair": p})
-            for b in BACKBONES for p in PAIRS]
+            for b in INTERPOLATION_BACKBONES for p in PAIRS]
 
 
 INTERPOLATION_TABLES = [f"results/interpolation/{name}.parquet" for name in ("summary", "paths", "per_t")]
@@ -92,17 +96,17 @@ def norm_analysis_files():
 def magnitude_files():
     if not MAGNITUDE:
         return []
-    return [f"results/analysis/magnitude/{b}.{ext}" for b in BACKBONES for ext in ("png", "pdf", "parquet")]
+    return [f"results/analysis/magnitude/{b}.{ext}" for b in SWEEP_BACKBONES for ext in ("png", "pdf", "parquet")]
 
 
 def analysis_files():
     return norm_analysis_files() + magnitude_files()
 
 
-def analysis_reports(kind, caption, subcategory):
+def analysis_reports(kind, caption, subcategory, backbones=BACKBONES):
     return [report(f"results/analysis/{kind}/{b}.png", caption=f"../workflow/report/{caption}.rst",
                    category="Norms and directions", subcategory=subcategory, labels={"backbone": b})
-            for b in BACKBONES]
+            for b in backbones]
 
 
 # --- report files -------------------------------------------------------------------------------------------

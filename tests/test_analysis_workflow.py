@@ -25,6 +25,8 @@ TRAINED = sorted({get_method(m).trained_as or m for m in DEFAULT["methods"]})
 INTERP = DEFAULT["interpolation"]
 PAIRS = [(p["a"], p["b"]) for p in INTERP["pairs"]]
 SWEEP = DEFAULT["analysis"]["magnitude"]
+INTERP_BACKBONES = INTERP.get("backbones") or BACKBONES
+SWEEP_BACKBONES = SWEEP.get("backbones") or BACKBONES
 SLOTS = {"sd": ["clip_l"], "sdxl": ["clip_l", "clip_g"]}
 ANALYSIS_RULES = ("interpolate", "score_interpolation", "interpolation_outputs", "norm_analysis", "magnitude_sweep",
                   "score_magnitude_sweep", "magnitude_outputs", "sample_grids", "report_tables", "checkpoint_sweep")
@@ -44,9 +46,10 @@ def variants():
 
 
 def test_every_analysis_output_is_written(default_run):
-    files = [f"results/analysis/{kind}/{b}.{ext}" for kind in ("norm_curves", "vocab_norms", "magnitude")
-             for b in BACKBONES for ext in ("png", "pdf", "parquet")]
-    files += [f"results/interpolation/{b}/{a}+{c}/{kind}.{ext}" for b in BACKBONES for a, c in PAIRS
+    files = [f"results/analysis/{kind}/{b}.{ext}" for kind in ("norm_curves", "vocab_norms") for b in BACKBONES
+             for ext in ("png", "pdf", "parquet")]
+    files += [f"results/analysis/magnitude/{b}.{ext}" for b in SWEEP_BACKBONES for ext in ("png", "pdf", "parquet")]
+    files += [f"results/interpolation/{b}/{a}+{c}/{kind}.{ext}" for b in INTERP_BACKBONES for a, c in PAIRS
               for kind in ("curves", "strip") for ext in ("png", "pdf", "parquet")]
     files += [f"results/interpolation/{n}" for n in ("summary.parquet", "summary.tex", "paths.parquet", "per_t.parquet")]
     files += [f"results/report/grids/{b}/{s}.{ext}" for b in BACKBONES for s in SUBJECTS for ext in ("png", "pdf")]
@@ -75,7 +78,7 @@ def test_training_curves_hold_dti_at_m_and_show_ti_inflating(default_run):
 
 def test_interpolated_embeddings_are_loadable_files(default_run):
     family = {b: DEFAULT["backbones"][b]["family"] for b in BACKBONES}
-    for backbone in BACKBONES:
+    for backbone in INTERP_BACKBONES:
         for a, b in PAIRS:
             folder = default_run / f"results/interpolation/{backbone}/{a}+{b}/embeddings"
             for method, scheme in variants():
@@ -97,7 +100,7 @@ def test_interpolated_embeddings_are_loadable_files(default_run):
 
 def test_interpolation_table_covers_every_method_and_path(default_run):
     summary = pd.read_parquet(default_run / "results/interpolation/summary.parquet")
-    expected = {(b, m, s) for b in BACKBONES for m, s in variants()}
+    expected = {(b, m, s) for b in INTERP_BACKBONES for m, s in variants()}
     assert set(zip(summary["backbone"], summary["method"], summary["scheme"], strict=True)) == expected
     assert (summary["n_paths"] == len(PAIRS) * len(INTERP["prompts"]) * len(INTERP["seeds"])).all()
     assert (summary["n_steps"] == len(INTERP["t"]) - 1).all()
@@ -109,7 +112,8 @@ def test_interpolation_table_covers_every_method_and_path(default_run):
 
 
 def test_magnitude_sweep_covers_every_token_and_scale(default_run):
-    for backbone in BACKBONES:
+    assert sorted(p.stem for p in (default_run / "results/analysis/magnitude").glob("*.png")) == sorted(SWEEP_BACKBONES)
+    for backbone in SWEEP_BACKBONES:
         scores = pd.read_parquet(default_run / f"results/magnitude/{backbone}/fidelity.parquet")
         assert len(scores) == len(TRAINED) * len(SUBJECTS) * len(SWEEP["scales"]) * len(SWEEP["prompts"]) * len(
             SWEEP["seeds"])
@@ -123,24 +127,25 @@ def test_new_interpolation_settings_rerun_only_the_interpolation(default_run, tm
     work = shutil.copytree(default_run, tmp_path / "run", symlinks=True)
     config = write_config(tmp_path / "c.yaml", lambda c: c["interpolation"].update(t=[0, 0.5, 1]))
     counts = Counter(rule for rule, _ in planned_jobs(work, "--configfile", str(config)))
-    per_pair = len(BACKBONES) * len(PAIRS)
+    per_pair = len(INTERP_BACKBONES) * len(PAIRS)
     assert counts == Counter({"interpolate": per_pair, "score_interpolation": per_pair, "interpolation_outputs": 1,
                               "report_tables": 1, "all": 1})
 
 
 def test_a_pair_of_different_lengths_fails_naming_it_and_writes_nothing(default_run, tmp_path):
     work = shutil.copytree(default_run, tmp_path / "run", symlinks=True)
-    lengths = {s: len(json.loads((default_run / f"results/tiny_sd/dti/{s}/run.json").read_text())["tokens"]["clip_l"])
+    backbone = INTERP_BACKBONES[0]
+    lengths = {s: len(json.loads((default_run / f"results/{backbone}/dti/{s}/run.json").read_text())["tokens"]["clip_l"])
                for s in SUBJECTS}
     a, b = min(lengths, key=lengths.get), max(lengths, key=lengths.get)
     assert lengths[a] != lengths[b]  # the embedded default has a two-token initializer
     config = write_config(tmp_path / "c.yaml", lambda c: c["interpolation"].update(pairs=[{"a": a, "b": b}]))
-    target = f"results/interpolation/tiny_sd/{a}+{b}/manifest.parquet"
+    target = f"results/interpolation/{backbone}/{a}+{b}/manifest.parquet"
     result = snakemake(work, target, "--cores", "1", "--configfile", str(config), check=False)
     assert result.returncode != 0
-    log = (work / f"logs/interpolate/tiny_sd/{a}+{b}.log").read_text()
+    log = (work / f"logs/interpolate/{backbone}/{a}+{b}.log").read_text()
     assert f"interpolation pair {a}+{b}" in log and "different numbers of vectors" in log
-    assert not [p for p in (work / "results/interpolation/tiny_sd").rglob("*") if f"{a}+{b}" in str(p) and p.is_file()]
+    assert not [p for p in (work / "results/interpolation").rglob("*") if f"{a}+{b}" in str(p) and p.is_file()]
 
 
 @pytest.mark.parametrize(("change", "needle"), [
@@ -152,6 +157,8 @@ def test_a_pair_of_different_lengths_fails_naming_it_and_writes_nothing(default_
     (lambda c: c["interpolation"].update(prompts=["no slot here"]), "interpolation.prompts[0]"),
     (lambda c: c["analysis"]["magnitude"].update(prompts=[]), "analysis.magnitude.prompts: the list is empty"),
     (lambda c: c["analysis"]["magnitude"].update(scales=[1, -2]), "analysis.magnitude.scales[1]: -2.0 is not a"),
+    (lambda c: c["interpolation"].update(backbones=["tiny_sd3"]), "interpolation.backbones[0]: unknown backbone"),
+    (lambda c: c["analysis"]["magnitude"].update(backbones=[]), "analysis.magnitude.backbones: the list is empty"),
 ])
 def test_bad_analysis_config_stops_with_one_line_naming_it(tmp_path, change, needle):
     result = snakemake(tmp_path, "-n", "--configfile", str(write_config(tmp_path / "c.yaml", change)), check=False)
@@ -167,7 +174,7 @@ def test_paper_configs_plan_the_analyses_and_the_report(tmp_path, config):
     counts = Counter(rule for rule, _ in planned_jobs(tmp_path, "--configfile", str(REPO / "config" / config)))
     n_backbones, n_pairs = len(paper["backbones"]), len(paper["interpolation"]["pairs"])
     assert counts["interpolate"] == counts["score_interpolation"] == n_backbones * n_pairs
-    assert counts["magnitude_sweep"] == counts["score_magnitude_sweep"] == n_backbones
+    assert counts["magnitude_sweep"] == counts["score_magnitude_sweep"] == n_backbones  # no `backbones`: all
     for rule in ("interpolation_outputs", "norm_analysis", "magnitude_outputs", "sample_grids", "report_tables",
                  "checkpoint_sweep"):
         assert counts[rule] == 1, rule

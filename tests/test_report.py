@@ -84,9 +84,11 @@ def expected_results(run_dir: Path) -> set[str]:
     """Every file the report must hold, from the outputs the embedded default's run wrote."""
     backbones, subjects = sorted(DEFAULT["backbones"]), sorted(s["name"] for s in DEFAULT["subjects"])
     pairs = [f"{p['a']}+{p['b']}" for p in DEFAULT["interpolation"]["pairs"]]
-    files = {f"results/analysis/{kind}/{b}.png" for kind in ("norm_curves", "vocab_norms", "magnitude")
-             for b in backbones}
-    files |= {f"results/interpolation/{b}/{p}/{kind}.png" for b in backbones for p in pairs
+    interpolated = DEFAULT["interpolation"].get("backbones") or backbones
+    swept = DEFAULT["analysis"]["magnitude"].get("backbones") or backbones
+    files = {f"results/analysis/{kind}/{b}.png" for kind in ("norm_curves", "vocab_norms") for b in backbones}
+    files |= {f"results/analysis/magnitude/{b}.png" for b in swept}
+    files |= {f"results/interpolation/{b}/{p}/{kind}.png" for b in interpolated for p in pairs
               for kind in ("curves", "strip")}
     files |= {f"results/report/grids/{b}/{s}.png" for b in backbones for s in subjects}
     files |= {f"results/report/tables/{p.stem}.html" for p in (run_dir / "results/tables").glob("*.parquet")}
