@@ -32,7 +32,9 @@ $(STAMP): requirements.lock.txt pyproject.toml
 demo: $(STAMP)
 	# No GPU on a laptop: the GPU rules run on the CPU, as many at a time as there are cores.
 	$(BIN)/snakemake --profile profiles/local --cores $(CORES) --resources gpu=$(CORES)
-	@echo "Tables: results/tables/*.parquet and *.tex"
+	$(BIN)/snakemake --report report.html
+	@echo "Tables: results/tables/*.parquet and *.tex; figures: results/analysis, results/interpolation"
+	@echo "Report: report.html (open it in a browser)"
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
@@ -52,4 +54,4 @@ bench: $(STAMP)
 	$(BIN)/python bench/train_step.py
 
 clean:
-	rm -rf results resources logs benchmarks .snakemake
+	rm -rf results resources logs benchmarks .snakemake report.html

@@ -37,9 +37,20 @@ include: "rules/train.smk"
 include: "rules/sample.smk"
 include: "rules/score.smk"
 include: "rules/aggregate.smk"
+include: "rules/common_analyses.smk"
+include: "rules/interpolation.smk"
+include: "rules/analysis.smk"
+include: "rules/report.smk"
+
+
+# `snakemake --report report.html`: the outputs marked report() in the rules, under this front page.
+report: "workflow/report/workflow.rst"
 
 
 rule all:
     default_target: True
     input:
         table_files(),
+        interpolation_files(),
+        analysis_files(),
+        report_files(),

@@ -10,11 +10,16 @@ import re
 
 import pandas as pd
 import pytest
-from workflow_run import snakemake
+import yaml
+from workflow_run import REPO, snakemake
 
 from dti.tables import TABLE_NAMES
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
+_DEFAULT = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+ANALYSIS_SUBMISSIONS = (len(_DEFAULT["interpolation"].get("backbones") or _DEFAULT["backbones"])
+                        * len(_DEFAULT["interpolation"]["pairs"])
+                        + len(_DEFAULT["analysis"]["magnitude"].get("backbones") or _DEFAULT["backbones"]))
 
 
 def test_embedded_default_on_slurm_matches_the_local_run(slurm_run, default_run):
@@ -22,10 +27,13 @@ def test_embedded_default_on_slurm_matches_the_local_run(slurm_run, default_run)
     log = result.stdout + result.stderr
     calls = [line for line in log.splitlines() if line.startswith("sbatch call:")]
     gpu_calls = [c for c in calls if " --gpus=1" in c]
-    # 2 backbones x 3 methods x 3 subjects: one sbatch per train -> sample -> score chain.
-    assert len(gpu_calls) == 18, calls
+    # 2 backbones x 3 methods x 3 subjects: one sbatch per train -> sample -> score chain; the analyses add one
+    # per interpolated pair and backbone and one per swept backbone (render -> score, grouped the same way).
+    chains = [c for c in gpu_calls if "--comment rule_chain_" in c]
+    analyses = [c for c in gpu_calls if re.search(r"--comment rule_(interpolation|sweep)_", c)]
+    assert len(chains) == 18, calls
+    assert len(analyses) == ANALYSIS_SUBMISSIONS and len(gpu_calls) == len(chains) + len(analyses), calls
     assert all(" -p debug" in c and "--cpus-per-gpu=4" in c and "--signal=TERM@120" in c for c in gpu_calls)
-    assert all("--comment rule_chain_" in c for c in gpu_calls)  # submitted as the profile's chain groups
     assert not [c for c in calls if " --gpus" not in c and re.search(r"rule_(train|sample|score)\b", c)]
 
     for name in TABLE_NAMES:

@@ -36,6 +36,17 @@ AUTHORS_PROMPTS = next((p for p in (REPO.parent / "shared/third_party/kunheek-dt
 pytestmark = pytest.mark.slow
 
 
+# What a retrained token reruns beyond its own chain in the embedded default: its pair's interpolation (the
+# one pair holds every method and striped_box) and the magnitude sweep, on the backbones they run on, and
+# the figures and tables.
+_INTERPOLATED = len(DEFAULT["interpolation"].get("backbones") or BACKBONES)
+_SWEPT = len(DEFAULT["analysis"]["magnitude"].get("backbones") or BACKBONES)
+ANALYSIS_RERUN = Counter({"interpolate": _INTERPOLATED, "score_interpolation": _INTERPOLATED,
+                          "magnitude_sweep": _SWEPT, "score_magnitude_sweep": _SWEPT, "interpolation_outputs": 1,
+                          "norm_analysis": 1, "magnitude_outputs": 1, "sample_grids": 1, "report_tables": 1,
+                          "checkpoint_sweep": 1})
+
+
 def copy_run(source: Path, dest: Path) -> Path:
     shutil.copytree(source, dest, symlinks=True)
     return dest
@@ -134,7 +145,7 @@ def test_replaced_photo_reruns_only_that_subject(default_run, tmp_path):
     counts = jobs_by_rule(jobs)
     per_subject = len(BACKBONES) * len(METHODS)
     assert counts == Counter({"prepare_subject": 1, "train": per_subject, "sample": per_subject * len(STEPS),
-                              "score": per_subject * len(STEPS), "aggregate": 1, "all": 1})
+                              "score": per_subject * len(STEPS), "aggregate": 1, "all": 1}) + ANALYSIS_RERUN
     assert {wc.get("subject") for rule, wc in jobs if rule in ("prepare_subject", "train", "sample", "score")} == {
         "striped_box"}
 
@@ -160,7 +171,7 @@ def test_new_learning_rate_reruns_only_that_method(default_run, tmp_path):
     counts = jobs_by_rule(jobs)
     per_method = len(BACKBONES) * len(SUBJECTS)
     assert counts == Counter({"train": per_method, "sample": per_method * len(STEPS),
-                              "score": per_method * len(STEPS), "aggregate": 1, "all": 1})
+                              "score": per_method * len(STEPS), "aggregate": 1, "all": 1}) + ANALYSIS_RERUN
     assert {wc["method"] for rule, wc in jobs if rule in ("train", "sample", "score")} == {"dti"}
 
 
@@ -276,6 +287,7 @@ def test_dreambooth_and_folder_subjects_are_prepared(tmp_path):
         config["subjects"] = [{"name": "dog", "class": "dog", "kind": "live", "source": "dreambooth"},
                               {"name": "my_mug", "class": "mug", "kind": "object", "source": "folder"}]
         config["data"] = {"dreambooth": str(dreambooth), "images_dir": str(tmp_path / "photos")}
+        config.pop("interpolation")  # its pair names the default's subjects
 
     work = tmp_path / "run"
     work.mkdir()

@@ -102,6 +102,12 @@ def cmd_sample(args) -> None:
     print(f"{len(jobs)} images -> {out}")
 
 
+def cmd_inspect(args) -> None:
+    from dti.inspect import run_inspect
+
+    print(run_inspect(args.file, model=args.model, revision=args.revision, as_json=args.json, top=args.top))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dti", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -156,6 +162,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--rescale-to", help="TI-rescaled: set each row's norm to this vocabulary statistic")
     p.set_defaults(func=cmd_sample)
+
+    p = sub.add_parser("inspect", help="norms, nearest vocabulary tokens and loaders of a textual-inversion file")
+    p.add_argument("file", help="a .safetensors embedding (pickle formats are refused, never unpickled)")
+    p.add_argument("--model", help="HF hub id or local diffusers folder: compare with its vocabulary")
+    p.add_argument("--revision")
+    p.add_argument("--top", type=int, default=5, help="nearest vocabulary tokens to list per vector")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_inspect)
     return parser
 
 

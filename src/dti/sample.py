@@ -183,3 +183,22 @@ def generate(backbone: Backbone, jobs: list[SampleJob], settings: SampleSettings
     finally:
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
+
+
+def set_token_rows(backbone: Backbone, placeholder: str, vectors: dict) -> None:
+    """Give `placeholder` these rows ({slot: [k, d]}): loaded with diffusers' loader the first time, then
+    overwritten in place, so a job can render many embeddings (an interpolation path, a norm sweep)
+    without growing the vocabulary once per embedding."""
+    slots = {slot.name: slot for slot in backbone.slots}
+    for slot_name, rows in vectors.items():
+        slot = slots[slot_name]
+        tokens = [placeholder] + [f"{placeholder}_{i}" for i in range(1, rows.shape[0])]
+        ids = slot.tokenizer.convert_tokens_to_ids(tokens)
+        if placeholder not in slot.tokenizer.get_vocab():
+            load_into_pipeline(backbone.pipe, placeholder, {slot_name: rows})
+            continue
+        if slot.tokenizer.unk_token_id in ids or f"{placeholder}_{rows.shape[0]}" in slot.tokenizer.get_vocab():
+            raise ValueError(f"{placeholder} is loaded with a different number of vectors than {rows.shape[0]}")
+        table = slot.encoder.get_input_embeddings().weight
+        with torch.no_grad():
+            table[torch.tensor(ids, device=table.device)] = rows.to(table.device, table.dtype)

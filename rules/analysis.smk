@@ -1,0 +1,96 @@
+# The paper's analyses beyond the scores (docs/analysis.md): norm and direction curves from every training
+# log with the vocabulary's norms (a local job), and the magnitude sweep: every trained token rescaled to
+# several multiples of m, rendered and scored per backbone (GPU jobs), then one figure per backbone.
+localrules:
+    norm_analysis,
+    magnitude_outputs,
+
+
+rule norm_analysis:
+    input:
+        runs=[r["path"] for r in run_records()],
+        models=[f"resources/models/{b}.json" for b in BACKBONES],
+    output:
+        curves=analysis_reports("norm_curves", "norm_curves", "Training curves"),
+        histograms=analysis_reports("vocab_norms", "vocab_norms", "Vocabulary norms"),
+        other=[f for f in norm_analysis_files() if not f.endswith(".png")],
+    params:
+        runs=run_records(),
+        models={b: f"resources/models/{b}.json" for b in BACKBONES},
+        out_dir="results/analysis",
+        code_version=CODE_VERSION,
+    log:
+        "logs/norm_analysis.log",
+    benchmark:
+        "benchmarks/norm_analysis.tsv"
+    script:
+        "../workflow/scripts/norm_analysis.py"
+
+
+rule magnitude_sweep:
+    input:
+        runs=lambda wc: [r["path"] for r in backbone_runs(wc.backbone)],
+        subjects=list(subject_files(SUBJECTS).values()),
+        model=model_json,
+    output:
+        manifest="results/magnitude/{backbone}/manifest.parquet",
+    params:
+        runs=sweep_runs,
+        subjects=subject_files(SUBJECTS),
+        labels=lambda wc: {"backbone": wc.backbone},
+        sweep=MAGNITUDE,
+        sample=sample_settings,
+        code_version=CODE_VERSION,
+    threads: 1
+    resources:
+        gpu=1,
+        runtime=gpu_runtime(120),
+    log:
+        "logs/magnitude_sweep/{backbone}.log",
+    benchmark:
+        "benchmarks/magnitude_sweep/{backbone}.tsv"
+    script:
+        "../workflow/scripts/magnitude_sweep.py"
+
+
+rule score_magnitude_sweep:
+    input:
+        manifest="results/magnitude/{backbone}/manifest.parquet",
+        subjects=list(subject_files(SUBJECTS).values()),
+        metrics="resources/metrics.json",
+        tiny_metrics=lambda wc: list(analysis_tiny_metrics().values()),
+    output:
+        "results/magnitude/{backbone}/fidelity.parquet",
+    params:
+        subjects=subject_files(SUBJECTS),
+        metrics=lambda wc: analysis_metrics(),
+        tiny_metrics=lambda wc: analysis_tiny_metrics(),
+        code_version=CODE_VERSION,
+    threads: 1
+    resources:
+        gpu=1,
+        runtime=gpu_runtime(30),
+    log:
+        "logs/score_magnitude_sweep/{backbone}.log",
+    benchmark:
+        "benchmarks/score_magnitude_sweep/{backbone}.tsv"
+    script:
+        "../workflow/scripts/score_magnitude_sweep.py"
+
+
+rule magnitude_outputs:
+    input:
+        [f"results/magnitude/{b}/fidelity.parquet" for b in SWEEP_BACKBONES],
+    output:
+        figures=analysis_reports("magnitude", "magnitude", "Magnitude sweep", SWEEP_BACKBONES),
+        other=[f for f in magnitude_files() if not f.endswith(".png")],
+    params:
+        scores={b: f"results/magnitude/{b}/fidelity.parquet" for b in SWEEP_BACKBONES},
+        out_dir="results/analysis/magnitude",
+        code_version=CODE_VERSION,
+    log:
+        "logs/magnitude_outputs.log",
+    benchmark:
+        "benchmarks/magnitude_outputs.tsv"
+    script:
+        "../workflow/scripts/magnitude_outputs.py"

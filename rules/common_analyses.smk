@@ -1,0 +1,151 @@
+# The analyses' settings, checked at planning time (errors name the key), and the helpers their rules call
+# (rules/interpolation.smk, analysis.smk, report.smk). Definitions: docs/analysis.md.
+from dti.analysis import pick_backbones
+from dti.analysis.fidelity import pick_metrics
+from dti.analysis.magnitude import check_sweep
+from dti.interpolation import parse_interpolation, schemes_for
+
+try:
+    INTERPOLATION = parse_interpolation(config.get("interpolation"), SUBJECTS, TRAINED_METHODS)
+    _sweep = (config.get("analysis") or {}).get("magnitude") or {}
+    MAGNITUDE = check_sweep(_sweep) if _sweep.get("enabled", True) else None
+    INTERPOLATION_BACKBONES = pick_backbones((config.get("interpolation") or {}).get("backbones"), BACKBONES,
+                                             "interpolation.backbones")
+    SWEEP_BACKBONES = pick_backbones(_sweep.get("backbones"), BACKBONES, "analysis.magnitude.backbones")
+    if INTERPOLATION.pairs or MAGNITUDE:
+        pick_metrics(config["metrics"])
+except DtiError as exc:
+    _config_error(str(exc))
+PAIRS = {pair.name: pair for pair in INTERPOLATION.pairs}
+GRID = {"prompts": 2, "seeds": 2, "thumb": 192, **(config.get("report") or {}).get("grid", {})}
+
+
+wildcard_constraints:
+    pair=_alternatives(PAIRS) or "(?!)",  # no pairs: matches nothing
+
+
+def analysis_metrics():
+    """Only the two metric families the analyses score with: enabling another one reruns nothing here."""
+    return {key: METRICS[key] for key in pick_metrics(METRICS)}
+
+
+def analysis_tiny_metrics():
+    """The tiny random model folders (`model: tiny`) of those two, built by the tiny_metric_model rule."""
+    return {key: path for key, path in TINY_METRICS.items() if key in analysis_metrics()}
+
+
+def subject_files(names):
+    return {s: f"resources/subjects/{s}/subject.json" for s in names}
+
+
+# --- interpolation ---------------------------------------------------------------------------------------
+def pair_runs(wildcards):
+    """{method: {"a": run.json, "b": run.json}} of the pair on this backbone."""
+    pair = PAIRS[wildcards.pair]
+    return {m: {end: f"{train_dir(wildcards.backbone, m, s)}/run.json" for end, s in (("a", pair.a), ("b", pair.b))}
+            for m in pair.methods}
+
+
+def pair_run_files(wildcards):
+    return [path for ends in pair_runs(wildcards).values() for path in ends.values()]
+
+
+def pair_schemes(wildcards):
+    return {m: list(schemes_for(get_method(m).on_sphere)) for m in PAIRS[wildcards.pair].methods}
+
+
+def pair_subject(end):
+    return lambda wc: f"resources/subjects/{getattr(PAIRS[wc.pair], end)}/subject.json"
+
+
+def interpolation_fidelity_files():
+    return [f"results/interpolation/{b}/{p}/fidelity.parquet" for b in INTERPOLATION_BACKBONES for p in PAIRS]
+
+
+def interpolation_figures(kind, ext):
+    return [f"results/interpolation/{b}/{p}/{kind}.{ext}" for b in INTERPOLATION_BACKBONES for p in PAIRS]
+
+
+def interpolation_reports(kind):
+    """The PNG figures of one kind, marked for the report (labels: backbone and pair)."""
+    return [report(f"results/interpolation/{b}/{p}/{kind}.png", caption=f"../workflow/report/interpolation_{kind}.rst",
+                   category="Interpolation", subcategory={"strip": "Strips", "curves": "Curves"}[kind],
+                   labels={"backbone": b, "pair": p})
+            for b in INTERPOLATION_BACKBONES for p in PAIRS]
+
+
+INTERPOLATION_TABLES = [f"results/interpolation/{name}.parquet" for name in ("summary", "paths", "per_t")]
+
+
+def interpolation_files():
+    if not PAIRS:
+        return []
+    figures = [f for kind in ("curves", "strip") for ext in ("png", "pdf", "parquet") for f in interpolation_figures(kind, ext)]
+    return [*INTERPOLATION_TABLES, "results/interpolation/summary.tex", *figures]
+
+
+# --- norm analysis and magnitude sweep --------------------------------------------------------------------
+def backbone_runs(backbone):
+    return [r for r in run_records() if r["backbone"] == backbone]
+
+
+def sweep_runs(wildcards):
+    return [{k: r[k] for k in ("path", "method", "subject")} for r in backbone_runs(wildcards.backbone)]
+
+
+def norm_analysis_files():
+    return [f"results/analysis/{kind}/{b}.{ext}" for kind in ("norm_curves", "vocab_norms") for b in BACKBONES
+            for ext in ("png", "pdf", "parquet")]
+
+
+def magnitude_files():
+    if not MAGNITUDE:
+        return []
+    return [f"results/analysis/magnitude/{b}.{ext}" for b in SWEEP_BACKBONES for ext in ("png", "pdf", "parquet")]
+
+
+def analysis_files():
+    return norm_analysis_files() + magnitude_files()
+
+
+def analysis_reports(kind, caption, subcategory, backbones=BACKBONES):
+    return [report(f"results/analysis/{kind}/{b}.png", caption=f"../workflow/report/{caption}.rst",
+                   category="Norms and directions", subcategory=subcategory, labels={"backbone": b})
+            for b in backbones]
+
+
+# --- report files -------------------------------------------------------------------------------------------
+def sample_manifests():
+    """The images of the headline checkpoint (aggregate.summary_step, default the last scored step)."""
+    return [{"path": f"results/{b}/{m}/{s}/samples/step-{SUMMARY['step'][b]}/manifest.parquet", "backbone": b,
+             "method": m, "subject": s}
+            for b in BACKBONES for m in METHODS for s in SUBJECTS]
+
+
+def grid_files(ext):
+    return [f"results/report/grids/{b}/{s}.{ext}" for b in BACKBONES for s in SUBJECTS]
+
+
+def grid_reports():
+    return [report(f"results/report/grids/{b}/{s}.png", caption="../workflow/report/sample_grid.rst",
+                   category="Samples", subcategory=b, labels={"subject": s, "backbone": b})
+            for b in BACKBONES for s in SUBJECTS]
+
+
+def table_pages():
+    """{page name: Parquet file} of every table the report shows."""
+    pages = {name: f"results/tables/{name}.parquet" for name in TABLE_NAMES}
+    if PAIRS:
+        pages["interpolation"] = "results/interpolation/summary.parquet"
+    return pages
+
+
+TABLE_NOTES = {
+    "interpolation": "Smoothness of concept interpolation per method and path (docs/analysis.md); "
+    "LaTeX: results/interpolation/summary.tex.",
+}
+
+
+def report_files():
+    return [*grid_files("png"), *grid_files("pdf"), *[f"results/report/tables/{n}.html" for n in table_pages()],
+            *[f"results/analysis/checkpoints.{ext}" for ext in ("png", "pdf", "parquet")]]

@@ -1,0 +1,133 @@
+"""The magnitude sweep: does a learned token's meaning live in its direction or in its norm?
+
+Each trained token is rescaled to s x m for every s in `scales` (m: its encoder's vocabulary mean norm;
+the direction of every vector is kept) and a few prompts are sampled; subject fidelity (against the
+subject's photos) and text fidelity (against the prompt with the class noun) are then measured per scale.
+DTI's and TI's directions go through the same sweep, so the figure shows how fidelity moves with the
+norm alone, and where each method's trained norm sits.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from dti.errors import DtiError
+
+
+def check_sweep(config: dict) -> dict:
+    """The `analysis.magnitude` settings, checked; errors name the key."""
+    from dti.prompts import check_template
+
+    scales = [float(s) for s in config.get("scales", (0.5, 1, 2, 4, 8))]
+    if not scales:
+        raise DtiError("analysis.magnitude.scales: the list is empty")
+    for i, scale in enumerate(scales):
+        if not (scale > 0 and np.isfinite(scale)):
+            raise DtiError(f"analysis.magnitude.scales[{i}]: {scale} is not a positive number")
+    prompts = list(config.get("prompts", ("a photo of a {}",)))
+    if not prompts:
+        raise DtiError("analysis.magnitude.prompts: the list is empty; give at least one template with {}")
+    for i, prompt in enumerate(prompts):
+        check_template(prompt, f"analysis.magnitude.prompts[{i}]")
+    seeds = [int(s) for s in config.get("seeds", (0,))]
+    if not seeds:
+        raise DtiError("analysis.magnitude.seeds: the list is empty")
+    return {"scales": sorted(set(scales)), "prompts": prompts, "seeds": seeds}
+
+
+def render_sweep(runs: list[dict], subject_jsons: dict[str, str], model_json: str, out_manifest: str, *,
+                 labels: dict, scales: list[float], prompts: list[str], seeds: list[int], sample: dict,
+                 device: str | None = None) -> None:
+    """Render every run's token at every scale (one model load); the manifest is written last.
+
+    runs: [{"path": run.json, "method", "subject"}] of one backbone.
+    """
+    from dti.export import load_diffusers
+    from dti.io import write_parquet
+    from dti.pipeline import _load_backbone, resolve_device
+    from dti.prompts import eval_prompt, render
+    from dti.sample import SampleJob, SampleSettings, generate, set_token_rows
+    from dti.sphere import normalize
+    from dti.tokens import resolve_magnitude
+
+    backbone = _load_backbone(model_json, device or resolve_device())
+    slots = [s.name for s in backbone.slots]
+    m = {s.name: resolve_magnitude(s.encoder.get_input_embeddings().weight, "mean") for s in backbone.slots}
+    settings = SampleSettings(**sample)
+    out_dir = Path(out_manifest).parent
+    rows = []
+    for run in runs:
+        subject = json.loads(Path(subject_jsons[run["subject"]]).read_text())
+        _, vectors = load_diffusers(Path(run["path"]).parent, slots)
+        trained = float(np.mean([(r.norm(dim=-1) / m[s]).mean().item() for s, r in vectors.items()]))
+        jobs = []
+        for scale in scales:
+            # One token per subject and scale, so all scales render in shared batches; every method's
+            # token of this subject has the same number of vectors and reuses it.
+            token = f"<{run['subject']}@{scale:g}>"
+            set_token_rows(backbone, token, {s: scale * m[s] * normalize(r.float()) for s, r in vectors.items()})
+            for prompt_id, template in enumerate(prompts):
+                for seed in seeds:
+                    image = f"{run['method']}/{run['subject']}/s{scale:g}_{prompt_id:02d}_{seed}.png"
+                    jobs.append(SampleJob(render(template, token), seed, out_dir / image))
+                    rows.append({**labels, "method": run["method"], "subject": run["subject"],
+                                 "subject_kind": subject["kind"], "scale": scale, "trained_ratio": trained,
+                                 "prompt_id": prompt_id, "prompt": template,
+                                 "eval_prompt": eval_prompt(template, subject["class"]), "seed": seed, "image": image})
+        generate(backbone, jobs, settings, progress=False)
+    write_parquet(out_manifest, pd.DataFrame(rows))
+
+
+def score_sweep(manifest_path: str, subject_jsons: dict[str, str], out_scores: str, *, metric_specs: dict,
+                tiny_dirs: dict[str, str] | None = None, device: str | None = None) -> None:
+    """Subject fidelity (each image against its own subject's photos) and text fidelity of every image."""
+    from dti.analysis.fidelity import Fidelity
+    from dti.images import load_image
+    from dti.io import write_parquet
+    from dti.pipeline import resolve_device
+
+    manifest = pd.read_parquet(manifest_path)
+    fidelity = Fidelity(metric_specs, device or resolve_device(), tiny_dirs=tiny_dirs)
+    images = fidelity.open_images(Path(manifest_path).parent, manifest["image"])
+    features = fidelity.image_features(images)
+    import torch
+
+    subject = np.empty(len(manifest))
+    for name, index in manifest.groupby("subject").indices.items():
+        folder = Path(subject_jsons[name]).parent
+        refs = [load_image(folder / f) for f in json.loads((folder / "subject.json").read_text())["images"]]
+        subject[index] = fidelity.similarity(features[torch.as_tensor(index)], fidelity.image_features(refs))
+    scores = manifest.assign(subject_fidelity=subject, text_fidelity=fidelity.text(images, list(manifest["eval_prompt"])),
+                             image_metric=fidelity.image_label, text_metric=fidelity.text_label)
+    write_parquet(out_scores, scores)
+
+
+def sweep_table(scores: pd.DataFrame) -> pd.DataFrame:
+    """Per method and scale: each subject's mean over prompts and seeds, then mean and std over subjects."""
+    per_subject = scores.groupby(["backbone", "method", "subject", "scale"], sort=True).agg(
+        subject=("subject_fidelity", "mean"), text=("text_fidelity", "mean"), trained_ratio=("trained_ratio", "first"))
+    table = per_subject.groupby(["backbone", "method", "scale"], sort=True).agg(
+        subject_mean=("subject", "mean"), subject_std=("subject", "std"), text_mean=("text", "mean"),
+        text_std=("text", "std"), trained_ratio=("trained_ratio", "mean"), n_subjects=("subject", "size"))
+    return table.fillna({"subject_std": 0.0, "text_std": 0.0}).reset_index()
+
+
+def write_sweep_outputs(score_files: dict[str, str], out_dir: str) -> None:
+    """Per backbone ({backbone: fidelity.parquet}): the figure (PNG + PDF) and its numbers (Parquet)."""
+    from dti.figures import save_figure
+    from dti.figures.norms import magnitude_figure
+    from dti.io import write_parquet
+
+    out = Path(out_dir)
+    for backbone, path in score_files.items():
+        scores = pd.read_parquet(path)
+        table = sweep_table(scores)
+        write_parquet(out / f"{backbone}.parquet", table)
+        save_figure(magnitude_figure(table, title=f"Fidelity against the token's norm, direction kept: {backbone}",
+                                     image_metric=scores["image_metric"].iloc[0],
+                                     text_metric=scores["text_metric"].iloc[0]),
+                    out / f"{backbone}.png", out / f"{backbone}.pdf")

@@ -1,0 +1,81 @@
+"""Figures of the analyses and the report: matplotlib (Agg, no display), PNG for the report and PDF for papers.
+
+Every figure is saved as both, each atomically; the numbers behind it are written as Parquet beside it by
+the caller, so a figure can be redrawn in another style without rerunning anything.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # before pyplot: jobs and tests have no display
+
+METHOD_COLORS = {"dti": "#1f5fbf", "ti": "#d1372e", "crossinit": "#2e9a4a", "ti_rescaled": "#e08a1e"}
+SCHEME_STYLES = {"slerp": "-", "lerp": "--"}
+_FALLBACK = ["#7b4fa0", "#8c6d31", "#17a2b8", "#666666"]
+PNG_DPI = 110
+
+
+METRIC_NAMES = {"dino": "DINO", "dinov2": "DINOv2", "clip_i": "CLIP-I", "clip_t": "CLIP-T", "siglip_t": "SigLIP-T"}
+
+
+def metric_name(label: str) -> str:
+    """'dino (timm:vit_small...)' -> 'DINO': the axis says which metric, a footnote which model."""
+    key = label.split(" ", 1)[0]
+    return METRIC_NAMES.get(key, key)
+
+
+def model_footnote(fig, *labels: str) -> None:
+    fig.text(0.01, 0.0, "metric models: " + "; ".join(labels), fontsize=6.5, color="#666666", va="top")
+
+
+def method_color(method: str) -> str:
+    if method in METHOD_COLORS:
+        return METHOD_COLORS[method]
+    return _FALLBACK[sum(map(ord, method)) % len(_FALLBACK)]
+
+
+def new_figure(width: float, height: float, rows: int = 1, cols: int = 1, **kwargs):
+    import matplotlib.pyplot as plt
+
+    plt.rcParams.update({"font.size": 9, "axes.titlesize": 10, "axes.spines.top": False,
+                         "axes.spines.right": False, "legend.frameon": False, "pdf.fonttype": 42})
+    return plt.subplots(rows, cols, figsize=(width, height), squeeze=False, **kwargs)
+
+
+def save_figure(fig, png: str | os.PathLike, pdf: str | os.PathLike | None = None) -> None:
+    """Write the figure as PNG (and PDF), each atomically, then free it."""
+    import matplotlib.pyplot as plt
+
+    from dti.io import atomic_path
+
+    try:
+        for path, fmt in ((png, "png"), (pdf, "pdf")):
+            if path is None:
+                continue
+            with atomic_path(Path(path)) as tmp:
+                fig.savefig(tmp, format=fmt, dpi=PNG_DPI, bbox_inches="tight",
+                            metadata={"CreationDate": None} if fmt == "pdf" else {"Software": None})
+    finally:
+        plt.close(fig)
+
+
+def thumbnail(path: str | os.PathLike, size: int):
+    """An image scaled to fit size x size, as an array for imshow."""
+    import numpy as np
+
+    from dti.images import load_image
+
+    image = load_image(path)
+    image.thumbnail((size, size))
+    return np.asarray(image)
+
+
+def image_axes(ax) -> None:
+    ax.set_xticks([])
+    ax.set_yticks([])
+    for spine in ax.spines.values():
+        spine.set_visible(False)
