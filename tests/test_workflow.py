@@ -45,6 +45,8 @@ ANALYSIS_RERUN = Counter({"interpolate": _INTERPOLATED, "score_interpolation": _
                           "magnitude_sweep": _SWEPT, "score_magnitude_sweep": _SWEPT, "interpolation_outputs": 1,
                           "norm_analysis": 1, "magnitude_outputs": 1, "sample_grids": 1, "report_tables": 1,
                           "checkpoint_sweep": 1})
+# What any new score reruns: the report's table pages and its figure of scores over checkpoints.
+REPORT_RERUN = Counter({"report_tables": 1, "checkpoint_sweep": 1})
 
 
 def copy_run(source: Path, dest: Path) -> Path:
@@ -181,7 +183,7 @@ def test_a_new_eval_step_samples_and_scores_only_that_checkpoint(default_run, tm
     work = copy_run(default_run, tmp_path / "run")
     config = write_config(tmp_path / "c.yaml", lambda c: c.update(eval_steps=sorted([*STEPS, new_step])))
     jobs = planned_jobs(work, "--configfile", str(config))
-    assert jobs_by_rule(jobs) == Counter({"sample": CHAINS, "score": CHAINS, "aggregate": 1, "all": 1})
+    assert jobs_by_rule(jobs) == Counter({"sample": CHAINS, "score": CHAINS, "aggregate": 1, "all": 1}) + REPORT_RERUN
     assert {wc["step"] for rule, wc in jobs if rule in ("sample", "score")} == {str(new_step)}
 
     # Run one chain's new jobs for real: training is not touched, the new checkpoint's images are its own.
