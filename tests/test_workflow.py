@@ -207,8 +207,8 @@ def test_paper_config_plans_the_whole_grid_without_downloading(tmp_path):
     jobs = planned_jobs(tmp_path, "--configfile", str(REPO / "config/paper-sdxl.yaml"))
     counts = jobs_by_rule(jobs)
     assert counts["prepare_subject"] == 30
-    assert counts["train"] == 30 * 3  # ti, crossinit, dti (ti_rescaled reuses ti's vectors)
-    assert counts["sample"] == counts["score"] == 30 * 4 * 8
+    assert counts["train"] == 30 * 3  # the authors' three methods: ti, crossinit, dti
+    assert counts["sample"] == counts["score"] == 30 * 3 * 8
     assert counts["fetch_dti_prompts"] == counts["fetch_metrics"] == 1
     assert not any(tmp_path.joinpath(p).exists() for p in ("resources", "results"))
 
