@@ -327,7 +327,7 @@ def bench_family(family: str, args, work: Path, out_dir: Path, results: dict) ->
     log(f"{family}: load {load}")
     from dti.export import load_into_pipeline
 
-    load_into_pipeline(ref, placeholder, vectors)
+    load_into_pipeline(ref, placeholder, vectors, backbone.slots)
     ref_latents = record_initial_latents(ref)
     flops = sampling_flops(ref, backbone.decode_latents, res, steps, 5.0)
     row["flops"] = flops
@@ -392,7 +392,7 @@ def bench_family(family: str, args, work: Path, out_dir: Path, results: dict) ->
     if args.core_only:
         return
     lever_steps = args.lever_steps if CUDA else 2
-    configs = lever_pipelines(ref, backbone.unet, args.levers)
+    configs = lever_pipelines(ref, backbone.denoiser, args.levers)
     row["levers"] = time_levers(configs, prompts, image_seeds, lever_steps, res, rounds=2 if CUDA else 1)
     log(f"{family}: levers {row['levers']['speedup_vs_plain']} first calls {row['levers']['first_call_seconds']}")
     save(results, out_dir)

@@ -165,8 +165,8 @@ SAMPLE_CASES = {  # case: (make the embeddings folder (trained runs, tmp), sampl
     "two tensors": (lambda runs, t: _embedding(t / "e", {"<x>": ROW, "<y>": ROW.clone()}), "sd", "one placeholder tensor"),
     "placeholder with a space": (lambda runs, t: _embedding(t / "e", {"a b": ROW}), "sd", "'a b' must be one word"),
     "placeholder already a word": (lambda runs, t: _embedding(t / "e", {"dog": ROW}), "sd", "cannot load"),
-    "SDXL embedding, SD model": (lambda runs, t: runs("sdxl").out_dir, "sd", "trained for an 'sdxl' model"),
-    "SD embedding, SDXL model": (lambda runs, t: runs("sd").out_dir, "sdxl", "trained for an 'sd' model"),
+    "SDXL embedding, SD model": (lambda runs, t: runs("sdxl").out_dir, "sd", "trained for the 'sdxl' family"),
+    "SD embedding, SDXL model": (lambda runs, t: runs("sd").out_dir, "sdxl", "trained for the 'sd' family"),
 }
 SAMPLE_ARG_CASES = {  # checked before any model is loaded
     "resolution off the latent grid": (["--resolution", "70"], "resolution 70 must be a positive multiple of 8"),

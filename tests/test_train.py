@@ -66,7 +66,7 @@ def test_bf16_backbone_keeps_fp32_unit_rows(tiny_sd, subject_images, tmp_path):
     for _ in range(2):
         trainer.train_step()
     layer = trainer.layers["clip_l"]
-    assert layer.frozen.weight.dtype == torch.bfloat16 and backbone.unet.dtype == torch.bfloat16
+    assert layer.frozen.weight.dtype == torch.bfloat16 and backbone.denoiser.dtype == torch.bfloat16
     assert layer.rows.dtype == torch.float32
     assert trainer.optimizer.state[layer.rows]["sq_avg"].dtype == torch.float32
     torch.testing.assert_close(layer.rows.detach().norm(dim=-1), torch.ones(1), atol=1e-6, rtol=0)
@@ -209,12 +209,15 @@ class _CountingVae:
 
 
 def test_latent_cache_matches_encoding_and_crops(tiny_sd, subject_images):
-    vae = fresh_backbone(tiny_sd).vae
+    backbone = fresh_backbone(tiny_sd)
+    vae = backbone.vae
     # Non-square images (80x120 -> 64x96 at resolution 64) so crops have room to move.
     images = [img.resize((120, 80), Image.BICUBIC) for img in subject_images[:2]]
     cached_vae, every_vae = _CountingVae(vae), _CountingVae(vae)
-    cached = CachedLatents(cached_vae, images, 64)
-    every = EncodeEveryStep(every_vae, images, 64)
+    backbone.vae = cached_vae
+    cached = CachedLatents(backbone, images, 64)
+    backbone.vae = every_vae
+    every = EncodeEveryStep(backbone, images, 64)
     assert cached_vae.calls == 2 and every_vae.calls == 0
     lefts = set()
     for step in range(12):
