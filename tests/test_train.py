@@ -1,10 +1,10 @@
-"""Real training runs on the tiny SD / SDXL models (CPU, 64 px, a few steps)."""
+"""Real training runs on the tiny models of every family (CPU, 64 px, a few steps)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
-from conftest import fast_settings, fresh_backbone, saved_token_table, vocab_mean_norm
+from conftest import SLOTS, fast_settings, fresh_backbone, saved_token_table, vocab_mean_norm
 from PIL import Image
 from safetensors.torch import load_file
 from transformers import CLIPTextModel, CLIPTokenizer
@@ -15,8 +15,8 @@ from dti.latents import CachedLatents, EncodeEveryStep, resize_shorter_side, to_
 from dti.train import Trainer, finish, sample_generator, train
 
 DOG = 1929  # "dog</w>" in the CLIP vocabulary, the initializer of the fast recipe
-SLOTS = {"sd": ["clip_l"], "sdxl": ["clip_l", "clip_g"]}
-EMBED_FILES = {"clip_l": "learned_embeds.safetensors", "clip_g": "learned_embeds_2.safetensors"}
+EMBED_FILES = {"clip_l": "learned_embeds.safetensors", "clip_g": "learned_embeds_2.safetensors",
+               "gemma2": "learned_embeds.safetensors", "umt5": "learned_embeds.safetensors"}
 
 
 def _saved_rows(out_dir, slot, placeholder="<subject>") -> torch.Tensor:
@@ -34,8 +34,8 @@ def _independent_magnitude(model, slot, magnitude) -> float:
 # --- DTI keeps |e| = m ---------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("family,magnitude", [("sd", "mean"), ("sdxl", "mean"), ("sd", "min"), ("sd", "max"),
-                                              ("sd", "0.3")])
+@pytest.mark.parametrize("family,magnitude", [("sd", "mean"), ("sdxl", "mean"), ("sana", "mean"), ("wan", "mean"),
+                                              ("sd", "min"), ("sd", "max"), ("sd", "0.3")])
 def test_dti_rows_stay_unit_and_saved_vectors_have_norm_m(tiny_models, subject_images, tmp_path, family,
                                                           magnitude):
     model = tiny_models[family]

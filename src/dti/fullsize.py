@@ -25,7 +25,8 @@ def clip_l():
 
 def build_fullsize_pipeline(family: str, dtype: torch.dtype = torch.bfloat16, device: str = "cuda"):
     """The family's pipeline with random weights allocated directly on `device`: the denoiser and text
-    encoders in `dtype`, the VAE in fp32 (as a training job loads them)."""
+    encoders in `dtype` except the parts their class keeps in fp32, the VAE in fp32 (as a training job's
+    `from_pretrained` loads them)."""
     from dti.backbones.registry import backbone_class
 
     cls = backbone_class(family)
@@ -34,4 +35,8 @@ def build_fullsize_pipeline(family: str, dtype: torch.dtype = torch.bfloat16, de
     for name, module in pipe.components.items():
         if isinstance(module, torch.nn.Module) and name != "vae":
             module.to(dtype)
+            keep = tuple(getattr(module, "_keep_in_fp32_modules", None) or ())
+            for sub_name, sub in module.named_modules():
+                if keep and any(part in keep for part in sub_name.split(".")):
+                    sub.to(torch.float32)
     return pipe

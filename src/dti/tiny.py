@@ -15,8 +15,10 @@ import functools
 import gzip
 import importlib.util
 import json
+import math
 import string
 import tempfile
+from collections import Counter
 from pathlib import Path
 
 import torch
@@ -106,8 +108,8 @@ EULER_SCHEDULER = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled
 # --- small trained tokenizers (SANA's Gemma, Wan's UMT5) --------------------------------------------------
 @functools.lru_cache(maxsize=1)
 def tokenizer_corpus() -> tuple[str, ...]:
-    """What the small tokenizers are trained on: the training templates, this project's prompt files and the
-    DreamBooth class words, each template filled with a class word, and every ASCII letter, digit and
+    """What the small tokenizers are trained on: the training templates and this project's prompt files,
+    each filled with every DreamBooth class word, the class words alone, and every ASCII letter, digit and
     punctuation mark (so any ASCII word splits into known pieces, as with the real vocabularies)."""
     from dti.prompts import DEFAULT_PROMPTS_DIR, TRAINING_TEMPLATES
 
@@ -120,7 +122,9 @@ def tokenizer_corpus() -> tuple[str, ...]:
     for path in sorted(DEFAULT_PROMPTS_DIR.glob("*.txt")):
         templates += [line for line in path.read_text(encoding="utf-8").splitlines()
                       if line.strip() and not line.startswith("#")]
-    lines = [t.replace("{}", c) for t in templates for c in sorted(set(classes))[:4]] + sorted(set(classes))
+    classes = sorted(set(classes))
+    # Each class word also alone (an initializer is encoded on its own), as often as in the prompts.
+    lines = [t.replace("{}", c) for t in templates for c in classes] + classes * len(templates)
     lines.append(" ".join(string.ascii_letters + string.digits + string.punctuation))
     return tuple(lines)
 
@@ -140,17 +144,18 @@ def trained_bpe(vocab_size: int, specials: list[str], unk: str) -> tuple[dict[st
     return model["vocab"], [tuple(m) for m in model["merges"]]
 
 
-def trained_unigram(vocab_size: int, specials: list[str], unk: str) -> list[tuple[str, float]]:
-    """(piece, score) of a SentencePiece-style unigram model trained on the corpus (T5's kind); characters
-    it never saw map to the unknown token, as with the real vocabulary."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
-
-    tok = Tokenizer(models.Unigram())
-    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Metaspace(
-        replacement="▁", prepend_scheme="always", split=True)])
-    tok.train_from_iterator(tokenizer_corpus(), trainers.UnigramTrainer(
-        vocab_size=vocab_size, special_tokens=specials, unk_token=unk, show_progress=False))
-    return [(piece, float(score)) for piece, score in json.loads(tok.to_str())["model"]["vocab"]]
+def counted_unigram(specials: list[str]) -> list[tuple[str, float]]:
+    """(piece, score) of a SentencePiece-style unigram model (T5's kind) over the corpus: every word a
+    piece scored by its log frequency, every character a piece scored far lower (so known words stay whole
+    and other words split into characters); characters never seen map to the unknown token, as with the
+    real vocabulary."""
+    words = Counter(word for line in tokenizer_corpus() for word in line.split())
+    total = sum(words.values())
+    chars = sorted({c for word in words for c in word})
+    pieces = [(s, 0.0) for s in specials] + [("▁", math.log(1 / total) - 10)]
+    pieces += [(f"▁{w}", math.log(n / total)) for w, n in sorted(words.items())]
+    pieces += [(c, math.log(1 / total) - 10) for c in chars]
+    return pieces
 
 
 # --- every family -------------------------------------------------------------------------------------

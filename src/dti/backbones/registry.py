@@ -25,6 +25,8 @@ class Family:
 FAMILIES: dict[str, Family] = {f.name: f for f in (
     Family("sd", "StableDiffusionPipeline", "dti.backbones.sd:StableDiffusion"),
     Family("sdxl", "StableDiffusionXLPipeline", "dti.backbones.sdxl:StableDiffusionXL"),
+    Family("sana", "SanaPipeline", "dti.backbones.sana:Sana"),
+    Family("wan", "WanPipeline", "dti.backbones.wan:Wan"),
 )}
 
 
