@@ -29,7 +29,7 @@ from dti.export import read_metadata
 from dti.latents import resize_shorter_side, to_tensor
 from dti.sample import SampleJob, SampleSettings, generate, install_learned_token
 from dti.speedups import Speedups
-from dti.tokens import install_rows
+from dti.tokens import contextual_init, install_rows
 from dti.train import Trainer, sample_generator
 
 PROMPT = "a photo of {} on a beach"
@@ -119,6 +119,22 @@ def test_learned_file_installs_into_a_fresh_pipeline_and_reproduces_training(tin
     assert not torch.allclose(loaded, baseline, atol=1e-4)  # the learned rows matter to the output
 
 
+def test_two_learned_tokens_share_one_sana_pipeline(tiny_sana, trained_run):
+    first = trained_run("sana", "dti")
+    second = trained_run("sana", "ti")
+    backbone = fresh_backbone(tiny_sana)
+    slot = backbone.slots[0]
+    rows = {}
+    for name, run in (("<a>", first), ("<b>", second)):
+        rows[name] = load_file(str(run.out_dir / "learned_embeds.safetensors"))["<subject>"]
+        install_rows(slot.tokenizer, slot.encoder, name, rows[name])
+    ids = slot.tokenizer.convert_tokens_to_ids(["<a>", "<b>"])
+    with torch.no_grad():
+        looked_up = slot.encoder.get_input_embeddings()(torch.tensor([ids]))[0]
+    scale = math.sqrt(slot.encoder.config.hidden_size)
+    torch.testing.assert_close(looked_up, torch.cat([rows["<a>"], rows["<b>"]]) * scale)
+
+
 def test_sana_scales_placeholder_rows_like_vocabulary_rows(tiny_sana):
     """Gemma multiplies looked-up rows by sqrt(hidden size); a placeholder row equal to a vocabulary row must
     enter the model equal to it, and m is the norm of the table's (unscaled) rows."""
@@ -133,6 +149,24 @@ def test_sana_scales_placeholder_rows_like_vocabulary_rows(tiny_sana):
         out = slot.encoder.get_input_embeddings()(torch.tensor([[dog, copy_id]]))
     assert torch.equal(out[0, 0], out[0, 1])
     torch.testing.assert_close(out[0, 1], table.weight[dog] * math.sqrt(hidden))
+
+
+@pytest.mark.parametrize("family,start", [("sana", 1), ("wan", 0)])  # Gemma puts <bos> first, T5 nothing
+def test_crossinit_reads_the_encoder_at_the_initializer_positions(tiny_models, family, start):
+    """The phrase encoded alone, padded to the prompts' length with the attention mask: its states equal
+    those of the unpadded phrase (UMT5 attends both ways, so without the mask the padding would leak in)."""
+    slot = fresh_backbone(tiny_models[family]).slots[0]
+    init = contextual_init(slot.encoder, slot.tokenizer, "stuffed animal", "cpu", slot.text_length)
+    ids = slot.tokenizer("stuffed animal", return_tensors="pt").input_ids
+    with torch.no_grad():
+        alone = slot.encoder(ids).last_hidden_state[0, start : start + 2]
+        padded = slot.tokenizer(["stuffed animal"], padding="max_length", max_length=slot.text_length,
+                                return_tensors="pt").input_ids
+        unmasked = slot.encoder(padded).last_hidden_state[0, start : start + 2]
+    assert init.shape == alone.shape == (2, slot.encoder.config.hidden_size)
+    torch.testing.assert_close(init, alone, atol=1e-5, rtol=1e-5)
+    if family == "wan":
+        assert not torch.allclose(unmasked, alone, atol=1e-4)  # the mask matters here
 
 
 def test_sana_refuses_a_placeholder_its_pipeline_would_lower_case(tiny_sana, subject_images, tmp_path):

@@ -51,6 +51,11 @@ class PlaceholderEmbedding(nn.Module):
     def embedding_dim(self) -> int:
         return self.frozen.embedding_dim
 
+    @property
+    def embed_scale(self):
+        """The factor applied to looked-up rows (None: none), so a layer installed over this one scales alike."""
+        return self.output_scale
+
     def embedding_rows(self) -> torch.Tensor:
         return self.rows if self.magnitude is None else self.magnitude * self.rows
 
@@ -170,8 +175,14 @@ def install_rows(tokenizer, encoder: nn.Module, placeholder: str, rows: torch.Te
         raise DtiError(f"placeholder {placeholder!r} is already in the tokenizer's vocabulary ({clash})")
     if tokenizer.add_tokens(tokens) != len(tokens):
         raise DtiError(f"could not add placeholder tokens {tokens} to the tokenizer")
-    ph = Placeholder("", tokens, tokenizer.convert_tokens_to_ids(tokens), [])
-    install(encoder, ph, rows, magnitude=None).requires_grad_(False)
+    ids = tokenizer.convert_tokens_to_ids(tokens)
+    if ids != list(range(ids[0], ids[0] + len(ids))):
+        raise DtiError(f"placeholder tokens {tokens} did not get consecutive ids: {ids}")
+    # Over whatever table the encoder has, a previously installed token's included (as diffusers' loader
+    # lets one pipeline hold several tokens).
+    frozen = encoder.get_input_embeddings()
+    layer = PlaceholderEmbedding(frozen, rows.to(frozen.weight.device), magnitude=None, first_id=ids[0])
+    encoder.set_input_embeddings(layer.requires_grad_(False))
     return tuple(tokens)
 
 
@@ -181,12 +192,13 @@ def token_init(table: torch.Tensor, ids: list[int]) -> torch.Tensor:
 
 
 @torch.no_grad()
-def contextual_init(encoder: nn.Module, tokenizer, initializer: str, device) -> torch.Tensor:
+def contextual_init(encoder: nn.Module, tokenizer, initializer: str, device, max_length: int | None = None
+                    ) -> torch.Tensor:
     """CrossInit's start: the encoder's final-layer output (after the final layer norm) at the
     initializer's token positions, with the phrase encoded alone like a prompt (special tokens, padding to
-    the tokenizer's model_max_length, attention mask)."""
+    the prompts' length `max_length`, default the tokenizer's model_max_length, attention mask)."""
     ids = initializer_ids(tokenizer, initializer)
-    batch = tokenizer([initializer], padding="max_length", max_length=tokenizer.model_max_length,
+    batch = tokenizer([initializer], padding="max_length", max_length=max_length or tokenizer.model_max_length,
                       truncation=True, return_tensors="pt")
     sequence = batch.input_ids[0].tolist()
     start = next((i for i in range(len(sequence) - len(ids) + 1) if sequence[i : i + len(ids)] == ids), None)

@@ -167,7 +167,7 @@ class Trainer:
             token_rows = token_init(table, ph.init_ids)
             self.prior_mu[slot.name] = normalize(token_rows)
             if self.method.init == "contextual":
-                init = contextual_init(slot.encoder, slot.tokenizer, s.initializer, self.device)
+                init = contextual_init(slot.encoder, slot.tokenizer, s.initializer, self.device, slot.text_length)
             else:
                 init = token_rows
             if self.method.on_sphere:

@@ -38,6 +38,11 @@ class TextEncoderSlot:
     encoder: torch.nn.Module
     component: str  # attribute name on the diffusers pipeline: text_encoder / text_encoder_2
     tokenizer_component: str = "tokenizer"
+    max_length: int | None = None  # tokens per prompt (None: the tokenizer's model_max_length, CLIP's 77)
+
+    @property
+    def text_length(self) -> int:
+        return self.max_length or self.tokenizer.model_max_length
 
 
 class Backbone:
@@ -128,8 +133,8 @@ class Backbone:
         return self.tokenize_with_mask(slot, prompts)[0]
 
     def tokenize_with_mask(self, slot: TextEncoderSlot, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Token ids and attention mask, padded to the tokenizer's model_max_length (the family's text length)."""
-        tok = slot.tokenizer(prompts, padding="max_length", max_length=slot.tokenizer.model_max_length,
+        """Token ids and attention mask, padded to the slot's text length."""
+        tok = slot.tokenizer(prompts, padding="max_length", max_length=slot.text_length,
                              truncation=True, add_special_tokens=True, return_tensors="pt")
         return tok.input_ids.to(self.device), tok.attention_mask.to(self.device)
 

@@ -40,7 +40,7 @@ def gemma_tokenizer(vocab_size: int | None = None):
     vocab, merges = trained_bpe(2000, _SPECIALS, unk="<unk>")
     for i in range(len(vocab), vocab_size or 0):
         vocab[f"<unused{i}>"] = i
-    return GemmaTokenizer(vocab=vocab, merges=merges, add_bos_token=True, model_max_length=MAX_TEXT_LENGTH)
+    return GemmaTokenizer(vocab=vocab, merges=merges, add_bos_token=True)
 
 
 class Sana(Backbone):
@@ -137,8 +137,8 @@ class Sana(Backbone):
     def make_slots(self) -> list[TextEncoderSlot]:
         tokenizer = self.components["tokenizer"]
         tokenizer.padding_side = "right"  # as the pipeline sets it before every encoding
-        tokenizer.model_max_length = MAX_TEXT_LENGTH  # CrossInit and training pad to it
-        return [TextEncoderSlot("gemma2", tokenizer, self.components["text_encoder"], "text_encoder")]
+        return [TextEncoderSlot("gemma2", tokenizer, self.components["text_encoder"], "text_encoder",
+                                max_length=MAX_TEXT_LENGTH)]
 
     def check_placeholder(self, placeholder: str) -> None:
         if placeholder != placeholder.lower().strip():

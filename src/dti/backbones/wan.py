@@ -39,7 +39,7 @@ def umt5_tokenizer(vocab_size: int | None = None):
 
     vocab = counted_unigram(_SPECIALS)
     vocab += [(f"<unused{i}>", -100.0) for i in range(len(vocab), vocab_size or 0)]
-    return T5Tokenizer(vocab=vocab, extra_ids=0, model_max_length=MAX_TEXT_LENGTH)
+    return T5Tokenizer(vocab=vocab, extra_ids=0)
 
 
 def _check_wan21(model: str, revision: str | None) -> None:
@@ -131,8 +131,8 @@ class Wan(Backbone):
     def make_slots(self) -> list[TextEncoderSlot]:
         tokenizer = self.components["tokenizer"]
         tokenizer.padding_side = "right"
-        tokenizer.model_max_length = MAX_TEXT_LENGTH  # CrossInit and training pad to it
-        return [TextEncoderSlot("umt5", tokenizer, self.components["text_encoder"], "text_encoder")]
+        return [TextEncoderSlot("umt5", tokenizer, self.components["text_encoder"], "text_encoder",
+                                max_length=MAX_TEXT_LENGTH)]
 
     def encode_prompts(self, prompts: list[str]) -> dict[str, torch.Tensor]:
         """WanPipeline's prompt embedding: prompts cleaned by the pipeline's own `prompt_clean`, 512 tokens
