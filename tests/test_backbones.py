@@ -70,6 +70,17 @@ def test_cli_and_schema_take_families_from_the_registry():
     assert "enum" not in family_schema  # one list of families: the registry, checked while planning
 
 
+def test_a_wan_2_2_folder_is_refused_naming_it(tiny_wan, tmp_path):
+    from dti.backbones import load_backbone
+
+    folder = tmp_path / "wan22"
+    shutil.copytree(tiny_wan, folder)
+    index = json.loads((folder / "model_index.json").read_text())
+    (folder / "model_index.json").write_text(json.dumps({**index, "boundary_ratio": 0.875}))  # two experts
+    with pytest.raises(DtiError, match=r"is a Wan 2.2 pipeline .*dti trains Wan 2.1"):
+        load_backbone(str(folder))
+
+
 # --- conditioning as the pipelines compute it -------------------------------------------------------------
 def _pipeline_conditioning(pipe, family: str, prompts: list[str]) -> dict[str, torch.Tensor]:
     if family == "sana":  # training leaves out the complex human instruction
