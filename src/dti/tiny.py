@@ -5,7 +5,7 @@ CPU in seconds: each is a pipeline of the family's real classes with small, rand
 SDXL tokenizers are the genuine 49408-token CLIP BPE (rebuilt from the file open_clip ships), so prompts
 tokenize exactly as on a real checkpoint. Gemma-2's and UMT5's tokenizers cannot be downloaded here: SANA
 and Wan get tokenizers of the same library classes (GemmaTokenizer, T5Tokenizer) whose small
-vocabularies are trained on this project's prompt files, so their ids and pieces are NOT the real ones.
+vocabularies are built from this project's prompt files, so their ids and pieces are NOT the real ones.
 Each family's pipeline is defined by its backbone class (`Backbone.tiny_pipeline`).
 """
 

@@ -50,7 +50,10 @@ def _check_wan21(model: str, revision: str | None) -> None:
     index = folder / "model_index.json" if folder is not None else None
     if index is None or not index.is_file():
         return
-    config = json.loads(Path(index).read_text(encoding="utf-8"))
+    try:
+        config = json.loads(Path(index).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        raise DtiError(f"cannot read {index}: {err}") from err
     if config.get("boundary_ratio") is not None or (config.get("transformer_2") or [None])[0] is not None \
             or config.get("expand_timesteps"):
         raise DtiError(f"model {model!r} is a Wan 2.2 pipeline (two denoisers or per-token timesteps); dti trains "
