@@ -18,6 +18,8 @@ import torch
 from safetensors.torch import load_file
 from workflow_run import BackgroundRun
 
+from dti.backbones.registry import FAMILIES as REGISTRY
+from dti.backbones.registry import family_names
 from dti.io import save_image
 from dti.pipeline import lighten_gc
 from dti.synthetic import make_synthetic_subject
@@ -33,36 +35,38 @@ lighten_gc()
 N_IMAGES, IMAGE_SIZE = 4, 80
 # The fast recipe every real-training test shares: 64 px (8x8 latents), batch 2, a handful of steps.
 FAST = dict(resolution=64, batch_size=2, steps=3, save_every=3, initializer="dog", seed=0)
-# Where each slot's token table and tokenizer live in a saved tiny model.
-ENCODER_DIRS = {"clip_l": "text_encoder", "clip_g": "text_encoder_2", "gemma2": "text_encoder", "umt5": "text_encoder"}
-TOKENIZER_DIRS = {"clip_l": "tokenizer", "clip_g": "tokenizer_2", "gemma2": "tokenizer", "umt5": "tokenizer"}
-SLOTS = {"sd": ["clip_l"], "sdxl": ["clip_l", "clip_g"], "sana": ["gemma2"], "wan": ["umt5"]}
-FAMILIES = list(SLOTS)
+# Every registered family, its slots, and where each slot's token table and tokenizer live in a saved model.
+FAMILIES = family_names()
+SLOTS = {f: [s.name for s in REGISTRY[f].slots] for f in FAMILIES}
+ENCODER_DIRS = {s.name: s.encoder for f in FAMILIES for s in REGISTRY[f].slots}
+TOKENIZER_DIRS = {s.name: s.tokenizer for f in FAMILIES for s in REGISTRY[f].slots}
 
 
 @pytest.fixture(scope="session")
-def tiny_sd(tmp_path_factory) -> Path:
-    return write_tiny_model("sd", tmp_path_factory.mktemp("models") / "tiny-sd")
+def tiny_models(tmp_path_factory) -> dict[str, Path]:
+    """A tiny model of every registered family (each builds in well under a second)."""
+    folder = tmp_path_factory.mktemp("models")
+    return {family: write_tiny_model(family, folder / f"tiny-{family}") for family in FAMILIES}
 
 
 @pytest.fixture(scope="session")
-def tiny_sdxl(tmp_path_factory) -> Path:
-    return write_tiny_model("sdxl", tmp_path_factory.mktemp("models") / "tiny-sdxl")
+def tiny_sd(tiny_models) -> Path:
+    return tiny_models["sd"]
 
 
 @pytest.fixture(scope="session")
-def tiny_sana(tmp_path_factory) -> Path:
-    return write_tiny_model("sana", tmp_path_factory.mktemp("models") / "tiny-sana")
+def tiny_sdxl(tiny_models) -> Path:
+    return tiny_models["sdxl"]
 
 
 @pytest.fixture(scope="session")
-def tiny_wan(tmp_path_factory) -> Path:
-    return write_tiny_model("wan", tmp_path_factory.mktemp("models") / "tiny-wan")
+def tiny_sana(tiny_models) -> Path:
+    return tiny_models["sana"]
 
 
 @pytest.fixture(scope="session")
-def tiny_models(tiny_sd, tiny_sdxl, tiny_sana, tiny_wan) -> dict[str, Path]:
-    return {"sd": tiny_sd, "sdxl": tiny_sdxl, "sana": tiny_sana, "wan": tiny_wan}
+def tiny_wan(tiny_models) -> Path:
+    return tiny_models["wan"]
 
 
 @pytest.fixture(scope="session")

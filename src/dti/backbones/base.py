@@ -3,12 +3,12 @@
 A family is a `Backbone` subclass in its own module, listed in dti.backbones.registry. It implements
 - `load` (a model folder or hub id), `tiny_pipeline` (small random weights, offline) and
   `fullsize_pipeline` (the published architecture with random weights, for GPU benchmarks);
-- `make_slots` (its text encoders) and `encode_prompts` (the conditioning, exactly as its diffusers
-  pipeline computes it for a prompt), `predict` (one call of its denoiser);
+- `encode_prompts` (the conditioning, exactly as its diffusers pipeline computes it for a prompt) and
+  `predict` (one call of its denoiser); its text encoders are the registry entry's slots;
 - where its VAE is not an SD-style AutoencoderKL, the latent hooks below (`latent_factor`,
   `latent_shape`, `encode_pixels`, `to_model_latents`, `decode_latents`);
 and sets the class attributes that differ from the defaults here: `objective_class`, `denoiser_name`,
-`placeholder_joiner`, `sampling_kwargs`, `speedups_supported`, `compile_blocks`.
+`max_text_length`, `placeholder_joiner`, `sampling_kwargs`, `speedups_supported`, `compile_blocks`.
 """
 
 from __future__ import annotations
@@ -57,6 +57,7 @@ class Backbone:
     # loader, which writes them space-separated itself; the DTI authors join them without a space elsewhere.
     placeholder_joiner = " "
     uses_diffusers_loader = True  # learned rows load with diffusers' load_textual_inversion (else dti's own)
+    max_text_length: int | None = None  # tokens per prompt (None: each tokenizer's model_max_length)
     sampling_kwargs: dict = {}  # extra arguments of the pipeline call
     speedups_supported = frozenset(SWITCHES)
     compile_blocks: tuple[str, ...] | None = None  # None: the denoiser's own `_repeated_blocks`
@@ -124,7 +125,10 @@ class Backbone:
 
     # --- text -------------------------------------------------------------------------------------
     def make_slots(self) -> list[TextEncoderSlot]:
-        raise NotImplementedError
+        """The family's text encoders, as its registry entry lists them."""
+        c = self.components
+        return [TextEncoderSlot(s.name, c[s.tokenizer], c[s.encoder], s.encoder, s.tokenizer, self.max_text_length)
+                for s in FAMILIES[self.family].slots]
 
     def check_placeholder(self, placeholder: str) -> None:
         """A DtiError if this family's prompt handling would not keep `placeholder` intact."""

@@ -1,10 +1,11 @@
-"""The backbone families dti supports: one line each. Everything family-specific elsewhere (the CLI's
---family choices, the workflow's wildcard and config checks, detection from model_index.json, the tiny
-and full-size builders) is derived from this table and the classes it names.
+"""The backbone families dti supports: one entry each. Everything family-specific elsewhere (the CLI's
+--family choices, the workflow's wildcard and config checks, detection from model_index.json, the text
+encoders' names, components and exported files, the tiny and full-size builders) is derived from this
+table and the classes it names.
 
 Torch-free and import-free: the workflow plans with it, and a family's module (which imports torch) is
 imported only when its class is asked for. Adding a family is one module defining a `Backbone` subclass
-(dti/backbones/base.py lists what it implements) plus one line here.
+(dti/backbones/base.py lists what it implements) plus one entry here.
 """
 
 from __future__ import annotations
@@ -16,17 +17,29 @@ from dti.errors import DtiError
 
 
 @dataclass(frozen=True)
+class Slot:
+    """One text encoder of a family, as exported files and model folders name it."""
+
+    name: str  # the key of its rows in exported files and run records (clip_l, clip_g, gemma2, umt5)
+    encoder: str  # its pipeline component (and model subfolder): text_encoder, text_encoder_2
+    tokenizer: str  # its tokenizer's: tokenizer, tokenizer_2
+
+
+@dataclass(frozen=True)
 class Family:
     name: str  # the config's and the CLI's family name
     pipeline: str  # the diffusers pipeline class a model folder's model_index.json names
     backbone: str  # "module:Class" of its Backbone subclass
+    slots: tuple[Slot, ...]  # its text encoders in order (the i-th one's rows go to learned_embeds_{i+1})
 
 
+_ONE = (Slot("clip_l", "text_encoder", "tokenizer"),)
 FAMILIES: dict[str, Family] = {f.name: f for f in (
-    Family("sd", "StableDiffusionPipeline", "dti.backbones.sd:StableDiffusion"),
-    Family("sdxl", "StableDiffusionXLPipeline", "dti.backbones.sdxl:StableDiffusionXL"),
-    Family("sana", "SanaPipeline", "dti.backbones.sana:Sana"),
-    Family("wan", "WanPipeline", "dti.backbones.wan:Wan"),
+    Family("sd", "StableDiffusionPipeline", "dti.backbones.sd:StableDiffusion", _ONE),
+    Family("sdxl", "StableDiffusionXLPipeline", "dti.backbones.sdxl:StableDiffusionXL",
+           _ONE + (Slot("clip_g", "text_encoder_2", "tokenizer_2"),)),
+    Family("sana", "SanaPipeline", "dti.backbones.sana:Sana", (Slot("gemma2", "text_encoder", "tokenizer"),)),
+    Family("wan", "WanPipeline", "dti.backbones.wan:Wan", (Slot("umt5", "text_encoder", "tokenizer"),)),
 )}
 
 

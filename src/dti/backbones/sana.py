@@ -46,6 +46,7 @@ def gemma_tokenizer(vocab_size: int | None = None):
 class Sana(Backbone):
     denoiser_name = "transformer"
     objective_class = FlowMatching
+    max_text_length = MAX_TEXT_LENGTH
     placeholder_joiner = ""  # the authors write a k-vector placeholder's tokens without spaces
     uses_diffusers_loader = False  # SanaPipeline has no load_textual_inversion
     # Resolution binning maps a requested size to the nearest of the model's trained aspect-ratio bins; for
@@ -135,10 +136,8 @@ class Sana(Backbone):
 
     # --- text -------------------------------------------------------------------------------------
     def make_slots(self) -> list[TextEncoderSlot]:
-        tokenizer = self.components["tokenizer"]
-        tokenizer.padding_side = "right"  # as the pipeline sets it before every encoding
-        return [TextEncoderSlot("gemma2", tokenizer, self.components["text_encoder"], "text_encoder",
-                                max_length=MAX_TEXT_LENGTH)]
+        self.components["tokenizer"].padding_side = "right"  # as the pipeline sets it before every encoding
+        return super().make_slots()
 
     def check_placeholder(self, placeholder: str) -> None:
         if placeholder != placeholder.lower().strip():

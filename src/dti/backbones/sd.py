@@ -9,7 +9,6 @@ import torch
 
 from dti.backbones.base import (
     Backbone,
-    TextEncoderSlot,
     load_component,
     load_scheduler,
     load_tokenizer,
@@ -69,10 +68,6 @@ class StableDiffusion(Backbone):
             return StableDiffusionPipeline(vae=vae, text_encoder=clip_l(), tokenizer=tokenizer, unet=unet,
                                            scheduler=scheduler, safety_checker=None, feature_extractor=None,
                                            requires_safety_checker=False)
-
-    def make_slots(self) -> list[TextEncoderSlot]:
-        c = self.components
-        return [TextEncoderSlot("clip_l", c["tokenizer"], c["text_encoder"], "text_encoder")]
 
     def encode_prompts(self, prompts: list[str]) -> dict[str, torch.Tensor]:
         slot = self.slots[0]

@@ -7,7 +7,6 @@ import torch
 
 from dti.backbones.base import (
     Backbone,
-    TextEncoderSlot,
     load_component,
     load_scheduler,
     load_tokenizer,
@@ -78,11 +77,6 @@ class StableDiffusionXL(Backbone):
             return StableDiffusionXLPipeline(vae=vae, text_encoder=clip_l(), text_encoder_2=text_2,
                                              tokenizer=tokenizer, tokenizer_2=tokenizer_2, unet=unet,
                                              scheduler=scheduler)
-
-    def make_slots(self) -> list[TextEncoderSlot]:
-        c = self.components
-        return [TextEncoderSlot("clip_l", c["tokenizer"], c["text_encoder"], "text_encoder"),
-                TextEncoderSlot("clip_g", c["tokenizer_2"], c["text_encoder_2"], "text_encoder_2", "tokenizer_2")]
 
     def encode_prompts(self, prompts: list[str]) -> dict[str, torch.Tensor]:
         slot_l, slot_g = self.slots

@@ -63,6 +63,7 @@ def _check_wan21(model: str, revision: str | None) -> None:
 class Wan(Backbone):
     denoiser_name = "transformer"
     objective_class = FlowMatching
+    max_text_length = MAX_TEXT_LENGTH
     placeholder_joiner = ""  # the authors write a k-vector placeholder's tokens without spaces
     uses_diffusers_loader = False  # WanPipeline has no load_textual_inversion
     sampling_kwargs = {"num_frames": 1}
@@ -132,10 +133,8 @@ class Wan(Backbone):
 
     # --- text -------------------------------------------------------------------------------------
     def make_slots(self) -> list[TextEncoderSlot]:
-        tokenizer = self.components["tokenizer"]
-        tokenizer.padding_side = "right"
-        return [TextEncoderSlot("umt5", tokenizer, self.components["text_encoder"], "text_encoder",
-                                max_length=MAX_TEXT_LENGTH)]
+        self.components["tokenizer"].padding_side = "right"
+        return super().make_slots()
 
     def encode_prompts(self, prompts: list[str]) -> dict[str, torch.Tensor]:
         """WanPipeline's prompt embedding: prompts cleaned by the pipeline's own `prompt_clean`, 512 tokens
