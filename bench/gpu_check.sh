@@ -22,3 +22,8 @@ timeout "${SD_SAMPLE_S:-60}" python3 bench/sample_throughput.py --family sd --co
   ${SD_SAMPLE_ARGS:-} 2>&1 | quiet
 [ -n "${TRAIN_SD_S:-}" ] && timeout "$TRAIN_SD_S" python3 bench/train_step.py --family sd --steps "${STEPS:-6}" \
   --rounds 2 --json "$OUT/train_sd.json" 2>&1 | quiet
+# SANA 1.5 1.6B (1024 px, batch 2) and Wan 2.1 1.3B (512 px, batch 2), full size with random weights: a DTI and
+# a TI step, plain and with each family's GPU defaults. Opt-in (TRAIN_NEW_S=300): building Wan's 5.7 B UMT5
+# encoder and compiling both denoisers take minutes of device time.
+[ -n "${TRAIN_NEW_S:-}" ] && timeout "$TRAIN_NEW_S" python3 bench/train_step.py --family sana wan \
+  --steps "${STEPS:-6}" --rounds 2 --configs ti dti ti_fast dti_fast --json "$OUT/train_sana_wan.json" 2>&1 | quiet

@@ -1,7 +1,7 @@
 """Sampling throughput: a plain diffusers pipeline (the authors' way) against the project's sample job,
 side by side in one process, then each speed switch on and off.
 
-    python bench/sample_throughput.py [--family sdxl sd] [--images 16] [--steps 50] [--json out.json]
+    python bench/sample_throughput.py [--family sdxl sd sana wan] [--images 16] [--steps 50] [--json out.json]
 
 Reference: the whole pipeline in bf16 loaded with `from_pretrained`, Euler, CFG 5, the images of one
 batch in one call with one generator per image, PIL output saved one PNG after another (the authors'
@@ -12,9 +12,10 @@ ratio; the pixel difference between the two against the reference's own run-to-r
 per-switch denoising times, the VAE decode precision (time and pixel difference), batch size, PNG
 encoding, model loading, and a kernel breakdown from the torch profiler.
 
-On a GPU it uses the full-size SD 1.5 / SDXL architectures with random weights (dti.fullsize), saved to a
-local folder as a real checkpoint is (fp32 files) and loaded back; on a CPU the tiny models with a few
-steps, which only proves the script runs.
+On a GPU it uses the full-size architectures with random weights (dti.fullsize), saved to a local folder as
+a real checkpoint is (fp32 files) and loaded back; on a CPU the tiny models with a few steps, which only
+proves the script runs. SANA and Wan pipelines get the arguments the sample job gives them (Wan: one
+frame; SANA: no resolution binning), and only the switches their family supports.
 """
 
 from __future__ import annotations
@@ -44,10 +45,11 @@ from gpu_common import (
 )
 from PIL import Image
 
+from dti.backbones.registry import FAMILIES, backbone_class, family_names, pipeline_families
 from dti.export import save_diffusers
 from dti.pipeline import _load_backbone, render_subject
 from dti.prompts import load_prompt_set, render
-from dti.sample import SampleSettings, to_uint8
+from dti.sample import SampleSettings, install_learned_token, to_uint8
 from dti.speedups import Speedups, apply_to_modules, attention_backend, gpu_defaults
 from dti.subjects import prepare_subject
 from dti.tokens import resolve_magnitude
@@ -81,15 +83,33 @@ def drop_page_cache() -> bool:
         return False
 
 
+# Sampling resolution per family on a GPU: the protocols' (Wan square at its training size).
+RESOLUTIONS = {"sd": 512, "sdxl": 1024, "sana": 1024, "wan": 512}
+
+
 def reference_pipeline(family: str, folder: Path):
     import diffusers
 
-    cls = diffusers.StableDiffusionXLPipeline if family == "sdxl" else diffusers.StableDiffusionPipeline
-    extra = {} if family == "sdxl" else {"safety_checker": None, "requires_safety_checker": False}
+    cls = getattr(diffusers, FAMILIES[family].pipeline)
+    extra = {k: v for k, v in backbone_class(family).pipeline_extras.items() if k != "feature_extractor"}
     dtype = torch.bfloat16 if CUDA else torch.float32
     pipe = cls.from_pretrained(folder, torch_dtype=dtype, **extra).to(DEVICE)
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+def family_class(pipe):
+    return backbone_class(pipeline_families()[type(pipe).__name__])
+
+
+def call_kwargs(pipe) -> dict:
+    """What the sample job passes this family's pipeline besides the settings (Wan: one frame)."""
+    return dict(family_class(pipe).sampling_kwargs)
+
+
+def images_of(output) -> list:
+    """PIL images of a pipeline call; a video pipeline's first (only) frames."""
+    return output.images if hasattr(output, "images") else [video[0] for video in output.frames]
 
 
 def write_token(backbone, folder: Path, placeholder: str = "<bench>", seed: int = 0) -> tuple[str, dict]:
@@ -118,17 +138,16 @@ def write_subject(folder: Path) -> Path:
 
 
 # --- FLOPs ----------------------------------------------------------------------------------------------
-def sampling_flops(pipe, backbone_decode, resolution: int, steps: int, guidance: float) -> dict:
+def sampling_flops(pipe, backbone, resolution: int, steps: int, guidance: float) -> dict:
     """FLOPs of one image: the pipeline at 1 and 2 denoising steps gives the per-step part and the rest
     (text encoders); the decoder is counted apart."""
     def run(n_steps):
         return lambda: pipe(prompt=["a photo"], num_inference_steps=n_steps, guidance_scale=guidance,
-                            height=resolution, width=resolution, output_type="latent")
+                            height=resolution, width=resolution, output_type="latent", **call_kwargs(pipe))
 
     one, two = count_flops(run(1)), count_flops(run(2))
-    cells = resolution // 8
-    latents = torch.zeros(1, 4, cells, cells, device=DEVICE)
-    decode = count_flops(lambda: backbone_decode(latents))
+    latents = torch.zeros(1, *backbone.latent_shape(resolution // backbone.latent_factor), device=DEVICE)
+    decode = count_flops(lambda: backbone.decode_latents(latents))
     per_step = two - one
     return {"per_step": per_step, "text": one - per_step, "decode": decode,
             "per_image": one - per_step + steps * per_step + decode}
@@ -154,8 +173,8 @@ def run_reference(pipe, prompts, seeds, steps, resolution, out_dir: Path) -> dic
     torch.cuda.reset_peak_memory_stats() if CUDA else None
     gens = [torch.Generator(DEVICE).manual_seed(s) for s in seeds]
     with timed(out, "gpu_seconds"):
-        images = pipe(prompt=prompts, generator=gens, num_inference_steps=steps, guidance_scale=5.0,
-                      height=resolution, width=resolution).images
+        images = images_of(pipe(prompt=prompts, generator=gens, num_inference_steps=steps, guidance_scale=5.0,
+                                height=resolution, width=resolution, output_type="pil", **call_kwargs(pipe)))
     with timed(out, "png_seconds"):
         out_dir.mkdir(parents=True, exist_ok=True)
         for i, image in enumerate(images):
@@ -196,38 +215,46 @@ def denoise_seconds(pipe, prompts, seeds, steps, resolution, attention="auto") -
     gens = [torch.Generator(DEVICE).manual_seed(s) for s in seeds]
     with attention_backend(attention), timed(out, "t"):
         pipe(prompt=prompts, generator=gens, num_inference_steps=steps, guidance_scale=5.0, height=resolution,
-             width=resolution, output_type="latent")
+             width=resolution, output_type="latent", **call_kwargs(pipe))
     return out["t"]
 
 
-# Each switch alone on the plain UNet, plus variants of ours; "ours" is the sample job's own UNet.
+# Each switch alone on the plain denoiser, plus variants of ours; "ours" is the sample job's own denoiser.
+# A switch the family does not support (docs/BACKBONES.md) is left out.
 LEVERS = ("channels_last", "fuse_qkv", "compile_transformer", "compile_transformer_resnet", "ours_channels_last")
 
 
-def lever_pipelines(ref_pipe, ours_unet, wanted=LEVERS) -> dict:
-    """One pipeline per switch, sharing everything with the reference except its own UNet copy."""
+def lever_pipelines(ref_pipe, backbone, wanted=LEVERS) -> dict:
+    """One pipeline per switch, sharing everything with the reference except its own denoiser copy."""
     from dti.speedups import compile_blocks
 
-    cls = type(ref_pipe)
+    cls, name = type(ref_pipe), backbone.denoiser_name
+    supported = backbone.speedups_supported
+    blocks = backbone.compile_blocks or tuple(ref_pipe.components[name]._repeated_blocks)
+    has_resnets = any(type(m).__name__ == "ResnetBlock2D" for m in ref_pipe.components[name].modules())
     configs = {"plain": ref_pipe}
 
-    def variant(name, speedups=None, blocks=None):
-        if name not in wanted:
+    def variant(lever, speedups=None, compiled=None):
+        if lever not in wanted:
             return
-        unet = copy.deepcopy(ref_pipe.unet)
+        denoiser = copy.deepcopy(ref_pipe.components[name])
         if speedups is not None:
-            apply_to_modules(unet, None, speedups)
-        if blocks is not None:
-            compile_blocks(unet, blocks)
-        configs[name] = cls(**{**ref_pipe.components, "unet": unet})
+            apply_to_modules(denoiser, None, speedups, blocks=blocks)
+        if compiled is not None:
+            compile_blocks(denoiser, compiled)
+        configs[lever] = cls(**{**ref_pipe.components, name: denoiser})
 
     off = Speedups(False, False, False, "auto")
-    variant("channels_last", replace(off, channels_last=True))
-    variant("fuse_qkv", replace(off, fuse_qkv=True))
-    variant("compile_transformer", blocks=tuple(ref_pipe.unet._repeated_blocks))
-    variant("compile_transformer_resnet", blocks=tuple(ref_pipe.unet._repeated_blocks) + ("ResnetBlock2D",))
-    configs["ours"] = cls(**{**ref_pipe.components, "unet": ours_unet})
-    variant("ours_channels_last", replace(gpu_defaults(), channels_last=True))
+    if "channels_last" in supported:
+        variant("channels_last", replace(off, channels_last=True))
+    if "fuse_qkv" in supported:
+        variant("fuse_qkv", replace(off, fuse_qkv=True))
+    variant("compile_transformer", compiled=blocks)
+    if has_resnets:
+        variant("compile_transformer_resnet", compiled=blocks + ("ResnetBlock2D",))
+    configs["ours"] = cls(**{**ref_pipe.components, name: backbone.denoiser})
+    if "channels_last" in supported:
+        variant("ours_channels_last", replace(backbone.resolve_speedups(Speedups(), "cuda"), channels_last=True))
     for pipe in configs.values():
         pipe.set_progress_bar_config(disable=True)
     return configs
@@ -297,7 +324,7 @@ def time_png(paths: list[Path], workers: int) -> float:
 
 # --- one family -------------------------------------------------------------------------------------------
 def bench_family(family: str, args, work: Path, out_dir: Path, results: dict) -> None:
-    res = (args.resolution or (1024 if family == "sdxl" else 512)) if CUDA else 64
+    res = (args.resolution or RESOLUTIONS.get(family, 512)) if CUDA else 64
     steps = args.steps if CUDA else 3
     row: dict = {"resolution": res, "steps": steps, "images": args.images, "guidance_scale": 5.0}
     results["families"][family] = row
@@ -325,11 +352,9 @@ def bench_family(family: str, args, work: Path, out_dir: Path, results: dict) ->
         ref = reference_pipeline(family, folder)
     row["load_seconds"] = load
     log(f"{family}: load {load}")
-    from dti.export import load_into_pipeline
-
-    load_into_pipeline(ref, placeholder, vectors)
+    assert install_learned_token(ref, embeds) == placeholder  # one vector: the text is the placeholder
     ref_latents = record_initial_latents(ref)
-    flops = sampling_flops(ref, backbone.decode_latents, res, steps, 5.0)
+    flops = sampling_flops(ref, backbone, res, steps, 5.0)
     row["flops"] = flops
     log(f"{family}: {flops['per_step'] / 1e12:.2f} TFLOP per denoising step (CFG), "
         f"{flops['per_image'] / 1e12:.1f} TFLOP per image")
@@ -392,7 +417,7 @@ def bench_family(family: str, args, work: Path, out_dir: Path, results: dict) ->
     if args.core_only:
         return
     lever_steps = args.lever_steps if CUDA else 2
-    configs = lever_pipelines(ref, backbone.unet, args.levers)
+    configs = lever_pipelines(ref, backbone, args.levers)
     row["levers"] = time_levers(configs, prompts, image_seeds, lever_steps, res, rounds=2 if CUDA else 1)
     log(f"{family}: levers {row['levers']['speedup_vs_plain']} first calls {row['levers']['first_call_seconds']}")
     save(results, out_dir)
@@ -442,7 +467,7 @@ def save(results: dict, out_dir: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--family", nargs="+", default=["sdxl", "sd"])
+    parser.add_argument("--family", nargs="+", default=["sdxl", "sd"], choices=family_names())
     parser.add_argument("--images", type=int, default=16)
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--lever-steps", type=int, default=4)

@@ -2,11 +2,13 @@
 speed switches (dti.speedups) on and off, with MFU from FLOPs counted with torch.utils.flop_counter.
 
 Every configuration is timed side by side in one process, interleaved over several rounds, and the
-script prints ratios of medians. On a GPU it uses the full-size SD 1.5 / SDXL architectures with random
-weights (bf16 frozen weights, fp32 trainable rows); on a CPU the tiny models. Configurations with the
-switches on train their own copy of the denoiser (the switches change modules in place).
+script prints ratios of medians. On a GPU it uses the full-size architectures of every registered family
+with random weights (dti.fullsize: SD 1.5, SDXL, SANA 1.5 1.6B, Wan 2.1 1.3B; bf16 frozen weights, fp32
+trainable rows) at the published resolution and batch; on a CPU the tiny models. "fast" is what a GPU
+job of that family runs by default (Backbone.resolve_speedups). Configurations with the switches on train
+their own copy of the denoiser (the switches change modules in place).
 
-    python bench/train_step.py [--family sd sdxl] [--steps 10] [--rounds 3] [--json out.json]
+    python bench/train_step.py [--family sd sdxl sana wan] [--steps 10] [--rounds 3] [--json out.json]
 """
 
 from __future__ import annotations
@@ -24,16 +26,26 @@ import torch
 from gpu_common import count_flops, kernel_breakdown, peak_tflops
 from PIL import Image
 
-from dti.backbones import backbone_class
-from dti.speedups import CPU_DEFAULTS, gpu_defaults
+from dti.backbones.registry import backbone_class, family_names
+from dti.speedups import CPU_DEFAULTS, Speedups
 from dti.train import Trainer, TrainSettings
 
-OFF, FAST = CPU_DEFAULTS, gpu_defaults()
-FAST_CL = replace(FAST, channels_last=True)
-# name: (method, latent cache, speed switches); "fast" = what a GPU job runs by default
-CONFIGS = {"ti": ("ti", True, OFF), "dti": ("dti", True, OFF), "dti_no_cache": ("dti", False, OFF),
-           "ti_fast": ("ti", True, FAST), "dti_fast": ("dti", True, FAST),
-           "dti_fast_channels_last": ("dti", True, FAST_CL)}
+OFF = CPU_DEFAULTS
+# name: (method, latent cache, speed switches); "fast" = what a GPU job of the family runs by default
+CONFIGS = {"ti": ("ti", True, "off"), "dti": ("dti", True, "off"), "dti_no_cache": ("dti", False, "off"),
+           "ti_fast": ("ti", True, "fast"), "dti_fast": ("dti", True, "fast"),
+           "dti_fast_channels_last": ("dti", True, "fast_channels_last")}
+# The published training recipes on a GPU (resolution, batch): docs/PROTOCOL.md and docs/BACKBONES.md.
+GPU_RECIPES = {"sd": (512, 4), "sdxl": (768, 4), "sana": (1024, 2), "wan": (512, 2)}
+
+
+def switch_sets(backbone) -> dict:
+    """The speed switches of each configuration for this family (a GPU job's defaults as "fast")."""
+    fast = backbone.resolve_speedups(Speedups(), device="cuda")
+    sets = {"off": OFF, "fast": fast}
+    if "channels_last" in backbone.speedups_supported:
+        sets["fast_channels_last"] = replace(fast, channels_last=True)
+    return sets
 
 
 RATIOS = {"DTI/TI": ("dti", "ti"), "DTI/TI fast": ("dti_fast", "ti_fast"), "no-cache/cache": ("dti_no_cache", "dti"),
@@ -111,7 +123,7 @@ def run_rounds(order, trainers, backbone, times, failed, first, steps, device, f
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--family", nargs="+", default=["sd", "sdxl"])
+    parser.add_argument("--family", nargs="+", default=["sd", "sdxl"], choices=family_names())
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--json")
@@ -122,20 +134,22 @@ def main() -> None:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     results = {"device": torch.cuda.get_device_name() if device == "cuda" else "cpu", "families": {}}
     for family in args.family:
-        if device == "cuda":
-            resolution, batch = (512 if family == "sd" else 768), 4  # the published recipes
-        else:
-            resolution, batch = 64, 2
+        resolution, batch = GPU_RECIPES.get(family, (512, 2)) if device == "cuda" else (64, 2)
         backbone = build_backbone(family, device)
         images = make_images(5, resolution + resolution // 4)
+        sets = switch_sets(backbone)
         # Switches change the denoiser in place: each distinct set trains its own copy of it.
         owners = {OFF: backbone}
         trainers = {}
         for name in args.configs:
-            method, cache, speedups = CONFIGS[name]
+            method, cache, switches = CONFIGS[name]
+            if switches not in sets:
+                print(f"{family} {name}: skipped ({switches} does not apply to {family})", flush=True)
+                continue
+            speedups = sets[switches]
             if speedups not in owners:
-                owners[speedups] = type(backbone)({**backbone.components, "unet": copy.deepcopy(backbone.unet)},
-                                                  backbone.model_id)
+                denoiser = {backbone.denoiser_name: copy.deepcopy(backbone.denoiser)}
+                owners[speedups] = type(backbone)({**backbone.components, **denoiser}, backbone.model_id)
             # Each trainer installs its own placeholder rows; restore the encoders' plain embeddings after.
             originals = [slot.encoder.get_input_embeddings() for slot in backbone.slots]
             settings = TrainSettings(method=method, placeholder=f"<bench-{name}>", initializer="stuffed animal",

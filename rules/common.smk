@@ -6,6 +6,7 @@ import re
 from pathlib import Path
 
 import dti
+from dti.backbones.registry import family_names
 from dti.benchmark_config import check_config, prompt_set_key
 from dti.dti_prompts import is_dti_prompt_set, read_prompts_file
 from dti.dti_prompts import reference as dti_prompt_reference
@@ -109,7 +110,7 @@ wildcard_constraints:
     subject=_alternatives(SUBJECTS),
     backbone=_alternatives(BACKBONES),
     method=_alternatives(set(METHODS) | set(TRAINED_METHODS)),
-    family="sd|sdxl",
+    family=_alternatives(family_names()),
     metric_family="dinov2|siglip",
     step=r"\d+",
 

@@ -1,12 +1,15 @@
-"""Shared fixtures: tiny SD / SDXL pipelines written once per session, a synthetic subject folder, and the
-session's two full workflow runs (local and through SLURM), started in the background.
+"""Shared fixtures: tiny pipelines of every family (SD, SDXL, SANA, Wan) written once per session, a
+synthetic subject folder, and the session's two full workflow runs (local and through SLURM), started in the
+background.
 
-The tiny models carry the real CLIP vocabulary but random, small weights, so every training, export and
-sampling path runs for real on a CPU in seconds.
+The tiny models have small, random weights (SD and SDXL the real CLIP vocabulary, SANA and Wan small
+trained vocabularies of the real tokenizer classes), so every training, export and sampling path runs for
+real on a CPU in seconds.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +18,8 @@ import torch
 from safetensors.torch import load_file
 from workflow_run import BackgroundRun
 
+from dti.backbones.registry import FAMILIES as REGISTRY
+from dti.backbones.registry import family_names
 from dti.io import save_image
 from dti.pipeline import lighten_gc
 from dti.synthetic import make_synthetic_subject
@@ -30,23 +35,38 @@ lighten_gc()
 N_IMAGES, IMAGE_SIZE = 4, 80
 # The fast recipe every real-training test shares: 64 px (8x8 latents), batch 2, a handful of steps.
 FAST = dict(resolution=64, batch_size=2, steps=3, save_every=3, initializer="dog", seed=0)
-# Where each slot's token table lives in a saved tiny model.
-ENCODER_DIRS = {"clip_l": "text_encoder", "clip_g": "text_encoder_2"}
+# Every registered family, its slots, and where each slot's token table and tokenizer live in a saved model.
+FAMILIES = family_names()
+SLOTS = {f: [s.name for s in REGISTRY[f].slots] for f in FAMILIES}
+ENCODER_DIRS = {s.name: s.encoder for f in FAMILIES for s in REGISTRY[f].slots}
+TOKENIZER_DIRS = {s.name: s.tokenizer for f in FAMILIES for s in REGISTRY[f].slots}
 
 
 @pytest.fixture(scope="session")
-def tiny_sd(tmp_path_factory) -> Path:
-    return write_tiny_model("sd", tmp_path_factory.mktemp("models") / "tiny-sd")
+def tiny_models(tmp_path_factory) -> dict[str, Path]:
+    """A tiny model of every registered family (each builds in well under a second)."""
+    folder = tmp_path_factory.mktemp("models")
+    return {family: write_tiny_model(family, folder / f"tiny-{family}") for family in FAMILIES}
 
 
 @pytest.fixture(scope="session")
-def tiny_sdxl(tmp_path_factory) -> Path:
-    return write_tiny_model("sdxl", tmp_path_factory.mktemp("models") / "tiny-sdxl")
+def tiny_sd(tiny_models) -> Path:
+    return tiny_models["sd"]
 
 
 @pytest.fixture(scope="session")
-def tiny_models(tiny_sd, tiny_sdxl) -> dict[str, Path]:
-    return {"sd": tiny_sd, "sdxl": tiny_sdxl}
+def tiny_sdxl(tiny_models) -> Path:
+    return tiny_models["sdxl"]
+
+
+@pytest.fixture(scope="session")
+def tiny_sana(tiny_models) -> Path:
+    return tiny_models["sana"]
+
+
+@pytest.fixture(scope="session")
+def tiny_wan(tiny_models) -> Path:
+    return tiny_models["wan"]
 
 
 @pytest.fixture(scope="session")
@@ -78,11 +98,20 @@ def fast_settings(**overrides):
 
 
 def saved_token_table(model: Path, slot: str) -> torch.Tensor:
-    """The slot's original vocabulary table, read straight from the saved weights file."""
+    """The slot's original vocabulary table, read straight from the saved weights file: the rows of the ids
+    its tokenizer can produce (UMT5's table has more rows than its tokenizer has ids)."""
     weights = load_file(str(model / ENCODER_DIRS[slot] / "model.safetensors"))
     # transformers 5 saves CLIPTextModel without the "text_model." prefix, the projection model with it.
-    (key,) = [k for k in weights if k.endswith("embeddings.token_embedding.weight")]
-    return weights[key].float()
+    (key,) = [k for k in weights if k.endswith(("embeddings.token_embedding.weight", "embed_tokens.weight"))
+              or k == "shared.weight"]
+    with open(model / TOKENIZER_DIRS[slot] / "tokenizer.json", encoding="utf-8") as handle:
+        tokenizer = json.load(handle)
+    n_ids = max([*_vocab_ids(tokenizer["model"]["vocab"]), *(t["id"] for t in tokenizer["added_tokens"])]) + 1
+    return weights[key][:n_ids].float()
+
+
+def _vocab_ids(vocab) -> list[int]:
+    return list(vocab.values()) if isinstance(vocab, dict) else list(range(len(vocab)))  # BPE dict, unigram list
 
 
 def vocab_mean_norm(model: Path, slot: str) -> float:

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import saved_token_table, vocab_mean_norm
+from conftest import FAMILIES, SLOTS, saved_token_table, vocab_mean_norm
 from PIL import Image
 from safetensors.torch import save_file
 
@@ -29,13 +29,22 @@ def _record(run, family, method):
 
 
 # --- vocabulary ---------------------------------------------------------------------------------------------
-def test_vocabulary_is_read_from_the_folder_as_the_encoder_holds_it(tiny_sdxl):
-    vocabularies = load_vocabularies(tiny_sdxl)
-    assert sorted(vocabularies) == ["clip_g", "clip_l"]
+@pytest.mark.parametrize("family", FAMILIES)
+def test_vocabulary_is_read_from_the_folder_as_the_encoder_holds_it(family, tiny_models):
+    model = tiny_models[family]
+    vocabularies = load_vocabularies(model)
+    assert sorted(vocabularies) == sorted(SLOTS[family])
     for slot, vocab in vocabularies.items():
-        np.testing.assert_array_equal(vocab.table, saved_token_table(tiny_sdxl, slot).numpy())
-        assert vocab.mean_norm() == pytest.approx(vocab_mean_norm(tiny_sdxl, slot), rel=1e-9)
-        assert readable(vocab.tokens[vocab.tokens.index("dog</w>")]) == "dog"
+        np.testing.assert_array_equal(vocab.table, saved_token_table(model, slot).numpy())
+        assert vocab.mean_norm() == pytest.approx(vocab_mean_norm(model, slot), rel=1e-6)
+        assert None not in vocab.tokens  # every row kept is an id the tokenizer can produce
+    if family == "sdxl":
+        assert readable(vocabularies["clip_l"].tokens[vocabularies["clip_l"].tokens.index("dog</w>")]) == "dog"
+
+
+def test_tokens_read_as_words():
+    assert [readable(t) for t in ("dog</w>", "plu", "<|endoftext|>", None)] == ["dog", "plu-", "<|endoftext|>", "?"]
+    assert [readable(t, byte_level=False) for t in ("\u2581dog", "gie", "<pad>")] == ["dog", "-gie", "<pad>"]
 
 
 def test_sharded_encoder_and_vocab_json_are_read(tmp_path):

@@ -85,6 +85,38 @@ def test_bad_train_input_is_one_line_naming_it(tiny_sd, subject_dir, tmp_path, c
     assert _files_under(tmp_path) == []  # nothing written, in --out or beside it
 
 
+FAMILY_TRAIN_CASES = {  # case: (model family, options, culprit named in the message)
+    # T5's unigram vocabulary has no piece for a character it never saw: refused, not trained from <unk>.
+    "initializer with no known pieces (Wan)": ("wan", {"initializer": "toy café"},
+                                              "initializer 'toy café': the tokenizer cannot split 'café'"),
+    # SanaPipeline lower-cases prompts, so an upper-case placeholder would never reach its token.
+    "upper-case placeholder (SANA)": ("sana", {"placeholder": "<Bear>"}, "placeholder '<Bear>'"),
+    "resolution off the patch grid (Wan)": ("wan", {"resolution": 72},
+                                           "resolution 72 must be a positive multiple of 16 for this wan model"),
+}
+
+
+@pytest.mark.parametrize("case", list(FAMILY_TRAIN_CASES))
+def test_bad_train_input_for_a_family_is_one_line_naming_it(tiny_models, subject_dir, tmp_path, capsys, case):
+    family, options, needle = FAMILY_TRAIN_CASES[case]
+    assert main(_train_args(tiny_models[family], subject_dir, tmp_path / "out", **options)) == 2
+    assert needle in _one_error_line(capsys.readouterr().err)
+    assert _files_under(tmp_path) == []
+
+
+def test_an_unsupported_pipeline_names_its_class_and_the_supported_ones(subject_dir, tmp_path, capsys):
+    from dti.backbones.registry import FAMILIES
+
+    model = tmp_path / "flux"
+    model.mkdir()
+    (model / "model_index.json").write_text(json.dumps({"_class_name": "FluxPipeline"}))
+    assert main(_train_args(model, subject_dir, tmp_path / "out")) == 2
+    line = _one_error_line(capsys.readouterr().err)
+    assert "is a FluxPipeline pipeline" in line
+    assert all(f"{f.pipeline} ({name})" in line for name, f in FAMILIES.items())
+    assert not (tmp_path / "out").exists()
+
+
 def test_out_naming_a_file_is_refused_and_left_alone(tiny_sd, subject_dir, tmp_path, capsys):
     out = tmp_path / "notes.txt"
     out.write_text("keep me")
@@ -165,8 +197,10 @@ SAMPLE_CASES = {  # case: (make the embeddings folder (trained runs, tmp), sampl
     "two tensors": (lambda runs, t: _embedding(t / "e", {"<x>": ROW, "<y>": ROW.clone()}), "sd", "one placeholder tensor"),
     "placeholder with a space": (lambda runs, t: _embedding(t / "e", {"a b": ROW}), "sd", "'a b' must be one word"),
     "placeholder already a word": (lambda runs, t: _embedding(t / "e", {"dog": ROW}), "sd", "cannot load"),
-    "SDXL embedding, SD model": (lambda runs, t: runs("sdxl").out_dir, "sd", "trained for an 'sdxl' model"),
-    "SD embedding, SDXL model": (lambda runs, t: runs("sd").out_dir, "sdxl", "trained for an 'sd' model"),
+    "SDXL embedding, SD model": (lambda runs, t: runs("sdxl").out_dir, "sd", "trained for the 'sdxl' family"),
+    "SD embedding, SDXL model": (lambda runs, t: runs("sd").out_dir, "sdxl", "trained for the 'sd' family"),
+    "SANA embedding, Wan model": (lambda runs, t: runs("sana").out_dir, "wan", "trained for the 'sana' family"),
+    "Wan embedding, SANA model": (lambda runs, t: runs("wan").out_dir, "sana", "trained for the 'wan' family"),
 }
 SAMPLE_ARG_CASES = {  # checked before any model is loaded
     "resolution off the latent grid": (["--resolution", "70"], "resolution 70 must be a positive multiple of 8"),

@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 
 import dti
 from dti.errors import DtiError
-from dti.export import load_diffusers, read_metadata, save_single_file
+from dti.export import load_diffusers, read_metadata, save_diffusers, save_single_file
 from dti.sample import SampleJob, SampleSettings, generate, load_learned_token
 
 PROMPT = "a photo of {} on a beach"
@@ -114,8 +114,9 @@ def test_single_file_bytes_depend_only_on_content(tmp_path):
 
 
 def test_missing_embedding_file_is_named(tmp_path):
-    with pytest.raises(DtiError, match="learned_embeds_2.safetensors"):
-        load_diffusers(tmp_path, ["clip_g"])
+    save_diffusers(tmp_path, "<subject>", {"clip_l": torch.ones(1, 4)}, {})
+    with pytest.raises(DtiError, match="learned_embeds_2.safetensors"):  # the second encoder's file
+        load_diffusers(tmp_path, ["clip_l", "clip_g"])
 
 
 # --- sampling --------------------------------------------------------------------------------------------

@@ -190,3 +190,19 @@ def test_a_bad_model_is_named(tmp_path, trained_run, capsys):
                  str(tmp_path / "no-such-model")]) == 2
     err = capsys.readouterr().err
     assert "no-such-model" in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("family", ["sana", "wan"])
+def test_tokens_of_families_without_client_loaders_say_so(family, tiny_models, trained_run):
+    """SANA's and Wan's text encoders are not CLIP: only dti's own loader takes their tokens, and the
+    distances are measured in their own vocabularies."""
+    run = trained_run(family, "dti")
+    single = next(p for p in run.out_dir.glob("*.safetensors") if not p.name.startswith("learned_embeds"))
+    for path, model in ((run.out_dir / "learned_embeds.safetensors", str(tiny_models[family])), (single, None)):
+        info = json.loads(run_inspect(str(path), model=model, as_json=True))
+        assert info["family"] == family
+        assert {c["client"]: c["loads"] for c in info["clients"]} == {
+            "dti": "yes", "diffusers": "no", "AUTOMATIC1111": "no", "ComfyUI": "no"}
+    (encoder,) = json.loads(run_inspect(str(run.out_dir / "learned_embeds.safetensors"),
+                                        model=str(tiny_models[family]), as_json=True))["encoders"]
+    assert encoder["rows"][0]["ratio_to_vocab_mean"] == pytest.approx(1.0, rel=1e-5)  # DTI sits at m

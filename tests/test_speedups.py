@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import fresh_backbone
+from conftest import FAMILIES, fresh_backbone
 from PIL import Image
 
 from dti.errors import DtiError
@@ -34,14 +34,18 @@ def plain(tiny_sd, tmp_path_factory):
     return render(tiny_sd, tmp_path_factory.mktemp("plain"))[1]
 
 
-@pytest.mark.parametrize("family", ["sd", "sdxl"])
+@pytest.mark.parametrize("family", FAMILIES)
 def test_our_decoding_matches_the_diffusers_pipeline(family, tiny_models, tmp_path):
-    """Latents from the pipeline, decoded and converted by us, give diffusers' own PIL output."""
+    """Latents from the pipeline, decoded and converted by us, give diffusers' own PIL output (Wan's: the
+    one frame of its one-frame video)."""
     _, ours = render(tiny_models[family], tmp_path)
-    pipe = fresh_backbone(tiny_models[family]).pipe
+    backbone = fresh_backbone(tiny_models[family])
+    pipe = backbone.pipe
     pipe.set_progress_bar_config(disable=True)
-    theirs = pipe(prompt=[p for p, _ in PROMPTS], generator=[torch.Generator().manual_seed(s) for _, s in PROMPTS],
-                  num_inference_steps=3, guidance_scale=5.0, height=64, width=64).images
+    out = pipe(prompt=[p for p, _ in PROMPTS], generator=[torch.Generator().manual_seed(s) for _, s in PROMPTS],
+               num_inference_steps=3, guidance_scale=5.0, height=64, width=64, output_type="pil",
+               **backbone.sampling_kwargs)
+    theirs = out.images if family != "wan" else [video[0] for video in out.frames]
     theirs = [np.asarray(image, dtype=np.int16) for image in theirs]
     assert max_difference(ours, theirs) <= 1  # batched decoding may round one 8-bit level apart
     assert np.mean([np.abs(a - b).mean() for a, b in zip(ours, theirs, strict=True)]) < 0.01
@@ -50,17 +54,17 @@ def test_our_decoding_matches_the_diffusers_pipeline(family, tiny_models, tmp_pa
 
 def test_channels_last(tiny_sd, tmp_path, plain):
     backbone, images = render(tiny_sd, tmp_path, speedups=Speedups(False, True, False))
-    assert backbone.unet.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
+    assert backbone.denoiser.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
     assert backbone.vae.decoder.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
-    assert applied_speedups(backbone.unet) == {"channels_last"}
+    assert applied_speedups(backbone.denoiser) == {"channels_last"}
     assert max_difference(images, plain) <= 1
 
 
 def test_fused_qkv(tiny_sd, tmp_path, plain):
     backbone, images = render(tiny_sd, tmp_path, speedups=Speedups(False, False, True))
-    processors = {type(p).__name__ for p in backbone.unet.attn_processors.values()}
+    processors = {type(p).__name__ for p in backbone.denoiser.attn_processors.values()}
     assert processors == {"FusedAttnProcessor2_0"}
-    assert any(hasattr(m, "to_qkv") for m in backbone.unet.modules())
+    assert any(hasattr(m, "to_qkv") for m in backbone.denoiser.modules())
     assert max_difference(images, plain) <= 1
 
 
@@ -70,7 +74,7 @@ def test_compile_with_inductor(tiny_sd, tmp_path, plain):
 
     torch._dynamo.reset()
     backbone, images = render(tiny_sd, tmp_path, speedups=Speedups(True, False, True))
-    blocks = [m for m in backbone.unet.modules() if type(m).__name__ == "BasicTransformerBlock"]
+    blocks = [m for m in backbone.denoiser.modules() if type(m).__name__ == "BasicTransformerBlock"]
     assert blocks and all(getattr(b, "_compiled_call_impl", None) is not None for b in blocks)
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] >= 1
     assert max_difference(images, plain) <= 1
@@ -122,7 +126,7 @@ def test_training_switches_keep_the_loss(tiny_sd, subject_images, monkeypatch, t
                           tmp_path / name)
         losses = [trainer.train_step()["loss"] for _ in range(3)]
         runs[name] = (losses, trainer.vectors()["clip_l"])
-    assert applied_speedups(trainer.backbone.unet) == {"compile", "channels_last", "fuse_qkv"}
+    assert applied_speedups(trainer.backbone.denoiser) == {"compile", "channels_last", "fuse_qkv"}
     assert runs["on"][0] == pytest.approx(runs["off"][0], rel=1e-4)
     torch.testing.assert_close(runs["on"][1], runs["off"][1], rtol=0, atol=1e-5)
 

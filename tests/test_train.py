@@ -1,10 +1,10 @@
-"""Real training runs on the tiny SD / SDXL models (CPU, 64 px, a few steps)."""
+"""Real training runs on the tiny models of every family (CPU, 64 px, a few steps)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
-from conftest import fast_settings, fresh_backbone, saved_token_table, vocab_mean_norm
+from conftest import SLOTS, fast_settings, fresh_backbone, saved_token_table, vocab_mean_norm
 from PIL import Image
 from safetensors.torch import load_file
 from transformers import CLIPTextModel, CLIPTokenizer
@@ -15,8 +15,8 @@ from dti.latents import CachedLatents, EncodeEveryStep, resize_shorter_side, to_
 from dti.train import Trainer, finish, sample_generator, train
 
 DOG = 1929  # "dog</w>" in the CLIP vocabulary, the initializer of the fast recipe
-SLOTS = {"sd": ["clip_l"], "sdxl": ["clip_l", "clip_g"]}
-EMBED_FILES = {"clip_l": "learned_embeds.safetensors", "clip_g": "learned_embeds_2.safetensors"}
+EMBED_FILES = {"clip_l": "learned_embeds.safetensors", "clip_g": "learned_embeds_2.safetensors",
+               "gemma2": "learned_embeds.safetensors", "umt5": "learned_embeds.safetensors"}
 
 
 def _saved_rows(out_dir, slot, placeholder="<subject>") -> torch.Tensor:
@@ -34,8 +34,8 @@ def _independent_magnitude(model, slot, magnitude) -> float:
 # --- DTI keeps |e| = m ---------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("family,magnitude", [("sd", "mean"), ("sdxl", "mean"), ("sd", "min"), ("sd", "max"),
-                                              ("sd", "0.3")])
+@pytest.mark.parametrize("family,magnitude", [("sd", "mean"), ("sdxl", "mean"), ("sana", "mean"), ("wan", "mean"),
+                                              ("sd", "min"), ("sd", "max"), ("sd", "0.3")])
 def test_dti_rows_stay_unit_and_saved_vectors_have_norm_m(tiny_models, subject_images, tmp_path, family,
                                                           magnitude):
     model = tiny_models[family]
@@ -66,7 +66,7 @@ def test_bf16_backbone_keeps_fp32_unit_rows(tiny_sd, subject_images, tmp_path):
     for _ in range(2):
         trainer.train_step()
     layer = trainer.layers["clip_l"]
-    assert layer.frozen.weight.dtype == torch.bfloat16 and backbone.unet.dtype == torch.bfloat16
+    assert layer.frozen.weight.dtype == torch.bfloat16 and backbone.denoiser.dtype == torch.bfloat16
     assert layer.rows.dtype == torch.float32
     assert trainer.optimizer.state[layer.rows]["sq_avg"].dtype == torch.float32
     torch.testing.assert_close(layer.rows.detach().norm(dim=-1), torch.ones(1), atol=1e-6, rtol=0)
@@ -209,12 +209,15 @@ class _CountingVae:
 
 
 def test_latent_cache_matches_encoding_and_crops(tiny_sd, subject_images):
-    vae = fresh_backbone(tiny_sd).vae
+    backbone = fresh_backbone(tiny_sd)
+    vae = backbone.vae
     # Non-square images (80x120 -> 64x96 at resolution 64) so crops have room to move.
     images = [img.resize((120, 80), Image.BICUBIC) for img in subject_images[:2]]
     cached_vae, every_vae = _CountingVae(vae), _CountingVae(vae)
-    cached = CachedLatents(cached_vae, images, 64)
-    every = EncodeEveryStep(every_vae, images, 64)
+    backbone.vae = cached_vae
+    cached = CachedLatents(backbone, images, 64)
+    backbone.vae = every_vae
+    every = EncodeEveryStep(backbone, images, 64)
     assert cached_vae.calls == 2 and every_vae.calls == 0
     lefts = set()
     for step in range(12):

@@ -3,9 +3,10 @@
 config/schema.yaml checks keys, types and ranges. Here, before any job starts: the subject table (inline or
 a TSV), one naming rule (dti.names) for every name that becomes a path or a wildcard (subjects, backbones,
 methods, prompt sets), each method's own hyper-parameters, that no two prompt sets share a name, that some
-metric is enabled, photo file names that are text, and each backbone's family against the model's own
-model_index.json where the model is already on this machine. Torch-free, so planning stays fast; every
-error is a DtiError naming the config key, file or value.
+metric is enabled, photo file names that are text, and each backbone's family: a registered one
+(dti.backbones.registry), and the one the model's own model_index.json declares where the model is already
+on this machine. Torch-free, so planning stays fast; every error is a DtiError naming the config key, file
+or value.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import csv
 import os
 from pathlib import Path
 
+from dti.backbones.registry import check_family
 from dti.errors import DtiError
 from dti.methods import check_hyper_parameters
 from dti.model_files import check_declared_family
@@ -126,10 +128,13 @@ def check_metrics(metrics: dict) -> None:
 
 
 def check_backbone_families(backbones: dict) -> None:
+    """Each family is a registered one, and the one the model's model_index.json declares (where the model
+    is already on this machine; a hub model is checked again once fetched)."""
     for key, spec in backbones.items():
-        if spec["model"] == "tiny":
-            continue
         try:
+            check_family(spec["family"])
+            if spec["model"] == "tiny":
+                continue
             check_declared_family(spec["model"], spec["family"], spec.get("revision"))
         except DtiError as err:
             raise DtiError(f"backbones.{key}.family: {err}") from err

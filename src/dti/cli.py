@@ -71,7 +71,8 @@ def cmd_train(args) -> None:
 def _check_sample_args(args) -> None:
     if "{}" not in args.prompt:
         raise DtiError(f"--prompt must contain {{}} where the learned token goes, got {args.prompt!r}")
-    for flag, value in (("--steps", args.steps), ("--batch-size", args.batch_size), ("--resolution", args.resolution)):
+    for flag, value in (("--steps", args.steps), ("--batch-size", args.batch_size), ("--resolution", args.resolution),
+                        ("--width", 1 if args.width is None else args.width)):
         if value < 1:
             raise DtiError(f"{flag} must be a positive integer, got {value}")
     if not (math.isfinite(args.guidance_scale) and args.guidance_scale >= 0):
@@ -85,7 +86,6 @@ def _check_sample_args(args) -> None:
 
 def cmd_sample(args) -> None:
     from dti.backbones import load_backbone
-    from dti.latents import check_resolution
     from dti.sample import SampleJob, SampleSettings, generate, load_learned_token
 
     _check_sample_args(args)
@@ -93,12 +93,15 @@ def cmd_sample(args) -> None:
     device = args.device or default_device()
     backbone = load_backbone(args.model, family=args.family, revision=args.revision,
                              dtype=_dtype(args.dtype, device), device=device)
-    check_resolution(args.resolution, backbone.vae)
-    placeholder = load_learned_token(backbone, Path(args.embeds), rescale_to=args.rescale_to)
-    prompt = args.prompt.replace("{}", placeholder)
+    backbone.check_resolution(args.resolution, "--resolution")
+    if args.width is not None:
+        backbone.check_resolution(args.width, "--width")
+    token = load_learned_token(backbone, Path(args.embeds), rescale_to=args.rescale_to)
+    prompt = args.prompt.replace("{}", token)
     jobs = [SampleJob(prompt, seed, out / f"{seed:04d}.png") for seed in args.seeds]
-    generate(backbone, jobs, SampleSettings(args.steps, args.guidance_scale, args.resolution, args.batch_size),
-             progress=not args.quiet)
+    settings = SampleSettings(steps=args.steps, guidance_scale=args.guidance_scale, resolution=args.resolution,
+                              width=args.width, batch_size=args.batch_size)
+    generate(backbone, jobs, settings, progress=not args.quiet)
     print(f"{len(jobs)} images -> {out}")
 
 
@@ -109,18 +112,21 @@ def cmd_inspect(args) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from dti.backbones.registry import family_names
+
+    families = family_names()
     parser = argparse.ArgumentParser(prog="dti", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("tiny-model", help="write a tiny random SD or SDXL pipeline (real CLIP vocabulary)")
-    p.add_argument("--family", choices=["sd", "sdxl"], required=True)
+    p = sub.add_parser("tiny-model", help="write a tiny random pipeline of a family (small random weights, offline)")
+    p.add_argument("--family", choices=families, required=True)
     p.add_argument("--out", required=True)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_tiny_model)
 
     def model_args(p):
         p.add_argument("--model", required=True, help="HF hub id or local diffusers folder")
-        p.add_argument("--family", choices=["sd", "sdxl"], help="default: read from model_index.json")
+        p.add_argument("--family", choices=families, help="default: read from model_index.json")
         p.add_argument("--revision")
         p.add_argument("--device", help="default: cuda if available, else cpu")
         p.add_argument("--dtype", choices=["auto", "fp32", "bf16", "fp16"], default="auto",
@@ -158,7 +164,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--guidance-scale", type=float, default=5.0)
-    p.add_argument("--resolution", type=int, default=1024)
+    p.add_argument("--resolution", type=int, default=1024, help="image height (and width unless --width)")
+    p.add_argument("--width", type=int, help="image width (default: --resolution)")
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--rescale-to", help="TI-rescaled: set each row's norm to this vocabulary statistic")
     p.set_defaults(func=cmd_sample)

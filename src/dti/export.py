@@ -1,11 +1,14 @@
-"""Learned-token files that diffusers, AUTOMATIC1111 and ComfyUI load (METHOD.md section 8).
+"""Learned-token files: the formats diffusers, AUTOMATIC1111 and ComfyUI load, and dti's own for the
+families diffusers' loader does not know (docs/BACKBONES.md).
 
-- diffusers: `learned_embeds.safetensors` = {placeholder: float32[k, d]} (+ `learned_embeds_2.safetensors`
-  for SDXL's second encoder), metadata {"format": "pt"}; `pipe.load_textual_inversion` expands a k-row
-  tensor into the tokens <p>, <p>_1, ...
+- `learned_embeds.safetensors` = {placeholder: float32[k, d]} for the backbone's first text encoder,
+  `learned_embeds_2.safetensors` for its second (SDXL), metadata {"format": "pt"} and provenance. For SD
+  and SDXL, `pipe.load_textual_inversion` loads them and expands a k-row tensor into the tokens <p>,
+  <p>_1, ...; for SANA and Wan, whose pipelines have no such loader, the same layout is read by
+  `dti.sample.install_learned_token`.
 - AUTOMATIC1111 / ComfyUI: one `{name}.safetensors`; SDXL {"clip_l": [k, 768], "clip_g": [k, 1280]},
-  SD 1.x/2.x {"emb_params": [k, d]}.
-Provenance (method, base model, m, kappa, steps, code version) goes into every file's metadata.
+  one-encoder models {"emb_params": [k, d]}.
+Provenance (method, base model and family, m, kappa, steps, code version) goes into every file's metadata.
 """
 
 from __future__ import annotations
@@ -21,12 +24,11 @@ from dti.errors import DtiError
 from dti.io import atomic_path
 from dti.sphere import normalize
 
-DIFFUSERS_FILES = {"clip_l": "learned_embeds.safetensors", "clip_g": "learned_embeds_2.safetensors"}
 
-
-def diffusers_file(slot: str, step: int | None = None) -> str:
-    name = DIFFUSERS_FILES[slot]
-    return name if step is None else name.replace(".safetensors", f"-steps-{step}.safetensors")
+def diffusers_file(position: int, step: int | None = None) -> str:
+    """The file of the backbone's `position`-th text encoder (0: learned_embeds, 1: learned_embeds_2, ...)."""
+    name = "learned_embeds" if position == 0 else f"learned_embeds_{position + 1}"
+    return f"{name}.safetensors" if step is None else f"{name}-steps-{step}.safetensors"
 
 
 def canonical_bytes(blob: bytes) -> bytes:
@@ -47,10 +49,10 @@ def _save(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]
 
 def save_diffusers(out_dir: Path, placeholder: str, vectors: dict[str, torch.Tensor], metadata: dict,
                    step: int | None = None) -> list[Path]:
-    """One diffusers file per text encoder slot; returns the paths written."""
+    """One diffusers file per text encoder slot, `vectors` in the backbone's slot order; returns the paths."""
     paths = []
-    for slot, rows in vectors.items():
-        path = Path(out_dir) / diffusers_file(slot, step)
+    for position, (slot, rows) in enumerate(vectors.items()):
+        path = Path(out_dir) / diffusers_file(position, step)
         _save(path, {placeholder: rows}, {**metadata, "dti.slot": slot})
         paths.append(path)
     return paths
@@ -65,15 +67,16 @@ def save_single_file(path: Path, vectors: dict[str, torch.Tensor], metadata: dic
 
 def load_diffusers(out_dir: Path, slots: list[str], step: int | None = None, *, family: str | None = None,
                    widths: dict[str, int] | None = None) -> tuple[str, dict[str, torch.Tensor]]:
-    """Read back (placeholder, {slot: rows}) from diffusers files, each checked to be finite float rows.
+    """Read back (placeholder, {slot: rows}) from the files of `slots` (the backbone's, in order), each
+    checked to be finite float rows.
 
     With `family` and `widths` ({slot: embedding width}), a file made for another model is refused: widths
     alone cannot tell, since SD 1.x and SDXL's first encoder are both 768 wide, so the family recorded in the
     file's metadata is compared too (files from other tools carry none and are checked by width only).
     """
     vectors, names = {}, set()
-    for slot in slots:
-        path = Path(out_dir) / diffusers_file(slot, step)
+    for position, slot in enumerate(slots):
+        path = Path(out_dir) / diffusers_file(position, step)
         if not path.is_file():
             raise DtiError(f"learned embedding file missing: {path}")
         try:
@@ -88,7 +91,7 @@ def load_diffusers(out_dir: Path, slots: list[str], step: int | None = None, *, 
             raise DtiError(f"cannot read learned embedding file {path}: {err}") from err
         trained_for = meta.get("dti.family")
         if family is not None and trained_for and trained_for != family:
-            raise DtiError(f"{path} was trained for an {trained_for!r} model; this model is {family!r}")
+            raise DtiError(f"{path} was trained for the {trained_for!r} family; this model is a {family!r} one")
         vectors[slot] = _checked_rows(path, rows, widths.get(slot) if widths else None)
         names.add(keys[0])
     if len(names) != 1:
@@ -116,11 +119,10 @@ def rescale(vectors: dict[str, torch.Tensor], magnitudes: dict[str, float]) -> d
     return {slot: magnitudes[slot] * normalize(rows.float()) for slot, rows in vectors.items()}
 
 
-def load_into_pipeline(pipe, placeholder: str, vectors: dict[str, torch.Tensor]) -> None:
-    """Load learned rows with diffusers' own `load_textual_inversion` (the path users take)."""
-    components = {"clip_l": ("text_encoder", "tokenizer"), "clip_g": ("text_encoder_2", "tokenizer_2")}
-    for slot, rows in vectors.items():
-        encoder_name, tokenizer_name = components[slot]
-        encoder = getattr(pipe, encoder_name)
-        pipe.load_textual_inversion({placeholder: rows.to(encoder.dtype)}, token=placeholder,
-                                    text_encoder=encoder, tokenizer=getattr(pipe, tokenizer_name))
+def load_into_pipeline(pipe, placeholder: str, vectors: dict[str, torch.Tensor], slots) -> None:
+    """Load learned rows with diffusers' own `load_textual_inversion` (the path users take), each slot's
+    rows into the text encoder and tokenizer components the slot names."""
+    for slot in slots:
+        encoder = getattr(pipe, slot.component)
+        pipe.load_textual_inversion({placeholder: vectors[slot.name].to(encoder.dtype)}, token=placeholder,
+                                    text_encoder=encoder, tokenizer=getattr(pipe, slot.tokenizer_component))

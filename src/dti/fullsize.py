@@ -1,20 +1,21 @@
-"""Full-size SD 1.5 and SDXL architectures with random weights, for GPU benchmarks.
-
-The published configs (see docs/FULLSIZE in the project notes): FLOPs, memory and kernels are those of
-the real models; only the weights are random, so nothing has to be downloaded.
+"""Full-size architectures with random weights, for GPU benchmarks: the published configs, so FLOPs,
+memory and kernels are those of the real models; only the weights are random and nothing is downloaded.
+Each family's architecture is its backbone class's `fullsize_pipeline` (with the source of every number);
+the CLIP parts SD and SDXL share are here.
 """
 
 from __future__ import annotations
 
 import torch
 
-from dti.tiny import _SCHEDULER, clip_tokenizer
+# The SD-family AutoencoderKL (SD 1.5 and SDXL base 1.0 vae/config.json); scaling_factor and sample_size
+# differ per model.
+KL_VAE = dict(block_out_channels=(128, 256, 512, 512), down_block_types=("DownEncoderBlock2D",) * 4,
+              up_block_types=("UpDecoderBlock2D",) * 4, layers_per_block=2, latent_channels=4, norm_num_groups=32)
 
-_VAE = dict(block_out_channels=(128, 256, 512, 512), down_block_types=("DownEncoderBlock2D",) * 4,
-            up_block_types=("UpDecoderBlock2D",) * 4, layers_per_block=2, latent_channels=4, norm_num_groups=32)
 
-
-def _clip_l():
+def clip_l():
+    """CLIP ViT-L/14's text encoder (SD 1.5 text_encoder, SDXL text_encoder)."""
     from transformers import CLIPTextConfig, CLIPTextModel
 
     return CLIPTextModel(CLIPTextConfig(vocab_size=49408, hidden_size=768, intermediate_size=3072,
@@ -23,46 +24,19 @@ def _clip_l():
 
 
 def build_fullsize_pipeline(family: str, dtype: torch.dtype = torch.bfloat16, device: str = "cuda"):
-    from diffusers import (
-        AutoencoderKL,
-        EulerDiscreteScheduler,
-        StableDiffusionPipeline,
-        StableDiffusionXLPipeline,
-        UNet2DConditionModel,
-    )
-    from transformers import CLIPTextConfig, CLIPTextModelWithProjection
+    """The family's pipeline with random weights allocated directly on `device`: the denoiser and text
+    encoders in `dtype` except the parts their class keeps in fp32, the VAE in fp32 (as a training job's
+    `from_pretrained` loads them)."""
+    from dti.backbones.registry import backbone_class
 
+    cls = backbone_class(family)
     torch.manual_seed(0)
-    scheduler = EulerDiscreteScheduler(**_SCHEDULER)  # schedulers keep CPU tensors: build outside the device
-    tokenizer, tokenizer_2 = clip_tokenizer(), clip_tokenizer(pad_token="!")
-    with torch.device(device):  # allocate the weights directly on the GPU
-        if family == "sd":
-            unet = UNet2DConditionModel(sample_size=64, block_out_channels=(320, 640, 1280, 1280), layers_per_block=2,
-                                        down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
-                                        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
-                                        attention_head_dim=8, cross_attention_dim=768)
-            vae = AutoencoderKL(**_VAE, scaling_factor=0.18215, sample_size=512)
-            pipe = StableDiffusionPipeline(vae=vae, text_encoder=_clip_l(), tokenizer=tokenizer, unet=unet,
-                                           scheduler=scheduler, safety_checker=None,
-                                           feature_extractor=None, requires_safety_checker=False)
-        else:
-            unet = UNet2DConditionModel(
-                sample_size=128, block_out_channels=(320, 640, 1280), layers_per_block=2,
-                down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-                up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
-                mid_block_type="UNetMidBlock2DCrossAttn", transformer_layers_per_block=(1, 2, 10),
-                attention_head_dim=(5, 10, 20), cross_attention_dim=2048, use_linear_projection=True,
-                addition_embed_type="text_time", addition_time_embed_dim=256,
-                projection_class_embeddings_input_dim=2816)
-            vae = AutoencoderKL(**_VAE, scaling_factor=0.13025, sample_size=1024)
-            text_2 = CLIPTextModelWithProjection(CLIPTextConfig(
-                vocab_size=49408, hidden_size=1280, intermediate_size=5120, num_hidden_layers=32,
-                num_attention_heads=20, max_position_embeddings=77, hidden_act="gelu", projection_dim=1280))
-            pipe = StableDiffusionXLPipeline(vae=vae, text_encoder=_clip_l(), text_encoder_2=text_2,
-                                             tokenizer=tokenizer, tokenizer_2=tokenizer_2, unet=unet,
-                                             scheduler=scheduler)
-    for name in ("unet", "text_encoder", "text_encoder_2"):
-        module = getattr(pipe, name, None)
-        if module is not None:
+    pipe = cls.fullsize_pipeline(device)
+    for name, module in pipe.components.items():
+        if isinstance(module, torch.nn.Module) and name != "vae":
             module.to(dtype)
+            keep = tuple(getattr(module, "_keep_in_fp32_modules", None) or ())
+            for sub_name, sub in module.named_modules():
+                if keep and any(part in keep for part in sub_name.split(".")):
+                    sub.to(torch.float32)
     return pipe

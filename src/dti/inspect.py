@@ -190,10 +190,26 @@ def _client_verdicts(emb: EmbeddingFile, target: dict[str, int]) -> dict[str, tu
     return {"diffusers": diffusers, "AUTOMATIC1111": a1111, "ComfyUI": comfy}
 
 
-def client_table(emb: EmbeddingFile, targets: dict[str, dict[str, int]]) -> list[dict]:
+def _dti_only(family: str) -> dict[str, tuple[str, str]]:
+    """A family whose pipeline diffusers' textual-inversion loader and the web UIs do not know."""
+    why = f"it loads CLIP text-encoder embeddings only, not {family}'s"
+    return {"dti": ("yes", "dti sample --embeds FOLDER, or dti.sample.install_learned_token(pipe, FOLDER)"),
+            "diffusers": ("no", f"load_textual_inversion: {why}"), "AUTOMATIC1111": ("no", why), "ComfyUI": ("no", why)}
+
+
+def _dti_only_family(family: str | None) -> bool:
+    from dti.backbones.registry import FAMILIES
+
+    return family in FAMILIES and not FAMILIES[family].textual_inversion_clients
+
+
+def client_table(emb: EmbeddingFile, targets: dict[str, dict[str, int]], family: str | None = None) -> list[dict]:
+    """Per target model, what each client makes of the file; `family` (of the model, or the one the file was
+    trained for) decides first whether any client but dti's own loader knows its text encoders."""
+    dti_only = _dti_only_family(family)
     return [{"client": client, "model": name, "loads": verdict, "note": note}
             for name, target in targets.items()
-            for client, (verdict, note) in _client_verdicts(emb, target).items()]
+            for client, (verdict, note) in (_dti_only(family) if dti_only else _client_verdicts(emb, target)).items()]
 
 
 # --- distances to the vocabulary ---------------------------------------------------------------------
@@ -211,16 +227,17 @@ def nearest_tokens(rows: np.ndarray, vocab: Vocabulary, top: int) -> list[list[t
     units = table[usable] / norms[usable, None]
     ids = np.flatnonzero(usable)
     out = []
+    byte_level = vocab.byte_level
     for row in rows.astype(np.float64):
         cosine = units @ (row / max(np.linalg.norm(row), 1e-12))
         best = np.argsort(-cosine, kind="stable")[:top]
-        out.append([(readable(vocab.tokens[ids[i]]), float(cosine[i])) for i in best])
+        out.append([(readable(vocab.tokens[ids[i]], byte_level), float(cosine[i])) for i in best])
     return out
 
 
 def inspect_file(path: str | Path, vocabularies: dict[str, Vocabulary] | None = None, *, model: str | None = None,
-                 top: int = 5) -> dict:
-    """Everything `dti inspect` prints, as a JSON-ready dict."""
+                 family: str | None = None, top: int = 5) -> dict:
+    """Everything `dti inspect` prints, as a JSON-ready dict (`family`: the model's, when one is given)."""
     emb = read_embedding_file(path)
     encoders = []
     for slot, rows in emb.vectors.items():
@@ -244,12 +261,15 @@ def inspect_file(path: str | Path, vocabularies: dict[str, Vocabulary] | None = 
                 item["angle_to_nearest_deg"] = math.degrees(math.acos(best))
             entry["rows"].append(item)
         encoders.append(entry)
+    family = family or emb.metadata.get("dti.family")
     if vocabularies:
         targets = {f"{model}": {s: v.table.shape[1] for s, v in vocabularies.items()}}
+    elif _dti_only_family(family):
+        targets = {f"{family} models": {}}
     else:
         targets = STANDARD_TARGETS
-    return {"file": str(emb.path), "layout": emb.layout, "token": emb.token, "model": model,
-            "metadata": emb.metadata, "encoders": encoders, "clients": client_table(emb, targets)}
+    return {"file": str(emb.path), "layout": emb.layout, "token": emb.token, "model": model, "family": family,
+            "metadata": emb.metadata, "encoders": encoders, "clients": client_table(emb, targets, family)}
 
 
 def format_report(info: dict) -> str:
@@ -284,10 +304,11 @@ def run_inspect(path: str, *, model: str | None = None, revision: str | None = N
                 top: int = 5) -> str:
     """The CLI's work: read the file first (a bad file fails before any model is fetched), then the model."""
     read_embedding_file(path)
-    vocabularies = None
+    vocabularies, family = None, None
     if model:
-        from dti.vocab import load_vocabularies, resolve_model_dir
+        from dti.vocab import load_vocabularies, model_family, resolve_model_dir
 
-        vocabularies = load_vocabularies(resolve_model_dir(model, revision))
-    info = inspect_file(path, vocabularies, model=model, top=top)
+        folder = resolve_model_dir(model, revision)
+        vocabularies, family = load_vocabularies(folder), model_family(folder)
+    info = inspect_file(path, vocabularies, model=model, family=family, top=top)
     return json.dumps(info, indent=2) if as_json else format_report(info)

@@ -205,7 +205,7 @@ def render_pair(runs: dict[str, dict[str, str]], model_json: str, out_manifest: 
                 # One token per t, so a path's images render in shared batches; the rows (not the token's
                 # name) decide the image.
                 token = f"<{pair}@{t_label(value)}>"
-                set_token_rows(backbone, token, vectors)
+                token = set_token_rows(backbone, token, vectors)
                 norm_ratio = float(np.mean([(r.norm(dim=-1) / vocab_mean[s]).mean().item() for s, r in vectors.items()]))
                 for prompt_id, template in enumerate(prompts):
                     for seed in seeds:

@@ -2,9 +2,11 @@
 
 An image is resized so its shorter side equals the resolution, then encoded WHOLE; the latent
 distribution (mean, std) is kept. A training sample is a random crop of that distribution in latent
-space (an 8-pixel-aligned crop of the resized image) and a fresh draw mean + std * eps: the same
-stochastic VAE sample TI takes every step, without re-running the encoder. `EncodeEveryStep` does the
-pixel-space crop and encodes it every step; it exists to measure what the cache saves.
+space (a crop of the resized image aligned to the VAE's cells: 8 pixels for SD, 32 for SANA's DC-AE) and
+a fresh draw mean + std * eps: the same stochastic VAE sample TI takes every step, without re-running the
+encoder. Deterministic encoders (DC-AE) and the authors' Wan recipe (the distribution's mode) have std 0.
+`EncodeEveryStep` does the pixel-space crop and encodes it every step; it exists to measure what the cache
+saves.
 """
 
 from __future__ import annotations
@@ -14,8 +16,6 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from PIL import Image
-
-from dti.errors import DtiError
 
 
 def resize_shorter_side(image: Image.Image, resolution: int) -> Image.Image:
@@ -38,27 +38,18 @@ class Crop:
     left: int
 
 
-def vae_factor(vae) -> int:
-    """Pixels per latent cell along each side (8 for SD and SDXL)."""
-    return 2 ** (len(vae.config.block_out_channels) - 1)
-
-
-def check_resolution(resolution: int, vae) -> None:
-    factor = vae_factor(vae)
-    if resolution < factor or resolution % factor:
-        raise DtiError(f"resolution {resolution} must be a positive multiple of {factor}, this model's "
-                       "pixels per latent cell")
-
-
 class LatentSource:
-    """Latents for crops of the training images; subclasses decide when the VAE runs."""
+    """Latents for crops of the training images; subclasses decide when the VAE runs. The backbone says how
+    its VAE encodes (`encode_pixels`), how many pixels a latent cell covers and how a latent is scaled for
+    its denoiser (`to_model_latents`)."""
 
-    def __init__(self, vae, images: list[Image.Image], resolution: int):
-        self.vae = vae
-        self.factor = vae_factor(vae)
-        check_resolution(resolution, vae)
+    def __init__(self, backbone, images: list[Image.Image], resolution: int):
+        self.backbone = backbone
+        self.factor = backbone.latent_factor
+        backbone.check_resolution(resolution)
         self.resolution = resolution
         self.cells = resolution // self.factor
+        self.shape = tuple(backbone.latent_shape(self.cells))  # one training latent
         self.original_sizes = [(img.height, img.width) for img in images]
         self.pixels = [to_tensor(resize_shorter_side(img, resolution)) for img in images]
         self.grid = [(p.shape[1] // self.factor, p.shape[2] // self.factor) for p in self.pixels]
@@ -80,22 +71,20 @@ class LatentSource:
 
     def sample(self, crop: Crop, eps: torch.Tensor) -> torch.Tensor:
         mean, std = self.distribution(crop)
-        return (mean + std * eps.to(mean.device)) * float(self.vae.config.scaling_factor)
+        return self.backbone.to_model_latents(mean + std * eps.to(mean.device))
 
-    @torch.no_grad()
     def _encode(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        dist = self.vae.encode(pixels.unsqueeze(0).to(self.vae.device, self.vae.dtype)).latent_dist
-        return dist.mean[0].float(), dist.std[0].float()
+        return self.backbone.encode_pixels(pixels)
 
 
 class CachedLatents(LatentSource):
-    def __init__(self, vae, images, resolution):
-        super().__init__(vae, images, resolution)
+    def __init__(self, backbone, images, resolution):
+        super().__init__(backbone, images, resolution)
         self.cache = [self._encode(p) for p in self.pixels]
 
     def distribution(self, crop: Crop):
         mean, std = self.cache[crop.image]
-        window = (slice(None), slice(crop.top, crop.top + self.cells), slice(crop.left, crop.left + self.cells))
+        window = (..., slice(crop.top, crop.top + self.cells), slice(crop.left, crop.left + self.cells))
         return mean[window], std[window]
 
 

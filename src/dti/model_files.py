@@ -11,10 +11,9 @@ import json
 import os
 from pathlib import Path
 
+from dti.backbones.registry import pipeline_families
 from dti.errors import DtiError
 
-# model_index.json `_class_name` -> backbone family
-PIPELINE_FAMILIES = {"StableDiffusionPipeline": "sd", "StableDiffusionXLPipeline": "sdxl"}
 _SMALL = 1 << 20  # files up to this size (configs, tokenizers) are hashed whole
 _CHUNK = 1 << 16  # of larger files (weights), three chunks are hashed: start, middle, end
 
@@ -48,7 +47,7 @@ def declared_family(model: str, revision: str | None = None) -> str | None:
         name = json.loads((folder / "model_index.json").read_text(encoding="utf-8")).get("_class_name")
     except (OSError, UnicodeDecodeError, ValueError, AttributeError) as err:
         raise DtiError(f"cannot read {folder / 'model_index.json'}: {err}") from err
-    return PIPELINE_FAMILIES.get(name)
+    return pipeline_families().get(name)
 
 
 def check_declared_family(model: str, family: str, revision: str | None = None) -> None:

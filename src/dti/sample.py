@@ -20,9 +20,9 @@ import torch
 
 from dti.backbones import Backbone
 from dti.errors import DtiError
-from dti.export import load_diffusers, load_into_pipeline, rescale
+from dti.export import load_diffusers, rescale
 from dti.io import save_image
-from dti.speedups import Speedups, apply_to_modules, attention_backend
+from dti.speedups import Speedups, attention_backend
 from dti.tokens import resolve_magnitude
 
 VAE_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -34,7 +34,8 @@ AUTO_BATCH_LIMIT = 32
 class SampleSettings:
     steps: int = 50
     guidance_scale: float = 5.0
-    resolution: int = 1024
+    resolution: int = 1024  # the image's height, and its width unless `width` is set
+    width: int | None = None
     batch_size: int | str = 4  # images per denoising batch, or "auto": as many as free GPU memory allows
     vae_dtype: str = "fp32"  # precision of the decoder: fp32 keeps the pixels; bf16 is faster
     png_workers: int = 2  # threads encoding PNGs beside the GPU (0: encode inline)
@@ -45,6 +46,8 @@ class SampleSettings:
             self.speedups = Speedups(**self.speedups)
         if self.vae_dtype not in VAE_DTYPES:
             raise DtiError(f"vae_dtype must be one of {sorted(VAE_DTYPES)}, got {self.vae_dtype!r}")
+        if self.width is not None and (not isinstance(self.width, int) or self.width < 1):
+            raise DtiError(f"width must be a positive integer or null, got {self.width!r}")
         if self.batch_size != "auto" and (not isinstance(self.batch_size, int) or self.batch_size < 1):
             raise DtiError(f"batch_size must be a positive integer or 'auto', got {self.batch_size!r}")
         if self.png_workers < 0:
@@ -60,7 +63,8 @@ class SampleJob:
 
 def load_learned_token(backbone: Backbone, embeds_dir: Path, *, rescale_to: str | float | None = None,
                        step: int | None = None) -> str:
-    """Load learned rows into the backbone's pipeline with diffusers' loader; return the placeholder.
+    """Load learned rows into the backbone's pipeline; return what to write in a prompt for the subject
+    (SD/SDXL: the placeholder, which diffusers' loader expands; SANA/Wan: its k tokens written out).
 
     `rescale_to` (TI-rescaled) sets every row's norm to that vocabulary statistic of its encoder first.
     """
@@ -72,10 +76,23 @@ def load_learned_token(backbone: Backbone, embeds_dir: Path, *, rescale_to: str 
                       for s in backbone.slots}
         vectors = rescale(vectors, magnitudes)
     try:
-        load_into_pipeline(backbone.pipe, placeholder, vectors)
+        return backbone.install_learned_rows(placeholder, vectors)
     except ValueError as err:  # diffusers' loader refuses e.g. a placeholder already in the vocabulary
         raise DtiError(f"cannot load the learned token of {embeds_dir}: {err}") from err
-    return placeholder
+
+
+def install_learned_token(pipe, embeds_dir: str | Path, *, step: int | None = None,
+                          rescale_to: str | float | None = None) -> str:
+    """Install the token dti trained (the folder with learned_embeds*.safetensors) into a diffusers
+    pipeline of any supported family, as `dti sample` does; returns what to write in prompts."""
+    from dti.backbones.registry import backbone_class, pipeline_families
+
+    name = type(pipe).__name__
+    family = pipeline_families().get(name)
+    if family is None:
+        raise DtiError(f"a {name} is not a pipeline dti supports ({sorted(pipeline_families())})")
+    backbone = backbone_class(family).from_pipeline(pipe, getattr(pipe, "name_or_path", "") or name)
+    return load_learned_token(backbone, Path(embeds_dir), rescale_to=rescale_to, step=step)
 
 
 def _generators(seeds: list[int], device: torch.device) -> list[torch.Generator]:
@@ -99,23 +116,24 @@ def fit_batch_size(*, free_bytes: int, fixed_bytes: int, per_image_bytes: int, l
     return max(1, min(limit, int(usable // max(per_image_bytes, 1))))
 
 
-def _render(pipe, prompts: list[str], generators: list[torch.Generator], settings: SampleSettings) -> torch.Tensor:
-    return pipe(prompt=prompts, generator=generators, num_inference_steps=settings.steps,
-                guidance_scale=settings.guidance_scale, height=settings.resolution, width=settings.resolution,
-                output_type="latent").images
+def _render(backbone: Backbone, prompts: list[str], generators: list[torch.Generator],
+            settings: SampleSettings) -> torch.Tensor:
+    return backbone.render_latents(prompts, generators, steps=settings.steps, guidance_scale=settings.guidance_scale,
+                                   height=settings.resolution, width=settings.width or settings.resolution)
 
 
 def measure_batch_size(backbone: Backbone, settings: SampleSettings, n_jobs: int) -> int:
     """Probe one denoising step at 1 and 2 images for the memory an image costs, then fill free memory."""
     if backbone.device.type != "cuda":
         return min(n_jobs, 4)
-    probe = SampleSettings(steps=1, guidance_scale=settings.guidance_scale, resolution=settings.resolution)
+    probe = SampleSettings(steps=1, guidance_scale=settings.guidance_scale, resolution=settings.resolution,
+                           width=settings.width)
     peaks = []
     for n in (1, 2):
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
-        _render(backbone.pipe, [""] * n, _generators(range(n), backbone.device), probe)
+        _render(backbone, [""] * n, _generators(range(n), backbone.device), probe)
         torch.cuda.synchronize()
         peaks.append(torch.cuda.max_memory_allocated() - base)
     per_image = peaks[1] - peaks[0]
@@ -134,9 +152,9 @@ def to_uint8(images: torch.Tensor) -> torch.Tensor:
 
 def prepare_modules(backbone: Backbone, settings: SampleSettings) -> Speedups:
     """Put the decoder in its sampling precision and apply the speed switches; returns them resolved."""
-    speedups = settings.speedups.resolved(backbone.device)
+    speedups = backbone.resolve_speedups(settings.speedups)
     backbone.vae.to(VAE_DTYPES[settings.vae_dtype])
-    apply_to_modules(backbone.unet, backbone.vae, speedups)
+    backbone.apply_speedups(speedups, vae=True)
     return speedups
 
 
@@ -172,7 +190,7 @@ def generate(backbone: Backbone, jobs: list[SampleJob], settings: SampleSettings
         with attention_backend(speedups.attention):
             for indices in tqdm(batches(len(jobs), size), disable=not progress, desc="sampling"):
                 batch = [jobs[i] for i in indices]
-                latents = _render(pipe, [j.prompt for j in batch],
+                latents = _render(backbone, [j.prompt for j in batch],
                                   _generators([j.seed for j in batch], backbone.device), settings)
                 pixels = to_uint8(backbone.decode_latents(latents))
                 for future in pending:  # at most one batch waits for its PNGs: host memory stays bounded
@@ -185,20 +203,28 @@ def generate(backbone: Backbone, jobs: list[SampleJob], settings: SampleSettings
             pool.shutdown(wait=True, cancel_futures=True)
 
 
-def set_token_rows(backbone: Backbone, placeholder: str, vectors: dict) -> None:
-    """Give `placeholder` these rows ({slot: [k, d]}): loaded with diffusers' loader the first time, then
-    overwritten in place, so a job can render many embeddings (an interpolation path, a norm sweep)
-    without growing the vocabulary once per embedding."""
-    slots = {slot.name: slot for slot in backbone.slots}
-    for slot_name, rows in vectors.items():
-        slot = slots[slot_name]
-        tokens = [placeholder] + [f"{placeholder}_{i}" for i in range(1, rows.shape[0])]
+def set_token_rows(backbone: Backbone, placeholder: str, vectors: dict) -> str:
+    """Give `placeholder` these rows ({slot: [k, d]}) and return what to write for it in a prompt: the first
+    call installs it with the backbone's own loader, later calls overwrite its rows in place, so a job can
+    render many embeddings (an interpolation path, a norm sweep) without growing the vocabulary each time."""
+    from dti.tokens import PlaceholderEmbedding, placeholder_tokens
+
+    if any(placeholder not in slot.tokenizer.get_vocab() for slot in backbone.slots):
+        return backbone.install_learned_rows(placeholder, vectors)
+    for slot in backbone.slots:
+        rows = vectors[slot.name].detach().float().reshape(-1, vectors[slot.name].shape[-1])
+        tokens = placeholder_tokens(placeholder, rows.shape[0])
         ids = slot.tokenizer.convert_tokens_to_ids(tokens)
-        if placeholder not in slot.tokenizer.get_vocab():
-            load_into_pipeline(backbone.pipe, placeholder, {slot_name: rows})
-            continue
-        if slot.tokenizer.unk_token_id in ids or f"{placeholder}_{rows.shape[0]}" in slot.tokenizer.get_vocab():
-            raise ValueError(f"{placeholder} is loaded with a different number of vectors than {rows.shape[0]}")
-        table = slot.encoder.get_input_embeddings().weight
+        vocab = slot.tokenizer.get_vocab()
+        if any(t not in vocab for t in tokens) or f"{placeholder}_{rows.shape[0]}" in vocab:
+            raise DtiError(f"{placeholder} is loaded with another number of vectors than {rows.shape[0]}")
+        layer = slot.encoder.get_input_embeddings()
+        while isinstance(layer, PlaceholderEmbedding) and layer.first_id != ids[0]:
+            layer = layer.frozen  # an earlier token's rows sit deeper in the chain
         with torch.no_grad():
-            table[torch.tensor(ids, device=table.device)] = rows.to(table.device, table.dtype)
+            if isinstance(layer, PlaceholderEmbedding):
+                layer.rows.copy_(rows.to(layer.rows.device))
+            else:  # diffusers' loader wrote the rows into the table itself
+                layer.weight[torch.tensor(ids, device=layer.weight.device)] = rows.to(layer.weight.device,
+                                                                                      layer.weight.dtype)
+    return backbone.prompt_text(tokens) if not backbone.uses_diffusers_loader else placeholder

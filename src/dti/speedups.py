@@ -2,9 +2,10 @@
 never what it computes (beyond floating-point rounding), and each can be turned off on its own.
 
 - `compile`: regional torch.compile of the denoiser's repeated transformer block (the class the model
-  names in diffusers' `_repeated_blocks`): one compilation serves every block of the same shape, so
-  compile time stays in seconds instead of the minutes a whole-model compile takes.
-- `channels_last`: NHWC memory layout for the UNet's and the VAE's convolutions.
+  names in diffusers' `_repeated_blocks`, or the one its backbone names): one compilation serves every
+  block of the same shape, so compile time stays in seconds instead of the minutes a whole-model compile
+  takes.
+- `channels_last`: NHWC memory layout for the denoiser's and the VAE's convolutions.
 - `fuse_qkv`: one matrix product for the query, key and value projections of self-attention (key and
   value of cross-attention) instead of three.
 - `attention`: which scaled-dot-product-attention kernel torch may use ("auto" lets torch choose).
@@ -63,32 +64,36 @@ def compile_blocks(module: torch.nn.Module, class_names, **options) -> int:
     return count
 
 
-def apply_to_modules(unet: torch.nn.Module, vae: torch.nn.Module | None, speedups: Speedups) -> list[str]:
-    """Apply the module-level switches in place, once per module; returns what was applied now.
+def apply_to_modules(denoiser: torch.nn.Module, vae: torch.nn.Module | None, speedups: Speedups,
+                     blocks: tuple[str, ...] | None = None) -> list[str]:
+    """Apply the module-level switches in place, once per module; returns what was applied now. `blocks`:
+    the class names to compile (None: the denoiser's `_repeated_blocks`); a backbone names its own
+    (Backbone.apply_speedups), and says which switches its modules support.
 
     Order matters: fusing replaces the attention processors, so it must come before compiling them.
     """
-    applied = getattr(unet, "_dti_speedups", set())
+    applied = getattr(denoiser, "_dti_speedups", set())
     done = []
     if speedups.channels_last and "channels_last" not in applied:
-        for module in (unet, vae):
+        for module in (denoiser, vae):
             if module is not None:
                 module.to(memory_format=torch.channels_last)
         done.append("channels_last")
     if speedups.fuse_qkv and "fuse_qkv" not in applied:
-        unet.fuse_qkv_projections()
+        denoiser.fuse_qkv_projections()
         done.append("fuse_qkv")
     if speedups.compile and "compile" not in applied:
-        blocks = tuple(getattr(unet, "_repeated_blocks", ()))
-        if not compile_blocks(unet, blocks):
-            raise DtiError(f"{type(unet).__name__} names no repeated blocks to compile; set compile: false")
+        if blocks is None:
+            blocks = tuple(getattr(denoiser, "_repeated_blocks", ()))
+        if not compile_blocks(denoiser, blocks):
+            raise DtiError(f"{type(denoiser).__name__} has no blocks {list(blocks)} to compile; set compile: false")
         done.append("compile")
-    unet._dti_speedups = applied | set(done)
+    denoiser._dti_speedups = applied | set(done)
     return done
 
 
-def applied_speedups(unet: torch.nn.Module) -> set[str]:
-    return set(getattr(unet, "_dti_speedups", set()))
+def applied_speedups(denoiser: torch.nn.Module) -> set[str]:
+    return set(getattr(denoiser, "_dti_speedups", set()))
 
 
 @contextlib.contextmanager

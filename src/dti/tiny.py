@@ -1,23 +1,30 @@
-"""Tiny random SD-1.x- and SDXL-shaped diffusers pipelines with the real CLIP vocabulary.
+"""Tiny random diffusers pipelines of every registered family, and the building blocks they share.
 
 They let the whole product (loading with `from_pretrained`, training, sampling, export) run offline on a
-CPU in seconds: the tokenizers are the genuine 49408-token CLIP BPE (rebuilt from the file open_clip
-ships), so prompts tokenize exactly as on a real checkpoint; only the network weights are random and small.
+CPU in seconds: each is a pipeline of the family's real classes with small, random weights. The SD and
+SDXL tokenizers are the genuine 49408-token CLIP BPE (rebuilt from the file open_clip ships), so prompts
+tokenize exactly as on a real checkpoint. Gemma-2's and UMT5's tokenizers cannot be downloaded here: SANA
+and Wan get tokenizers of the same library classes (GemmaTokenizer, T5Tokenizer) whose small
+vocabularies are built from this project's prompt files, so their ids and pieces are NOT the real ones.
+Each family's pipeline is defined by its backbone class (`Backbone.tiny_pipeline`).
 """
 
 from __future__ import annotations
 
+import functools
 import gzip
 import importlib.util
 import json
+import math
+import string
 import tempfile
+from collections import Counter
 from pathlib import Path
 
 import torch
 
 from dti.io import atomic_dir
 
-FAMILIES = ("sd", "sdxl")
 _N_MERGES = 49152 - 256 - 2  # CLIP keeps this many BPE merges; vocab = 2 * 256 bytes + merges + 2 specials
 BOS, EOS = "<|startoftext|>", "<|endoftext|>"
 
@@ -61,7 +68,8 @@ def clip_tokenizer(pad_token: str = EOS):
                                              unk_token=EOS, model_max_length=77)
 
 
-def _text_config(hidden: int, with_projection: bool):
+# --- the SD-style parts SD 1.x/2.x and SDXL share -------------------------------------------------------
+def clip_text_config(hidden: int, with_projection: bool):
     from transformers import CLIPTextConfig
 
     return CLIPTextConfig(vocab_size=49408, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=2,
@@ -70,7 +78,7 @@ def _text_config(hidden: int, with_projection: bool):
                           hidden_act="quick_gelu" if not with_projection else "gelu")
 
 
-def _vae():
+def kl_vae():
     from diffusers import AutoencoderKL
 
     # Four levels, as in real SD, so a 64 px image becomes an 8x8 latent.
@@ -79,7 +87,7 @@ def _vae():
                          layers_per_block=1, sample_size=64)
 
 
-def _unet(cross_attention_dim: int, sdxl: bool):
+def unet(cross_attention_dim: int, sdxl: bool):
     from diffusers import UNet2DConditionModel
 
     extra = {}
@@ -93,29 +101,72 @@ def _unet(cross_attention_dim: int, sdxl: bool):
                                 **extra)
 
 
-_SCHEDULER = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000,
-                  prediction_type="epsilon", timestep_spacing="leading", steps_offset=1)
+EULER_SCHEDULER = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000,
+                       prediction_type="epsilon", timestep_spacing="leading", steps_offset=1)
 
 
+# --- small trained tokenizers (SANA's Gemma, Wan's UMT5) --------------------------------------------------
+@functools.lru_cache(maxsize=1)
+def tokenizer_corpus() -> tuple[str, ...]:
+    """What the small tokenizers are trained on: the training templates and this project's prompt files,
+    each filled with every DreamBooth class word, the class words alone, and every ASCII letter, digit and
+    punctuation mark (so any ASCII word splits into known pieces, as with the real vocabularies)."""
+    from dti.prompts import DEFAULT_PROMPTS_DIR, TRAINING_TEMPLATES
+
+    root = DEFAULT_PROMPTS_DIR.parent
+    classes = ["dog", "cat", "box", "stuffed animal", "toy", "object"]
+    table = root / "subjects" / "dreambooth.tsv"
+    if table.is_file():
+        classes += [line.split("\t")[1] for line in table.read_text(encoding="utf-8").splitlines()[1:] if line]
+    templates = list(TRAINING_TEMPLATES)
+    for path in sorted(DEFAULT_PROMPTS_DIR.glob("*.txt")):
+        templates += [line for line in path.read_text(encoding="utf-8").splitlines()
+                      if line.strip() and not line.startswith("#")]
+    classes = sorted(set(classes))
+    # Each class word also alone (an initializer is encoded on its own), as often as in the prompts.
+    lines = [t.replace("{}", c) for t in templates for c in classes] + classes * len(templates)
+    lines.append(" ".join(string.ascii_letters + string.digits + string.punctuation))
+    return tuple(lines)
+
+
+def trained_bpe(vocab_size: int, specials: list[str], unk: str) -> tuple[dict[str, int], list[tuple[str, str]]]:
+    """(vocab, merges) of a byte-fallback BPE trained on the corpus, pieces marked with '▁' for a leading
+    space as in SentencePiece-style vocabularies (Gemma's)."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE(unk_token=unk, byte_fallback=True))
+    tok.normalizer = normalizers.Replace(" ", "▁")
+    tok.pre_tokenizer = pre_tokenizers.Split("▁", behavior="merged_with_next")
+    byte_tokens = [f"<0x{i:02X}>" for i in range(256)]
+    tok.train_from_iterator(tokenizer_corpus(), trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=specials + byte_tokens, show_progress=False))
+    model = json.loads(tok.to_str())["model"]
+    return model["vocab"], [tuple(m) for m in model["merges"]]
+
+
+def counted_unigram(specials: list[str]) -> list[tuple[str, float]]:
+    """(piece, score) of a SentencePiece-style unigram model (T5's kind) over the corpus: every word a
+    piece scored by its log frequency, every character a piece scored far lower (so known words stay whole
+    and other words split into characters); characters never seen map to the unknown token, as with the
+    real vocabulary."""
+    words = Counter(word for line in tokenizer_corpus() for word in line.split())
+    total = sum(words.values())
+    chars = sorted({c for word in words for c in word})
+    pieces = [(s, 0.0) for s in specials] + [("▁", math.log(1 / total) - 10)]
+    pieces += [(f"▁{w}", math.log(n / total)) for w, n in sorted(words.items())]
+    pieces += [(c, math.log(1 / total) - 10) for c in chars]
+    return pieces
+
+
+# --- every family -------------------------------------------------------------------------------------
 def build_tiny_pipeline(family: str, seed: int = 0):
     """A random tiny pipeline of the given family, deterministic for a seed."""
-    from diffusers import EulerDiscreteScheduler, StableDiffusionPipeline, StableDiffusionXLPipeline
-    from transformers import CLIPTextModel, CLIPTextModelWithProjection
+    from dti.backbones.registry import backbone_class
 
-    if family not in FAMILIES:
-        raise ValueError(f"family must be one of {FAMILIES}, got {family!r}")
+    cls = backbone_class(family)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        scheduler = EulerDiscreteScheduler(**_SCHEDULER)
-        if family == "sd":
-            return StableDiffusionPipeline(
-                vae=_vae(), text_encoder=CLIPTextModel(_text_config(32, False)), tokenizer=clip_tokenizer(),
-                unet=_unet(32, sdxl=False), scheduler=scheduler, safety_checker=None, feature_extractor=None,
-                requires_safety_checker=False)
-        return StableDiffusionXLPipeline(
-            vae=_vae(), text_encoder=CLIPTextModel(_text_config(32, False)),
-            text_encoder_2=CLIPTextModelWithProjection(_text_config(32, True)), tokenizer=clip_tokenizer(),
-            tokenizer_2=clip_tokenizer(pad_token="!"), unet=_unet(64, sdxl=True), scheduler=scheduler)
+        return cls.tiny_pipeline()
 
 
 def write_tiny_model(family: str, out_dir: str | Path, seed: int = 0) -> Path:

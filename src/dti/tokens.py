@@ -33,6 +33,10 @@ class PlaceholderEmbedding(nn.Module):
         self.rows = nn.Parameter(init_rows.detach().float().clone())
         # DTI: `rows` are directions and the embedding is magnitude * rows; None means raw vectors.
         self.magnitude = magnitude
+        # Tables that scale what they look up (Gemma's multiplies every row by sqrt(hidden size)) scale
+        # the new rows the same way, so a placeholder row and a vocabulary row of equal norm enter the
+        # model alike: norms and m are those of the table's rows, before the scale.
+        self.output_scale = getattr(frozen, "embed_scale", None)
 
     @property
     def weight(self) -> torch.Tensor:
@@ -47,6 +51,11 @@ class PlaceholderEmbedding(nn.Module):
     def embedding_dim(self) -> int:
         return self.frozen.embedding_dim
 
+    @property
+    def embed_scale(self):
+        """The factor applied to looked-up rows (None: none), so a layer installed over this one scales alike."""
+        return self.output_scale
+
     def embedding_rows(self) -> torch.Tensor:
         return self.rows if self.magnitude is None else self.magnitude * self.rows
 
@@ -59,6 +68,8 @@ class PlaceholderEmbedding(nn.Module):
         if bool(((offset < 0) | (offset >= self.rows.shape[0]))[is_new].any()):
             raise ValueError("prompt uses added tokens that have no rows in this embedding")
         new = self.embedding_rows()[offset.clamp(0, self.rows.shape[0] - 1)].to(base.dtype)
+        if self.output_scale is not None:
+            new = new * self.output_scale.to(base.dtype)
         return torch.where(is_new.unsqueeze(-1), new, base)
 
 
@@ -85,6 +96,12 @@ def initializer_ids(tokenizer, initializer: str) -> list[int]:
     ids = tokenizer.encode(initializer, add_special_tokens=False)
     if not ids:
         raise DtiError(f"initializer {initializer!r} has no tokens; give a word such as the subject's class noun")
+    unk = tokenizer.unk_token_id
+    # CLIP names its end-of-text token as unknown too, but its byte-level pieces cover any text.
+    if unk is not None and unk in ids and unk != tokenizer.eos_token_id:
+        words = [w for w in initializer.split() if unk in tokenizer.encode(w, add_special_tokens=False)]
+        raise DtiError(f"initializer {initializer!r}: the tokenizer cannot split {' '.join(words) or initializer!r} "
+                       f"into known pieces (it becomes {tokenizer.unk_token}); choose another word")
     return ids
 
 
@@ -146,17 +163,48 @@ def install(encoder: nn.Module, placeholder: Placeholder, init_rows: torch.Tenso
     return layer
 
 
+def install_rows(tokenizer, encoder: nn.Module, placeholder: str, rows: torch.Tensor) -> tuple[str, ...]:
+    """Make saved rows usable in prompts: add the placeholder's k tokens to the tokenizer and look them up
+    from `rows` (frozen) in the encoder, exactly as training did; returns the tokens. The loader of the
+    families diffusers' `load_textual_inversion` does not know (SANA, Wan)."""
+    rows = rows.detach().float().reshape(-1, rows.shape[-1])
+    tokens = placeholder_tokens(placeholder, rows.shape[0])
+    vocab = tokenizer.get_vocab()
+    clash = [t for t in tokens if t in vocab]
+    if clash:
+        raise DtiError(f"placeholder {placeholder!r} is already in the tokenizer's vocabulary ({clash})")
+    if tokenizer.add_tokens(tokens) != len(tokens):
+        raise DtiError(f"could not add placeholder tokens {tokens} to the tokenizer")
+    ids = tokenizer.convert_tokens_to_ids(tokens)
+    if ids != list(range(ids[0], ids[0] + len(ids))):
+        raise DtiError(f"placeholder tokens {tokens} did not get consecutive ids: {ids}")
+    # Over whatever table the encoder has, a previously installed token's included (as diffusers' loader
+    # lets one pipeline hold several tokens).
+    frozen = encoder.get_input_embeddings()
+    layer = PlaceholderEmbedding(frozen, rows.to(frozen.weight.device), magnitude=None, first_id=ids[0])
+    encoder.set_input_embeddings(layer.requires_grad_(False))
+    return tuple(tokens)
+
+
 def token_init(table: torch.Tensor, ids: list[int]) -> torch.Tensor:
     """Initial vectors: the vocabulary rows of the initializer pieces (fp32)."""
     return table[torch.tensor(ids, device=table.device)].detach().float().clone()
 
 
 @torch.no_grad()
-def contextual_init(encoder: nn.Module, tokenizer, initializer: str, device) -> torch.Tensor:
+def contextual_init(encoder: nn.Module, tokenizer, initializer: str, device, max_length: int | None = None
+                    ) -> torch.Tensor:
     """CrossInit's start: the encoder's final-layer output (after the final layer norm) at the
-    initializer's token positions, with the phrase encoded alone like a prompt (BOS, EOS, padding)."""
+    initializer's token positions, with the phrase encoded alone like a prompt (special tokens, padding to
+    the prompts' length `max_length`, default the tokenizer's model_max_length, attention mask)."""
     ids = initializer_ids(tokenizer, initializer)
-    batch = tokenizer([initializer], padding="max_length", max_length=tokenizer.model_max_length,
-                      truncation=True, return_tensors="pt").input_ids.to(device)
-    hidden = encoder(batch).last_hidden_state[0]
-    return hidden[1 : 1 + len(ids)].float().clone()  # position 0 is BOS; the pieces follow in order
+    batch = tokenizer([initializer], padding="max_length", max_length=max_length or tokenizer.model_max_length,
+                      truncation=True, return_tensors="pt")
+    sequence = batch.input_ids[0].tolist()
+    start = next((i for i in range(len(sequence) - len(ids) + 1) if sequence[i : i + len(ids)] == ids), None)
+    if start is None:  # a tokenizer that splits the phrase differently inside a prompt
+        raise DtiError(f"initializer {initializer!r}: its pieces {ids} are not found in its own encoding {sequence}")
+    mask = batch.get("attention_mask")
+    hidden = encoder(batch.input_ids.to(device),
+                     attention_mask=None if mask is None else mask.to(device)).last_hidden_state[0]
+    return hidden[start : start + len(ids)].float().clone()

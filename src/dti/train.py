@@ -32,7 +32,7 @@ from dti.methods import HYPER_PARAMETERS, check_hyper_parameters, get_method, ma
 from dti.model_files import weights_identity
 from dti.names import check_name
 from dti.prompts import TRAINING_TEMPLATES, render
-from dti.speedups import Speedups, apply_to_modules, attention_backend
+from dti.speedups import Speedups, attention_backend
 from dti.sphere import angle, normalize
 from dti.state import TrainingState, UnreadableState, read_state, save_state
 from dti.tokens import (
@@ -141,13 +141,14 @@ class Trainer:
         self.device = backbone.device
         self.images = images
         self.accelerator = self._make_accelerator()
+        backbone.check_placeholder(settings.placeholder)
         self._setup_tokens()
         latent_cls = CachedLatents if settings.latent_cache else EncodeEveryStep
-        self.latents = latent_cls(backbone.vae, images, settings.resolution)
+        self.latents = latent_cls(backbone, images, settings.resolution)
         params = [layer.rows for layer in self.layers.values()]
         self.optimizer = make_optimizer(self.method, params, self.hp, [self.prior_mu[s] for s in self.layers])
-        self.speedups = settings.speedups.resolved(self.device)
-        apply_to_modules(backbone.unet, None, self.speedups)  # the VAE only encodes, once: left as it is
+        self.speedups = backbone.resolve_speedups(settings.speedups)
+        backbone.apply_speedups(self.speedups, vae=False)  # the VAE only encodes, once: left as it is
         self.step = 0
 
     # --- set-up -----------------------------------------------------------------------------------
@@ -166,7 +167,7 @@ class Trainer:
             token_rows = token_init(table, ph.init_ids)
             self.prior_mu[slot.name] = normalize(token_rows)
             if self.method.init == "contextual":
-                init = contextual_init(slot.encoder, slot.tokenizer, s.initializer, self.device)
+                init = contextual_init(slot.encoder, slot.tokenizer, s.initializer, self.device, slot.text_length)
             else:
                 init = token_rows
             if self.method.on_sphere:
@@ -178,7 +179,7 @@ class Trainer:
             self.init_rows[slot.name] = init.to(self.device)
             self.placeholders[slot.name] = ph
             self.layers[slot.name] = layer
-        texts = {ph.text for ph in self.placeholders.values()}
+        texts = {self.backbone.prompt_text(ph.tokens) for ph in self.placeholders.values()}
         if len(texts) != 1:
             raise DtiError(f"the text encoders split the initializer differently: {sorted(texts)}")
         self.prompt_token = texts.pop()
@@ -186,16 +187,15 @@ class Trainer:
     # --- one step -----------------------------------------------------------------------------------
     def _micro_batch(self, step: int, indices: range):
         prompts, latents, noise, timesteps, time_ids = [], [], [], [], []
-        n_train = self.backbone.noise_scheduler.config.num_train_timesteps
         for j in indices:
             gen = sample_generator(self.settings.seed, step, j)
             crop = self.latents.random_crop(gen, len(self.images))
             template = TRAINING_TEMPLATES[int(torch.randint(len(TRAINING_TEMPLATES), (1,), generator=gen))]
             prompts.append(render(template, self.prompt_token))
-            shape = (4, self.latents.cells, self.latents.cells)
+            shape = self.latents.shape
             latents.append(self.latents.sample(crop, torch.randn(shape, generator=gen)))
             noise.append(torch.randn(shape, generator=gen))
-            timesteps.append(int(torch.randint(n_train, (1,), generator=gen)))
+            timesteps.append(self.backbone.sample_timestep(gen))
             time_ids.append(self.latents.time_ids(crop))
         dev = self.device
         return (prompts, torch.stack(latents).to(dev), torch.stack(noise).to(dev),

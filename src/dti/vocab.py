@@ -17,14 +17,6 @@ import numpy as np
 
 from dti.errors import DtiError
 
-# Exported slot name -> (text encoder folder, tokenizer folder) in a diffusers model, per family.
-FAMILY_SLOTS: dict[str, dict[str, tuple[str, str]]] = {
-    "sd": {"clip_l": ("text_encoder", "tokenizer")},
-    "sdxl": {"clip_l": ("text_encoder", "tokenizer"), "clip_g": ("text_encoder_2", "tokenizer_2")},
-}
-_PIPELINE_FAMILIES = {"StableDiffusionPipeline": "sd", "StableDiffusionXLPipeline": "sdxl"}
-_TABLE_SUFFIX = "embeddings.token_embedding.weight"
-
 
 @dataclass
 class Vocabulary:
@@ -41,6 +33,11 @@ class Vocabulary:
 
     def mean_norm(self) -> float:
         return float(self.norms().mean())
+
+    @property
+    def byte_level(self) -> bool:
+        """CLIP's byte-level BPE (words end in </w>), as opposed to SentencePiece (words start with '\u2581')."""
+        return any(t is not None and t.endswith("</w>") for t in self.tokens)
 
 
 def _byte_decoder() -> dict[str, int]:
@@ -59,55 +56,66 @@ def _byte_decoder() -> dict[str, int]:
 _BYTES = _byte_decoder()
 
 
-def readable(token: str | None) -> str:
-    """A token as a reader sees it: bytes decoded, a word's end marker dropped, a word piece ending in '-'."""
+def readable(token: str | None, byte_level: bool = True) -> str:
+    """A token as a reader sees it. Byte-level BPE (CLIP) spells bytes as printable characters and ends a
+    word with `</w>`: decoded, a piece that does not end a word gets a trailing '-'. SentencePiece (Gemma,
+    T5) starts a word with '▁': a piece without it continues a word and gets a leading '-'."""
     if token is None:
         return "?"
+    if token.startswith("<") and token.endswith(">"):  # special and byte-fallback tokens: <pad>, <0x41>
+        return token
+    if token.startswith("\u2581"):
+        return token[1:] or token
     word = token.endswith("</w>")
     body = token[: -len("</w>")] if word else token
     if all(ch in _BYTES for ch in body):
         body = bytes(_BYTES[ch] for ch in body).decode("utf-8", errors="replace")
-    return body if word or token.startswith("<|") else body + "-"
+    if word:
+        return body
+    return body + "-" if byte_level else "-" + body
 
 
 def model_family(model_dir: str | Path) -> str:
-    """sd or sdxl, from the folder's model_index.json."""
+    """The family (dti.backbones.registry) from the folder's model_index.json."""
+    from dti.backbones.registry import pipeline_families
+
     index = Path(model_dir) / "model_index.json"
     try:
         name = json.loads(index.read_text()).get("_class_name", "")
     except (OSError, ValueError) as err:
         raise DtiError(f"cannot read {index}: {err}") from err
-    if name not in _PIPELINE_FAMILIES:
-        raise DtiError(f"{index}: {name or 'unknown'} pipeline; supported: {sorted(_PIPELINE_FAMILIES)}")
-    return _PIPELINE_FAMILIES[name]
+    families = pipeline_families()
+    if name not in families:
+        raise DtiError(f"{index}: {name or 'unknown'} pipeline; supported: {sorted(families)}")
+    return families[name]
 
 
-def _weights_file(encoder_dir: Path) -> tuple[Path, str]:
+def _weights_file(encoder_dir: Path, suffix: str) -> tuple[Path, str]:
     """The safetensors file holding the token table, and the table's key (sharded checkpoints too)."""
     index = encoder_dir / "model.safetensors.index.json"
     if index.is_file():
         weight_map = json.loads(index.read_text()).get("weight_map", {})
-        keys = [k for k in weight_map if k.endswith(_TABLE_SUFFIX)]
+        keys = [k for k in weight_map if k.endswith(suffix)]
         if len(keys) == 1:
             return encoder_dir / weight_map[keys[0]], keys[0]
-        raise DtiError(f"{index}: expected one *{_TABLE_SUFFIX} entry, found {keys}")
+        raise DtiError(f"{index}: expected one *{suffix} entry, found {keys}")
     path = encoder_dir / "model.safetensors"
     if not path.is_file():
         raise DtiError(f"no model.safetensors in {encoder_dir} (only safetensors weights are read)")
     from safetensors import safe_open
 
     with safe_open(str(path), framework="numpy") as handle:
-        keys = [k for k in handle.keys() if k.endswith(_TABLE_SUFFIX)]
+        keys = [k for k in handle.keys() if k.endswith(suffix)]
     if len(keys) != 1:
-        raise DtiError(f"{path}: expected one *{_TABLE_SUFFIX} tensor, found {keys}")
+        raise DtiError(f"{path}: expected one *{suffix} tensor, found {keys}")
     return path, keys[0]
 
 
-def read_token_table(encoder_dir: str | Path) -> np.ndarray:
-    """The encoder's token-embedding table as float32 [n, d]."""
+def read_token_table(encoder_dir: str | Path, suffix: str = "embeddings.token_embedding.weight") -> np.ndarray:
+    """The encoder's token-embedding table as float32 [n, d] (`suffix`: how its key ends)."""
     from safetensors import safe_open
 
-    path, key = _weights_file(Path(encoder_dir))
+    path, key = _weights_file(Path(encoder_dir), suffix)
     try:
         with safe_open(str(path), framework="numpy") as handle:
             return np.asarray(handle.get_tensor(key), dtype=np.float32)
@@ -124,7 +132,9 @@ def read_token_strings(tokenizer_dir: str | Path, size: int) -> list[str | None]
         mapping = json.loads((folder / "vocab.json").read_text())
     elif (folder / "tokenizer.json").is_file():
         spec = json.loads((folder / "tokenizer.json").read_text())
-        mapping = dict(spec.get("model", {}).get("vocab", {}))
+        vocab = spec.get("model", {}).get("vocab", {})
+        # BPE and WordPiece store {token: id}; Unigram (T5, UMT5) a list of [token, score] in id order.
+        mapping = {entry[0]: i for i, entry in enumerate(vocab)} if isinstance(vocab, list) else dict(vocab)
         mapping.update({t["content"]: t["id"] for t in spec.get("added_tokens", [])})
     else:
         raise DtiError(f"no vocab.json or tokenizer.json in {folder}")
@@ -140,10 +150,15 @@ def load_vocabularies(model_dir: str | Path) -> dict[str, Vocabulary]:
     model_dir = Path(model_dir)
     if not model_dir.is_dir():
         raise DtiError(f"model folder not found: {model_dir}")
+    from dti.backbones.registry import check_family
+
     vocabularies = {}
-    for slot, (encoder, tokenizer) in FAMILY_SLOTS[model_family(model_dir)].items():
-        table = read_token_table(model_dir / encoder)
-        vocabularies[slot] = Vocabulary(slot, table, read_token_strings(model_dir / tokenizer, len(table)))
+    for slot in check_family(model_family(model_dir)).slots:
+        table = read_token_table(model_dir / slot.encoder, slot.table)
+        tokens = read_token_strings(model_dir / slot.tokenizer, len(table))
+        # Rows past the tokenizer's last id (UMT5 pads its table) are never looked up: not vocabulary.
+        used = max((i for i, t in enumerate(tokens) if t is not None), default=len(table) - 1) + 1
+        vocabularies[slot.name] = Vocabulary(slot.name, table[:used], tokens[:used])
     return vocabularies
 
 
