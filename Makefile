@@ -41,6 +41,7 @@ test: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/snakefmt --check Snakefile rules/
 	$(BIN)/snakemake --lint
 
 # Link profiles/slurm and profiles/local into ~/.config/snakemake, so `snakemake --profile slurm` works.
