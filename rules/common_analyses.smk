@@ -20,8 +20,9 @@ PAIRS = {pair.name: pair for pair in INTERPOLATION.pairs}
 GRID = {"prompts": 2, "seeds": 2, "thumb": 192, **(config.get("report") or {}).get("grid", {})}
 
 
+# With no pairs, "(?!)" matches nothing.
 wildcard_constraints:
-    pair=_alternatives(PAIRS) or "(?!)",  # no pairs: matches nothing
+    pair=_alternatives(PAIRS) or "(?!)",
 
 
 def analysis_metrics():
@@ -32,6 +33,12 @@ def analysis_metrics():
 def analysis_tiny_metrics():
     """The tiny random model folders (`model: tiny`) of those two, built by the tiny_metric_model rule."""
     return {key: path for key, path in TINY_METRICS.items() if key in analysis_metrics()}
+
+
+def reported(path, caption, **options):
+    """`path` marked for `snakemake --report`, captioned by workflow/report/{caption}.rst. (A line that
+    starts with `report(` inside a function would read as the `report:` directive to snakefmt.)"""
+    return report(path, caption=f"../workflow/report/{caption}.rst", **options)
 
 
 def subject_files(names):
@@ -68,8 +75,7 @@ def interpolation_figures(kind, ext):
 
 def interpolation_reports(kind):
     """The PNG figures of one kind, marked for the report (labels: backbone and pair)."""
-    return [report(f"results/interpolation/{b}/{p}/{kind}.png", caption=f"../workflow/report/interpolation_{kind}.rst",
-                   category="Interpolation", subcategory={"strip": "Strips", "curves": "Curves"}[kind],
+    return [reported(f"results/interpolation/{b}/{p}/{kind}.png", f"interpolation_{kind}", category="Interpolation", subcategory={"strip": "Strips", "curves": "Curves"}[kind],
                    labels={"backbone": b, "pair": p})
             for b in INTERPOLATION_BACKBONES for p in PAIRS]
 
@@ -109,7 +115,7 @@ def analysis_files():
 
 
 def analysis_reports(kind, caption, subcategory, backbones=BACKBONES):
-    return [report(f"results/analysis/{kind}/{b}.png", caption=f"../workflow/report/{caption}.rst",
+    return [reported(f"results/analysis/{kind}/{b}.png", caption,
                    category="Norms and directions", subcategory=subcategory, labels={"backbone": b})
             for b in backbones]
 
@@ -127,7 +133,7 @@ def grid_files(ext):
 
 
 def grid_reports():
-    return [report(f"results/report/grids/{b}/{s}.png", caption="../workflow/report/sample_grid.rst",
+    return [reported(f"results/report/grids/{b}/{s}.png", "sample_grid",
                    category="Samples", subcategory=b, labels={"subject": s, "backbone": b})
             for b in BACKBONES for s in SUBJECTS]
 
