@@ -71,8 +71,10 @@ def _checkpoints(backbone):
     steps = sorted(set(config.get("eval_steps") or [last]))
     for step in steps:
         if step > last or (step % every and step != last):
-            _config_error(f"eval_steps: {step} is not a checkpoint of backbone {backbone} (training saves "
-                          f"every {every} steps and the last step, {last})")
+            _config_error(
+                f"eval_steps: {step} is not a checkpoint of backbone {backbone} (training saves "
+                f"every {every} steps and the last step, {last})"
+            )
     return steps
 
 
@@ -83,8 +85,10 @@ def _summary_steps():
     wanted = config["aggregate"].get("summary_step")
     for backbone, steps in EVAL_STEPS.items():
         if wanted is not None and wanted not in steps:
-            _config_error(f"aggregate.summary_step: {wanted} is not among the steps scored for backbone "
-                          f"{backbone} ({steps}); add it to eval_steps")
+            _config_error(
+                f"aggregate.summary_step: {wanted} is not among the steps scored for backbone "
+                f"{backbone} ({steps}); add it to eval_steps"
+            )
     return {b: wanted if wanted is not None else steps[-1] for b, steps in EVAL_STEPS.items()}
 
 
@@ -132,7 +136,9 @@ def dreambooth_files(subject):
 
 def folder_images(subject):
     folder = Path(config["data"]["images_dir"]) / subject
-    files = sorted(p for p in folder.glob("*") if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
+    files = sorted(
+        p for p in folder.glob("*") if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")
+    )
     return [str(p) for p in files] or [str(folder / "no-images-found")]  # a missing input names the folder
 
 
@@ -237,13 +243,22 @@ def dti_prompts_file(wildcards):
 
 # --- targets --------------------------------------------------------------------------------------
 def score_files():
-    return [f"results/{b}/{m}/{s}/scores/step-{n}.parquet"
-            for b in BACKBONES for m in METHODS for s in SUBJECTS for n in EVAL_STEPS[b]]
+    return [
+        f"results/{b}/{m}/{s}/scores/step-{n}.parquet"
+        for b in BACKBONES
+        for m in METHODS
+        for s in SUBJECTS
+        for n in EVAL_STEPS[b]
+    ]
 
 
 def run_records():
-    return [{"path": f"{train_dir(b, m, s)}/run.json", "backbone": b, "method": m, "subject": s}
-            for b in BACKBONES for m in TRAINED_METHODS for s in SUBJECTS]
+    return [
+        {"path": f"{train_dir(b, m, s)}/run.json", "backbone": b, "method": m, "subject": s}
+        for b in BACKBONES
+        for m in TRAINED_METHODS
+        for s in SUBJECTS
+    ]
 
 
 def table_files():
