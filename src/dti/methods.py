@@ -68,6 +68,7 @@ HYPER_PARAMETERS: dict[str, tuple[Callable[[object], str | None], str]] = {
 @dataclass(frozen=True)
 class Method:
     name: str
+    display: str  # its name in tables and figures
     description: str
     on_sphere: bool  # rows are unit directions, embedding = m * v
     init: str  # "token": initializer's vocabulary rows; "contextual": CrossInit's encoder output
@@ -81,18 +82,18 @@ class Method:
 METHODS: dict[str, Method] = {
     m.name: m
     for m in [
-        Method("dti", "Directional Textual Inversion: fixed norm m, direction by Riemannian SGD with a vMF prior",
+        Method("dti", "DTI", "Directional Textual Inversion: fixed norm m, direction by Riemannian SGD with a vMF prior",
                on_sphere=True, init="token", optimizer="rsgd",
                defaults=dict(lr=0.04, kappa=1e-4, beta=0.0, eps=1e-8, magnitude="mean"),
                accepts=("lr", "kappa", "beta", "eps", "magnitude")),
-        Method("ti", "Textual Inversion: raw vector, AdamW, no norm constraint", on_sphere=False, init="token",
+        Method("ti", "TI", "Textual Inversion: raw vector, AdamW, no norm constraint", on_sphere=False, init="token",
                optimizer="adamw", defaults=dict(lr=0.02, weight_decay=1e-2, adam_betas=(0.9, 0.999)),
                accepts=("lr", "weight_decay", "adam_betas")),
-        Method("crossinit", "CrossInit: encoder-output initialization plus an L2 pull towards it",
+        Method("crossinit", "CrossInit", "CrossInit: encoder-output initialization plus an L2 pull towards it",
                on_sphere=False, init="contextual", optimizer="adamw",
                defaults=dict(lr=0.02, weight_decay=1e-2, adam_betas=(0.9, 0.999), pull_weight=1e-5),
                accepts=("lr", "weight_decay", "adam_betas", "pull_weight")),
-        Method("ti_rescaled", "TI vectors rescaled to the vocabulary magnitude m at load time (ablation)",
+        Method("ti_rescaled", "TI-rescaled", "TI vectors rescaled to the vocabulary magnitude m at load time (ablation)",
                on_sphere=False, init="token", optimizer="adamw", defaults=dict(magnitude="mean"),
                accepts=("magnitude",), trained_as="ti", rescale_to_magnitude=True),
     ]
