@@ -6,7 +6,7 @@ import re
 from pathlib import Path
 
 import dti
-from dti.benchmark_config import check_config, prompt_set_key
+from dti.benchmark_config import check_config, prompt_set_key, subject_rows
 from dti.dti_prompts import is_dti_prompt_set, read_prompts_file
 from dti.dti_prompts import reference as dti_prompt_reference
 from dti.errors import DtiError
@@ -14,6 +14,7 @@ from dti.images import IMAGE_SUFFIXES
 from dti.methods import get_method
 from dti.metrics.spec import tiny_families
 from dti.prompts import load_prompt_set
+from dti.subject_schema import subject_problem
 from dti.tables import TABLE_NAMES
 
 PROMPTS_DIR = Path(workflow.basedir) / "config" / "prompts"
@@ -34,8 +35,21 @@ def _config_error(message):
     raise WorkflowError(f"config error: {message}")
 
 
+def _subject_rows():
+    """The subjects, each valid against config/subject.schema.yaml: the inline list was validated with the
+    config; a TSV's rows are validated here, one by one, so the error names the row."""
+    rows = subject_rows(config, workflow.basedir)
+    if config.get("subject_table"):
+        for where, row in rows:
+            try:
+                validate(row, "../config/subject.schema.yaml")
+            except WorkflowError:
+                _config_error(f"{where}: {subject_problem(row)}")
+    return rows
+
+
 try:  # the subject table, names, per-method hyper-parameters, prompt set names, metrics, model families
-    SUBJECTS = check_config(config, workflow.basedir)
+    SUBJECTS = check_config(config, _subject_rows())
 except DtiError as exc:
     _config_error(str(exc))
 BACKBONES = config["backbones"]
