@@ -18,7 +18,6 @@ from typing import Any
 from dti.errors import DtiError
 
 
-
 @dataclass(frozen=True)
 class Metric:
     """One metric of the Scores contract, declared once: scoring and the analyses follow what it says."""
