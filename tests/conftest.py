@@ -72,9 +72,13 @@ def fresh_backbone(model: Path):
 
 
 def fast_settings(**overrides):
+    """FAST with `overrides`; hyper-parameters (dti.methods.HYPER_PARAMETERS) given by name go into the
+    settings' hyper_parameters, None meaning "the method's default"."""
+    from dti.methods import HYPER_PARAMETERS
     from dti.train import TrainSettings
 
-    return TrainSettings(**{**FAST, **overrides})
+    hp = {key: overrides.pop(key) for key in list(overrides) if key in HYPER_PARAMETERS}
+    return TrainSettings(**{**FAST, **overrides}, hyper_parameters={k: v for k, v in hp.items() if v is not None})
 
 
 def saved_token_table(model: Path, slot: str) -> torch.Tensor:

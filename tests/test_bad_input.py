@@ -29,6 +29,7 @@ from dti import train as train_module
 from dti.benchmark_config import check_config, subject_rows
 from dti.cli import main
 from dti.errors import DtiError
+from dti.methods import HYPER_PARAMETERS
 from dti.names import NAME_PATTERN, check_name
 from dti.subject_schema import SUBJECT_SCHEMA, subject_problem
 from dti.terms import SUBJECT_KINDS, SUBJECT_SOURCES
@@ -68,6 +69,8 @@ TRAIN_CASES = {  # case: (options, culprit named in the message)
     "nan magnitude": ({"magnitude": "nan"}, "magnitude must be mean, min, max or a positive finite number, got nan"),
     "negative weight decay": ({"method": "ti", "weight-decay": -1}, "weight_decay must be a finite number >= 0"),
     "another method's setting": ({"method": "ti", "kappa": 0.1}, "method 'ti' takes no hyper-parameter 'kappa'"),
+    "CrossInit's pull under dti": ({"pull-weight": 1e-5}, "method 'dti' takes no hyper-parameter 'pull_weight'"),
+    "zero eps": ({"eps": 0}, "eps must be a positive finite number, got 0.0"),
     "zero steps": ({"steps": 0}, "steps must be a positive integer, got 0"),
     "resolution off the latent grid": ({"resolution": 70}, "resolution 70 must be a positive multiple of 8"),
     "resolution below one latent cell": ({"resolution": 4}, "resolution 4 must be a positive multiple of 8"),
@@ -232,6 +235,8 @@ def test_the_schema_states_the_library_rule():
     assert schema["definitions"]["name"]["pattern"] == NAME_PATTERN
     for key in ("backbones", "methods"):
         assert schema["properties"][key]["propertyNames"] == {"$ref": "#/definitions/name"}
+    method = schema["properties"]["methods"]["additionalProperties"]
+    assert set(method["properties"]) == set(HYPER_PARAMETERS)  # every hyper-parameter, and nothing else
     subject = yaml.safe_load(SUBJECT_SCHEMA.read_text())
     assert schema["properties"]["subjects"]["items"] == {"$ref": SUBJECT_SCHEMA.name}
     assert subject["properties"]["name"] == {"$ref": f"{SCHEMA.name}#/definitions/name"}

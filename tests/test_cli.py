@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import pytest
@@ -9,7 +10,8 @@ from conftest import FAST, vocab_mean_norm
 from PIL import Image
 from safetensors.torch import load_file
 
-from dti.cli import main
+from dti.cli import build_parser, main
+from dti.methods import METHODS, trainable_methods
 
 
 def _train_args(model, images, out, **overrides) -> list[str]:
@@ -42,6 +44,21 @@ def test_train_then_sample_round_trip(tiny_sd, subject_dir, tmp_path, capsys):
     for name in ("0000.png", "0007.png"):
         with Image.open(images / name) as img:
             assert img.size == (64, 64)
+
+
+def test_hyper_parameter_flags_travel_as_one_dict(tiny_sd, subject_dir, tmp_path):
+    """Every hyper-parameter has a flag (from dti.methods), and the ones given reach run.json as the overrides
+    of the method's defaults."""
+    parser = build_parser()
+    train = next(a for a in parser._subparsers._group_actions[0].choices["train"]._actions if a.dest == "method")
+    assert train.choices == trainable_methods() and "ti_rescaled" not in train.choices
+    out = tmp_path / "ti"
+    args = _train_args(tiny_sd, subject_dir, out, method="ti", **{"weight-decay": 0.5}) + ["--adam-betas", "0.8", "0.99"]
+    assert main(args) == 0
+    run = json.loads((out / "run.json").read_text())
+    given = {"weight_decay": 0.5, "adam_betas": [0.8, 0.99]}
+    assert run["settings"]["hyper_parameters"] == given
+    assert run["hyper_parameters"] == {**METHODS["ti"].defaults, **given}
 
 
 def _corrupt_folder(subject_dir, tmp_path):

@@ -12,6 +12,7 @@ from safetensors.torch import load_file
 import dti
 from dti.errors import DtiError
 from dti.export import load_diffusers, read_metadata, save_single_file
+from dti.methods import METHODS
 from dti.sample import SampleJob, SampleSettings, generate, load_learned_token
 
 PROMPT = "a photo of {} on a beach"
@@ -93,7 +94,7 @@ def test_single_file_export_shapes_and_provenance(tiny_models, trained_run, fami
     assert meta["dti.base_model"] == str(tiny_models[family])
     assert int(meta["dti.steps"]) == run.settings.steps
     assert meta["dti.code_version"] == dti.__version__
-    assert float(meta["dti.kappa"]) == (run.settings.kappa if run.settings.kappa is not None else 1e-4)
+    assert float(meta["dti.kappa"]) == run.settings.hyper_parameters.get("kappa", METHODS["dti"].defaults["kappa"])
     for slot in ("clip_l", "clip_g")[: 1 if family == "sd" else 2]:
         m = vocab_mean_norm(tiny_models[family], slot)
         assert float(meta[f"dti.magnitude.{slot}"]) == pytest.approx(m, rel=1e-6)

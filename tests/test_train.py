@@ -71,7 +71,7 @@ def test_bf16_backbone_keeps_fp32_unit_rows(tiny_sd, subject_images, tmp_path):
     assert trainer.optimizer.state[layer.rows]["sq_avg"].dtype == torch.float32
     torch.testing.assert_close(layer.rows.detach().norm(dim=-1), torch.ones(1), atol=1e-6, rtol=0)
     # m comes from the bf16 table here: equal to the fp32 statistic up to bf16 rounding.
-    assert trainer.magnitudes["clip_l"] == pytest.approx(vocab_mean_norm(tiny_sd, "clip_l"), rel=5e-3)
+    assert trainer.slots["clip_l"].magnitude == pytest.approx(vocab_mean_norm(tiny_sd, "clip_l"), rel=5e-3)
 
 
 def test_ti_norm_moves_while_dti_norm_stays_m(tiny_sd, trained_run):

@@ -148,8 +148,8 @@ def train_subject(subject_json: str, model_json: str, out_dir: str, *, method: s
     subject = load_subject(Path(subject_json).parent)
     images = [load_image(Path(subject_json).parent / name) for name in subject["images"]]
     device = device or resolve_device()
-    settings = TrainSettings(method=method, placeholder=placeholder, initializer=initializer, seed=seed,
-                             name=subject["name"], **train, **hyper_parameters)
+    settings = TrainSettings(method=method, hyper_parameters=hyper_parameters, placeholder=placeholder,
+                             initializer=initializer, seed=seed, name=subject["name"], **train)
     return run_training(_load_backbone(model_json, device), images, settings, out_dir, progress=False)
 
 
