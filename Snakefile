@@ -10,7 +10,7 @@ min_version("9.0")
 # On a cluster Snakemake starts twice more per job (in the sbatch job and in its srun step); lighter
 # garbage collection, above all none at exit, saves each start about 0.3 CPU-s (bench/gc_settings.py).
 # The job scripts call it too, first thing, and save more: they import torch.
-from dti.pipeline import lighten_gc
+from dti.jobs import lighten_gc
 
 lighten_gc()
 

@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 from workflow_run import BackgroundRun
 
 from dti.io import save_image
-from dti.pipeline import lighten_gc
+from dti.jobs import lighten_gc
 from dti.synthetic import make_synthetic_subject
 from dti.tiny import write_tiny_model
 

@@ -154,7 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from dti.pipeline import lighten_gc
+    from dti.jobs import lighten_gc
 
     lighten_gc()
     args = build_parser().parse_args(argv)

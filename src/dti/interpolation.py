@@ -169,7 +169,7 @@ def render_pair(runs: dict[str, dict[str, str]], model_json: str, out_manifest: 
     """
     from dti.export import load_diffusers, save_diffusers, save_single_file
     from dti.io import write_parquet
-    from dti.pipeline import _load_backbone, resolve_device
+    from dti.model_record import load_recorded_backbone
     from dti.prompts import render
     from dti.sample import SampleJob, SampleSettings, generate, set_token_rows
     from dti.tokens import resolve_magnitude
@@ -178,7 +178,7 @@ def render_pair(runs: dict[str, dict[str, str]], model_json: str, out_manifest: 
     infos = {m: {end: json.loads(Path(path).read_text()) for end, path in ends.items()} for m, ends in runs.items()}
     for method, info in infos.items():  # before the model loads: a bad pair fails in a second
         check_pair_runs(info["a"], info["b"], f"interpolation pair {pair} ({labels.get('backbone')}, {method})")
-    backbone = _load_backbone(model_json, device or resolve_device())
+    backbone = load_recorded_backbone(model_json, device)
     slots = [s.name for s in backbone.slots]
     vocab_mean = {s.name: resolve_magnitude(s.encoder.get_input_embeddings().weight, "mean") for s in backbone.slots}
     out_dir = Path(out_manifest).parent
@@ -226,9 +226,9 @@ def score_pair(manifest_path: str, subject_a: str, subject_b: str, out_scores: s
     """Each image's similarity to A's and to B's reference photos, and its text fidelity to the neutral
     prompt (the template with a plain noun where the blend was)."""
     from dti.analysis.fidelity import Fidelity
+    from dti.devices import default_device
     from dti.images import load_image
     from dti.io import write_parquet
-    from dti.pipeline import resolve_device
     from dti.subjects import load_subject
 
     manifest = pd.read_parquet(manifest_path)
@@ -236,7 +236,7 @@ def score_pair(manifest_path: str, subject_a: str, subject_b: str, out_scores: s
     for end, subject_json in (("a", subject_a), ("b", subject_b)):
         folder = Path(subject_json).parent
         refs[end] = [load_image(folder / name) for name in load_subject(folder)["images"]]
-    fidelity = Fidelity(metric_specs, device or resolve_device(), tiny_dirs=tiny_dirs)
+    fidelity = Fidelity(metric_specs, device or default_device(), tiny_dirs=tiny_dirs)
     images = fidelity.open_images(Path(manifest_path).parent, manifest["image"])
     scores = manifest.copy()
     scores["sim_a"] = fidelity.subject(images, refs["a"])
