@@ -296,7 +296,8 @@ _LATEX_HEADERS = {"sim_a_start": r"Sim.\ A @0 $\uparrow$", "sim_b_end": r"Sim.\ 
 
 def summary_latex(summary: pd.DataFrame, *, label: str = "tab:interpolation") -> str:
     """Booktabs table of the summary (needs \\usepackage{booktabs})."""
-    from dti.latex import escape
+    from dti.latex import render
+    from dti.terms import display_name
 
     n_steps = sorted(summary["n_steps"].unique())
     caption = (f"Concept interpolation: mean over pairs, prompts and seeds ({int(summary['n_paths'].sum())} paths). "
@@ -306,19 +307,11 @@ def summary_latex(summary: pd.DataFrame, *, label: str = "tab:interpolation") ->
                f"(an even path of {n_steps[0]} steps gives {1 / n_steps[0]:.2f}); mono.: share of paths "
                "whose similarity to A only falls (to B only rises); text dip: mean of the ends minus the "
                "lowest text fidelity along the path; |e(0.5)|/m: norm half-way over the vocabulary mean.")
-    lines = [r"\begin{table}[t]", r"\centering", rf"\caption{{{escape(caption)}}}", rf"\label{{{label}}}",
-             r"\begin{tabular}{lll" + "c" * len(SUMMARY_COLUMNS) + "}", r"\toprule",
-             " & ".join(["Backbone", "Method", "Path", *_LATEX_HEADERS.values()]) + r" \\", r"\midrule"]
-    previous = None
-    for row in summary.itertuples(index=False):
-        if previous is not None and row.backbone != previous:
-            lines.append(r"\midrule")
-        cells = [escape(row.backbone) if row.backbone != previous else "", escape(row.method), row.scheme]
-        cells += [f"{getattr(row, c):.3f}" if np.isfinite(getattr(row, c)) else "--" for c in SUMMARY_COLUMNS]
-        lines.append(" & ".join(cells) + r" \\")
-        previous = row.backbone
-    lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}"]
-    return "\n".join(lines) + "\n"
+    rows = summary[["backbone", "method", "scheme"]].assign(method=summary["method"].map(display_name))
+    cells = summary[SUMMARY_COLUMNS].map(lambda v: f"{v:.3f}" if np.isfinite(v) else None)
+    return render(pd.DataFrame(cells.to_numpy(), columns=[_LATEX_HEADERS[c] for c in SUMMARY_COLUMNS],
+                               index=pd.MultiIndex.from_frame(rows, names=["Backbone", "Method", "Path"])),
+                  caption=caption, label=label)
 
 
 # --- every pair's outputs (one local job) -------------------------------------------------------------------
