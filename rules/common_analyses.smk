@@ -205,5 +205,5 @@ def report_files():
         *grid_files("png"),
         *grid_files("pdf"),
         *[f"results/report/tables/{n}.html" for n in table_pages()],
-        *[f"results/analysis/checkpoints.{ext}" for ext in ("png", "pdf", "parquet")],
+        *[f"results/analysis/checkpoints.{ext}" for ext in ("png", "pdf")],
     ]

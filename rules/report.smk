@@ -1,5 +1,5 @@
 # The report's own files (local jobs): per-subject sample grids, the result tables as HTML pages, and the
-# scores over training checkpoints. `snakemake --report report.html` then gathers them with every analysis
+# figure of the scores over training checkpoints. `snakemake --report report.html` then gathers them with every analysis
 # figure (the outputs marked report() in all rules) into one self-contained HTML page.
 localrules:
     sample_grids,
@@ -55,10 +55,10 @@ rule report_tables:
         "../workflow/scripts/report_tables.py"
 
 
+# The figure reads aggregate's over_steps table, the one home of the scores over checkpoints.
 rule checkpoint_sweep:
     input:
-        scores=score_files(),
-        runs=[r["path"] for r in run_records()],
+        "results/tables/over_steps.parquet",
     output:
         figure=report(
             "results/analysis/checkpoints.png",
@@ -66,13 +66,12 @@ rule checkpoint_sweep:
             category="Checkpoints",
             labels={"figure": "scores over training steps"},
         ),
-        other=[f"results/analysis/checkpoints.{ext}" for ext in ("pdf", "parquet")],
+        pdf="results/analysis/checkpoints.pdf",
     log:
         "logs/checkpoint_sweep.log",
     benchmark:
         "benchmarks/checkpoint_sweep.tsv"
     params:
-        runs=run_records(),
         stem="results/analysis/checkpoints",
         code_version=CODE_VERSION,
     script:
