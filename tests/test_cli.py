@@ -29,11 +29,15 @@ def _nothing_written(out) -> bool:
 
 
 def test_train_then_sample_round_trip(tiny_sd, subject_dir, tmp_path, capsys):
-    out = tmp_path / "run"
+    out = tmp_path / "my bear"
     assert main(_train_args(tiny_sd, subject_dir, out, magnitude="mean")) == 0
-    for name in ("learned_embeds.safetensors", "run.json", "subject.safetensors", "train_log.jsonl",
+    # The single file is named after the method and the output folder, made a safe name, and printed.
+    for name in ("learned_embeds.safetensors", "run.json", "dti-my-bear.safetensors", "train_log.jsonl",
                  "learned_embeds-steps-2.safetensors", "checkpoints/state.safetensors"):
         assert (out / name).is_file(), name
+    printed = capsys.readouterr().out
+    assert f"copy only {out / 'dti-my-bear.safetensors'} into the embeddings folder, then write dti-my-bear" in printed
+    assert "then write embedding:dti-my-bear" in printed and "then write <subject> in prompts" in printed
     rows = load_file(str(out / "learned_embeds.safetensors"))["<subject>"]
     assert rows.norm().item() == pytest.approx(vocab_mean_norm(tiny_sd, "clip_l"), rel=1e-6)
     images = tmp_path / "images"

@@ -63,3 +63,17 @@ def test_work_offline_keeps_an_explicit_user_choice(monkeypatch):
     monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
     work_offline()
     assert os.environ["HF_HUB_OFFLINE"] == "0" and os.environ["TRANSFORMERS_OFFLINE"] == "1"
+
+
+def test_files_record_the_hub_id_or_the_folder_name_never_a_local_path(tmp_path):
+    from dti.model_files import public_model
+
+    # What fetch_model records for a hub model: its snapshot folder in the Hugging Face cache.
+    snapshot = tmp_path / "hub" / "models--stabilityai--stable-diffusion-xl-base-1.0" / "snapshots" / "4621659"
+    snapshot.mkdir(parents=True)
+    assert public_model(str(snapshot)) == ("stabilityai/stable-diffusion-xl-base-1.0", "4621659")
+    assert public_model(str(snapshot), "main") == ("stabilityai/stable-diffusion-xl-base-1.0", "main")
+    assert public_model("stabilityai/stable-diffusion-xl-base-1.0", "v1") == ("stabilityai/stable-diffusion-xl-base-1.0",
+                                                                              "v1")
+    (tmp_path / "my-sdxl").mkdir()
+    assert public_model(str(tmp_path / "my-sdxl")) == ("my-sdxl", None)

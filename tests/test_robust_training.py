@@ -29,7 +29,7 @@ from dti.train import TrainingDiverged, train
 # Three steps, state saved at steps 2 and 3: a crash can fall before any state, between saves, or after.
 SETTINGS = dict(steps=3, save_every=2, batch_size=1, beta=0.5, kappa=0.01)  # beta > 0: RSGD carries state
 FINAL = ("learned_embeds.safetensors", "learned_embeds-steps-2.safetensors", "learned_embeds-steps-3.safetensors",
-         "subject.safetensors", "train_log.jsonl", "checkpoints/state.safetensors")
+         "dti-subject.safetensors", "train_log.jsonl", "checkpoints/state.safetensors")  # {method}-{placeholder}
 
 
 class Crash(BaseException):

@@ -173,7 +173,7 @@ def test_same_seed_same_files_other_seed_other_files(tiny_sdxl, subject_images, 
     train(fresh_backbone(tiny_sdxl), subject_images, fast_settings(), dirs["b"], progress=False)
     train(fresh_backbone(tiny_sdxl), subject_images, fast_settings(seed=first.settings.seed + 1), dirs["c"],
           progress=False)
-    for file in ("learned_embeds.safetensors", "learned_embeds_2.safetensors", "subject.safetensors"):
+    for file in ("learned_embeds.safetensors", "learned_embeds_2.safetensors", "dti-subject.safetensors"):
         a, b, c = (load_file(str(dirs[k] / file)) for k in "abc")
         assert a.keys() == b.keys() == c.keys()
         assert all(torch.equal(a[k], b[k]) for k in a), file
@@ -251,7 +251,10 @@ def test_latent_cache_matches_encoding_and_crops(tiny_sd, subject_images):
 @pytest.mark.parametrize("overrides,culprit", [(dict(steps=0), "steps"), (dict(batch_size=0), "batch_size"),
                                                (dict(method="ti_rescaled"), "ti_rescaled"),
                                                (dict(method="nope"), "nope"),
-                                               (dict(mixed_precision="fp8"), "fp8")])
+                                               (dict(mixed_precision="fp8"), "fp8"),
+                                               # the export's default name, from the placeholder, must stay a
+                                               # plain file name too
+                                               (dict(placeholder="<../evil>"), "'dti-../evil' must be")])
 def test_bad_settings_are_dti_errors(tiny_sd, subject_images, tmp_path, overrides, culprit):
     with pytest.raises(DtiError, match=culprit):
         Trainer(fresh_backbone(tiny_sd), subject_images, fast_settings(**overrides), tmp_path)

@@ -10,6 +10,7 @@ from pathlib import Path
 from dti.devices import DTYPE_NAMES, default_device, weights_dtype
 from dti.errors import DtiError
 from dti.methods import HYPER_PARAMETERS, METHODS, trainable_methods
+from dti.names import safe_name
 
 
 def cmd_tiny_model(args) -> None:
@@ -28,16 +29,19 @@ def _output_folder(out: str) -> Path:
 
 def cmd_train(args) -> None:
     from dti.backbones import load_backbone
+    from dti.export import how_to_use
     from dti.images import list_images, load_image
     from dti.train import TrainSettings, train
 
     _output_folder(args.out)
     given = {key: getattr(args, key) for key in HYPER_PARAMETERS if getattr(args, key) is not None}
+    # The single file's default name: the method and the output folder's name (runs/bear -> dti-bear).
+    name = args.name or f"{args.method}-{safe_name(Path(args.out).resolve().name)}"
     settings = TrainSettings(
         method=args.method, hyper_parameters=given, placeholder=args.placeholder, initializer=args.initializer,
         steps=args.steps, batch_size=args.batch_size, grad_accum=args.grad_accum, resolution=args.resolution,
         seed=args.seed, save_every=args.save_every, mixed_precision=args.mixed_precision,
-        latent_cache=not args.no_latent_cache, name=args.name)
+        latent_cache=not args.no_latent_cache, name=name)
     settings.validate()  # bad settings fail before any image or model is loaded
     images = [load_image(p) for p in list_images(args.images)]
     device = args.device or default_device()
@@ -45,6 +49,7 @@ def cmd_train(args) -> None:
                              dtype=weights_dtype(device, args.dtype), device=device)
     run = train(backbone, images, settings, args.out, progress=not args.quiet)
     print(f"learned {run['tokens']} with {args.method} in {run['seconds']} s -> {args.out}")
+    print(how_to_use(args.out, settings.placeholder, settings.export_name))
 
 
 def _check_sample_args(args) -> None:
@@ -112,8 +117,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--initializer", required=True, help="words to start from, e.g. the class noun")
     p.add_argument("--method", choices=trainable_methods(), default="dti")
     p.add_argument("--out", required=True)
-    p.add_argument("--placeholder", default="<subject>")
-    p.add_argument("--name", help="file name (trigger word) of the AUTOMATIC1111/ComfyUI export")
+    p.add_argument("--placeholder", default="<subject>", help="the token diffusers prompts use (stored in lower "
+                   "case: CLIP tokenizers lower-case prompts)")
+    p.add_argument("--name", help="name of the single-file export, its trigger word in AUTOMATIC1111, Forge and "
+                   "SD.Next (default: METHOD-FOLDER, the --out folder's name, e.g. dti-bear)")
     p.add_argument("--steps", type=int, default=400)
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--grad-accum", type=int, default=1)

@@ -56,6 +56,18 @@ def save_diffusers(out_dir: Path, placeholder: str, vectors: dict[str, torch.Ten
     return paths
 
 
+def how_to_use(out_dir: str | Path, placeholder: str, name: str) -> str:
+    """What to write in each client to use a trained token, one line per client (the README says more);
+    `name`: the single file's name without .safetensors."""
+    single = Path(out_dir) / f"{name}.safetensors"
+    return "\n".join([
+        f"diffusers: load_textual_inversion of {Path(out_dir) / 'learned_embeds.safetensors'} (SDXL: and of "
+        f"learned_embeds_2.safetensors), then write {placeholder} in prompts",
+        f"AUTOMATIC1111, Forge, SD.Next: copy only {single} into the embeddings folder, then write {name}",
+        f"ComfyUI: copy {single} into models/embeddings, then write embedding:{name}",
+    ])
+
+
 def save_single_file(path: Path, vectors: dict[str, torch.Tensor], metadata: dict) -> Path:
     """The one-file format of AUTOMATIC1111 and ComfyUI."""
     tensors = dict(vectors) if len(vectors) > 1 else {"emb_params": next(iter(vectors.values()))}

@@ -172,7 +172,7 @@ def render_pair(runs: dict[str, dict[str, str]], model_json: str, out_manifest: 
     from dti.model_record import load_recorded_backbone
     from dti.prompts import render
     from dti.sample import SampleJob, SampleSettings, generate, set_token_rows
-    from dti.tokens import resolve_magnitude
+    from dti.tokens import normalize_placeholder, resolve_magnitude
 
     a_name, b_name = pair.split("+")
     infos = {m: {end: json.loads(Path(path).read_text()) for end, path in ends.items()} for m, ends in runs.items()}
@@ -182,7 +182,7 @@ def render_pair(runs: dict[str, dict[str, str]], model_json: str, out_manifest: 
     slots = [s.name for s in backbone.slots]
     vocab_mean = {s.name: resolve_magnitude(s.encoder.get_input_embeddings().weight, "mean") for s in backbone.slots}
     out_dir = Path(out_manifest).parent
-    placeholder = f"<{pair}>"
+    placeholder = normalize_placeholder(f"<{pair}>")
     settings = SampleSettings(**sample)
     rows = []
     for method, ends in runs.items():
@@ -204,8 +204,7 @@ def render_pair(runs: dict[str, dict[str, str]], model_json: str, out_manifest: 
                                  vectors, meta)
                 # One token per t, so a path's images render in shared batches; the rows (not the token's
                 # name) decide the image.
-                token = f"<{pair}@{t_label(value)}>"
-                set_token_rows(backbone, token, vectors)
+                token = set_token_rows(backbone, f"<{pair}@{t_label(value)}>", vectors)
                 norm_ratio = float(np.mean([(r.norm(dim=-1) / vocab_mean[s]).mean().item() for s, r in vectors.items()]))
                 for prompt_id, template in enumerate(prompts):
                     for seed in seeds:

@@ -29,6 +29,12 @@ def name_problem(name: object) -> str | None:
     return None
 
 
+def safe_name(text: str, fallback: str = "embedding") -> str:
+    """`text` made a safe name: each run of other characters becomes one "-" ("my bear" -> "my-bear")."""
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-.")[:MAX_LENGTH]
+    return name if name_problem(name) is None else fallback
+
+
 def check_name(name: object, what: str) -> str:
     """Return `name` if it is safe as one path component; else a DtiError naming `what` and the value."""
     problem = name_problem(name)

@@ -87,6 +87,7 @@ def fetch_metrics(out_json: str, *, metric_specs: dict, tiny_dirs: dict | None =
 # --- training ---------------------------------------------------------------------------------------
 def train_subject(subject_json: str, model_json: str, out_dir: str, *, method: str, hyper_parameters: dict,
                   train: dict, seed: int, placeholder: str, initializer: str, device: str | None = None) -> dict:
+    from dti.export import how_to_use
     from dti.images import load_image
     from dti.subjects import load_subject
     from dti.train import TrainSettings
@@ -94,9 +95,13 @@ def train_subject(subject_json: str, model_json: str, out_dir: str, *, method: s
 
     subject = load_subject(Path(subject_json).parent)
     images = [load_image(Path(subject_json).parent / name) for name in subject["images"]]
+    # The single file's name is its trigger word in AUTOMATIC1111 and the like: method and subject, never a word
+    # that occurs in prompts by chance, and each method's file can share a client's folder with the others'.
     settings = TrainSettings(method=method, hyper_parameters=hyper_parameters, placeholder=placeholder,
-                             initializer=initializer, seed=seed, name=subject["name"], **train)
-    return run_training(load_recorded_backbone(model_json, device), images, settings, out_dir, progress=False)
+                             initializer=initializer, seed=seed, name=f"{method}-{subject['name']}", **train)
+    run = run_training(load_recorded_backbone(model_json, device), images, settings, out_dir, progress=False)
+    print(how_to_use(out_dir, settings.placeholder, settings.export_name))
+    return run
 
 
 # --- sampling ---------------------------------------------------------------------------------------

@@ -23,7 +23,7 @@ from dti.errors import DtiError
 from dti.export import load_diffusers, load_into_pipeline, rescale
 from dti.io import save_image
 from dti.speedups import Speedups, apply_to_modules, attention_backend
-from dti.tokens import resolve_magnitude
+from dti.tokens import normalize_placeholder, resolve_magnitude
 
 VAE_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 # "auto" batches never exceed this many images: past it throughput no longer grows (bench/README.md).
@@ -67,6 +67,7 @@ def load_learned_token(backbone: Backbone, embeds_dir: Path, *, rescale_to: str 
     slots = [slot.name for slot in backbone.slots]
     widths = {s.name: s.encoder.get_input_embeddings().embedding_dim for s in backbone.slots}
     placeholder, vectors = load_diffusers(embeds_dir, slots, step, family=backbone.family, widths=widths)
+    placeholder = normalize_placeholder(placeholder)  # a key with capitals (other tools) would get one vector
     if rescale_to is not None:
         magnitudes = {s.name: resolve_magnitude(s.encoder.get_input_embeddings().weight, rescale_to)
                       for s in backbone.slots}
@@ -185,11 +186,13 @@ def generate(backbone: Backbone, jobs: list[SampleJob], settings: SampleSettings
             pool.shutdown(wait=True, cancel_futures=True)
 
 
-def set_token_rows(backbone: Backbone, placeholder: str, vectors: dict) -> None:
+def set_token_rows(backbone: Backbone, placeholder: str, vectors: dict) -> str:
     """Give `placeholder` these rows ({slot: [k, d]}): loaded with diffusers' loader the first time, then
     overwritten in place, so a job can render many embeddings (an interpolation path, a norm sweep)
-    without growing the vocabulary once per embedding."""
+    without growing the vocabulary once per embedding. Returns the token to write in prompts (lower case);
+    a DtiError if the placeholder was loaded with another number of vectors."""
     slots = {slot.name: slot for slot in backbone.slots}
+    placeholder = normalize_placeholder(placeholder)
     for slot_name, rows in vectors.items():
         slot = slots[slot_name]
         tokens = [placeholder] + [f"{placeholder}_{i}" for i in range(1, rows.shape[0])]
@@ -198,7 +201,8 @@ def set_token_rows(backbone: Backbone, placeholder: str, vectors: dict) -> None:
             load_into_pipeline(backbone.pipe, placeholder, {slot_name: rows})
             continue
         if slot.tokenizer.unk_token_id in ids or f"{placeholder}_{rows.shape[0]}" in slot.tokenizer.get_vocab():
-            raise ValueError(f"{placeholder} is loaded with a different number of vectors than {rows.shape[0]}")
+            raise DtiError(f"{placeholder} is loaded with a different number of vectors than {rows.shape[0]}")
         table = slot.encoder.get_input_embeddings().weight
         with torch.no_grad():
             table[torch.tensor(ids, device=table.device)] = rows.to(table.device, table.dtype)
+    return placeholder

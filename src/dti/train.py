@@ -29,7 +29,7 @@ from dti.export import save_diffusers, save_single_file
 from dti.io import atomic_path, write_json
 from dti.latents import CachedLatents, EncodeEveryStep
 from dti.methods import ResolvedMethod, make_optimizer, resolve_method
-from dti.model_files import weights_identity
+from dti.model_files import public_model, weights_identity
 from dti.names import check_name
 from dti.prompts import TRAINING_TEMPLATES, render
 from dti.speedups import Speedups, apply_to_modules, attention_backend
@@ -41,6 +41,7 @@ from dti.tokens import (
     add_placeholder,
     contextual_init,
     install,
+    normalize_placeholder,
     resolve_magnitude,
     token_init,
     vocab_norm_stats,
@@ -68,7 +69,7 @@ class TrainSettings:
     save_every: int = 50
     mixed_precision: str = "auto"  # auto: bf16 on CUDA, fp32 on CPU
     latent_cache: bool = True
-    name: str | None = None  # file name of the single-file export; default: the placeholder without <>
+    name: str | None = None  # single-file export's name (its trigger word); default: {method}-{placeholder without <>}
     speedups: Speedups = field(default_factory=Speedups)  # GPU switches (dti.speedups); None = device default
 
     def resolve(self) -> ResolvedMethod:
@@ -77,10 +78,14 @@ class TrainSettings:
 
     @property
     def export_name(self) -> str:
-        """File name (trigger word) of the single-file export."""
-        return self.name or self.placeholder.strip("<>") or "embedding"
+        """File name of the single-file export, which AUTOMATIC1111, Forge and SD.Next use as its trigger word:
+        distinctive, so no everyday word of a prompt triggers it and runs of other methods can share a folder."""
+        return self.name or f"{self.method}-{self.placeholder.strip('<>') or 'embedding'}"
 
     def validate(self) -> None:
+        """Check the settings (a DtiError naming the bad one); the placeholder is lower-cased
+        (dti.tokens.normalize_placeholder)."""
+        self.placeholder = normalize_placeholder(self.placeholder)
         if isinstance(self.speedups, dict):
             self.speedups = Speedups(**self.speedups)
         for key in ("steps", "batch_size", "grad_accum", "resolution", "save_every"):
@@ -289,8 +294,9 @@ class Trainer:
 
     def provenance(self) -> dict:
         s = self.settings
-        meta = {"dti.method": s.method, "dti.base_model": self.backbone.model_id,
-                "dti.base_revision": self.backbone.revision or "", "dti.family": self.backbone.family,
+        model, revision = public_model(self.backbone.model_id, self.backbone.revision)
+        meta = {"dti.method": s.method, "dti.base_model": model,
+                "dti.base_revision": revision or "", "dti.family": self.backbone.family,
                 "dti.initializer": s.initializer, "dti.steps": self.step, "dti.seed": s.seed,
                 "dti.code_version": __version__, "dti.hyper_parameters": json.dumps(self.hp, sort_keys=True)}
         for slot, tokens in self.slots.items():
@@ -459,12 +465,13 @@ def finish(trainer: Trainer, out_dir: Path, resumed_from: int, seconds: float) -
     single = save_single_file(out_dir / f"{s.export_name}.safetensors", vectors, meta)
     final = save_diffusers(out_dir, s.placeholder, vectors, meta)
     stats = {slot: tokens.vocab_stats for slot, tokens in trainer.slots.items()}
+    model, revision = public_model(trainer.backbone.model_id, trainer.backbone.revision)  # never a local path
     norms = [{"encoder": slot, "vector": i, "norm": float(n), "vocab_norm_mean": stats[slot]["mean"],
               "vocab_norm_std": stats[slot]["std"]}
              for slot, rows in vectors.items() for i, n in enumerate(rows.norm(dim=-1).tolist())]
     # settings: as given (hyper_parameters: the overrides); hyper_parameters: all the method trained with.
     run = {"settings": asdict(s), "hyper_parameters": trainer.hp, "method": s.method,
-           "model": trainer.backbone.model_id, "revision": trainer.backbone.revision,
+           "model": model, "revision": revision,
            "family": trainer.backbone.family, "tokens": {k: t.placeholder.tokens for k, t in trainer.slots.items()},
            "magnitudes": {k: t.magnitude for k, t in trainer.slots.items() if t.magnitude is not None},
            "vocab_norms": stats, "norms": norms,

@@ -68,8 +68,8 @@ def render_sweep(runs: list[dict], subject_jsons: dict[str, str], model_json: st
         for scale in scales:
             # One token per subject and scale, so all scales render in shared batches; every method's
             # token of this subject has the same number of vectors and reuses it.
-            token = f"<{run['subject']}@{scale:g}>"
-            set_token_rows(backbone, token, {s: scale * m[s] * normalize(r.float()) for s, r in vectors.items()})
+            token = set_token_rows(backbone, f"<{run['subject']}@{scale:g}>",
+                                   {s: scale * m[s] * normalize(r.float()) for s, r in vectors.items()})
             for prompt_id, template in enumerate(prompts):
                 for seed in seeds:
                     image = f"{run['method']}/{run['subject']}/s{scale:g}_{prompt_id:02d}_{seed}.png"
