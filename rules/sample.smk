@@ -19,8 +19,8 @@ rule sample:
     resources:
         gpu=1,
         # A chain's submission asks for the sum of its jobs' times (one GPU, one job after the other): with
-        # 8 checkpoints x (TI + TI-rescaled) that is 16 sample jobs, so each asks for what it needs (an
-        # estimate: 164 SDXL images at 1024 px take about 10 minutes on an H100), not an hour.
+        # 8 checkpoints x (TI + TI-rescaled) that is 16 sample jobs, so each asks for what it needs (what an
+        # SDXL subject's sampling takes: bench/README.md), not an hour.
         runtime=gpu_runtime(30),
     params:
         labels=lambda wc: {"backbone": wc.backbone, "method": wc.method, "subject": wc.subject},

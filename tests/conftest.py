@@ -131,7 +131,7 @@ def trained_run(tiny_models, subject_images, tmp_path_factory):
 # shares the cores. So the local run starts with the session and has the cores to itself while the
 # cluster starts and the toy cluster tests (mostly waiting on SLURM) run; the SLURM run starts when it
 # ends. The cheap checks of the local run come next, then the tests that need no run, beside the SLURM
-# run (measured: suite 712 s, against 748 s with them beside the local run); the tests that read the
+# run (a shorter suite than with them beside the local run: bench/README.md); the tests that read the
 # SLURM run go last.
 RUN_FIXTURES = ("default_run", "slurm_run")
 NEEDED_RUNS = pytest.StashKey[set]()

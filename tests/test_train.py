@@ -146,7 +146,7 @@ def test_crossinit_huge_pull_keeps_rows_near_init(tiny_sd, subject_images, tmp_p
         for _ in range(5):
             trainer.train_step()
         distance[pull] = (trainer.layers["clip_l"].rows - trainer.init_rows["clip_l"]).norm().item()
-    # Measured: about 0.43 free vs 0.08 pulled (AdamW's steps have length ~lr whatever the gradient scale).
+    # Not zero: AdamW's steps have length ~lr whatever the gradient scale, so the pull only shortens the walk.
     assert distance[1e4] < 0.3 * distance[0.0]
 
 

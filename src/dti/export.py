@@ -1,4 +1,4 @@
-"""Learned-token files that diffusers, AUTOMATIC1111 and ComfyUI load (METHOD.md section 8).
+"""Learned-token files that diffusers, AUTOMATIC1111 and ComfyUI load (docs/METHOD.md, "Files").
 
 - diffusers: `learned_embeds.safetensors` = {placeholder: float32[k, d]} (+ `learned_embeds_2.safetensors`
   for SDXL's second encoder), metadata {"format": "pt"}; `pipe.load_textual_inversion` expands a k-row

@@ -12,7 +12,7 @@ import re
 
 from dti.errors import DtiError
 
-# config/schema.yaml repeats this pattern (tests/test_names.py checks they agree).
+# config/schema.yaml repeats this pattern (tests/test_bad_input.py checks they agree).
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
 MAX_LENGTH = 100  # far below every file system's 255-byte limit, with room for suffixes
 _NAME = re.compile(NAME_PATTERN)
