@@ -12,7 +12,7 @@ from dti.dti_prompts import reference as dti_prompt_reference
 from dti.errors import DtiError
 from dti.images import IMAGE_SUFFIXES
 from dti.methods import get_method
-from dti.metrics.spec import tiny_families
+from dti.metrics.spec import TINY_FAMILIES, tiny_families
 from dti.prompts import load_prompt_set
 from dti.subject_schema import subject_problem
 from dti.tables import TABLE_NAMES
@@ -128,7 +128,7 @@ wildcard_constraints:
     backbone=_alternatives(BACKBONES),
     method=_alternatives(set(METHODS) | set(TRAINED_METHODS)),
     family="sd|sdxl",
-    metric_family="dinov2|siglip",
+    metric_family=_alternatives(TINY_FAMILIES),
     step=r"\d+",
 
 

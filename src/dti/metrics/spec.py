@@ -62,6 +62,9 @@ FAMILY_BACKENDS: dict[str, tuple[str, ...]] = {
     "siglip": ("open_clip", "transformers"),
 }
 
+# The families whose tiny random model (`model: tiny`) the workflow can build: those transformers computes.
+TINY_FAMILIES = tuple(key for key, backends in FAMILY_BACKENDS.items() if "transformers" in backends)
+
 _ALLOWED_KEYS = {
     "timm": {"enabled", "backend", "model", "pretrained", "weights", "image_size"},
     "open_clip": {"enabled", "backend", "model", "pretrained", "weights", "tokenizer"},
