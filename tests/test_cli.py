@@ -36,7 +36,8 @@ def test_train_then_sample_round_trip(tiny_sd, subject_dir, tmp_path, capsys):
                  "learned_embeds-steps-2.safetensors", "checkpoints/state.safetensors"):
         assert (out / name).is_file(), name
     printed = capsys.readouterr().out
-    assert f"copy only {out / 'dti-my-bear.safetensors'} into the embeddings folder, then write dti-my-bear" in printed
+    single = out / "dti-my-bear.safetensors"
+    assert f"copy only {single} into the embeddings folder, then write dti-my-bear" in printed
     assert "then write embedding:dti-my-bear" in printed and "then write <subject> in prompts" in printed
     rows = load_file(str(out / "learned_embeds.safetensors"))["<subject>"]
     assert rows.norm().item() == pytest.approx(vocab_mean_norm(tiny_sd, "clip_l"), rel=1e-6)
@@ -57,7 +58,8 @@ def test_hyper_parameter_flags_travel_as_one_dict(tiny_sd, subject_dir, tmp_path
     train = next(a for a in parser._subparsers._group_actions[0].choices["train"]._actions if a.dest == "method")
     assert train.choices == trainable_methods() and "ti_rescaled" not in train.choices
     out = tmp_path / "ti"
-    args = _train_args(tiny_sd, subject_dir, out, method="ti", **{"weight-decay": 0.5}) + ["--adam-betas", "0.8", "0.99"]
+    args = _train_args(tiny_sd, subject_dir, out, method="ti", **{"weight-decay": 0.5})
+    args += ["--adam-betas", "0.8", "0.99"]
     assert main(args) == 0
     run = json.loads((out / "run.json").read_text())
     given = {"weight_decay": 0.5, "adam_betas": [0.8, 0.99]}

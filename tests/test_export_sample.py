@@ -112,7 +112,8 @@ def test_a_capitalized_placeholder_gets_every_vector_in_diffusers(tiny_sd, subje
     backbone = fresh_backbone(tiny_sd)
     token = load_learned_token(backbone, other)
     assert token == "<bear>"
-    assert backbone.pipe.maybe_convert_prompt(f"a {token} toy", backbone.pipe.tokenizer) == "a <bear> <bear>_1 toy"
+    expanded = backbone.pipe.maybe_convert_prompt(f"a {token} toy", backbone.pipe.tokenizer)
+    assert expanded == "a <bear> <bear>_1 toy"
 
 
 @pytest.mark.parametrize("family", ["sd", "sdxl"])
@@ -137,7 +138,8 @@ def test_single_file_export_shapes_and_provenance(tiny_models, trained_run, fami
     assert meta["dti.base_model"] == tiny_models[family].name  # the folder's name, never this machine's path
     assert int(meta["dti.steps"]) == run.settings.steps
     assert meta["dti.code_version"] == dti.__version__
-    assert float(meta["dti.kappa"]) == run.settings.hyper_parameters.get("kappa", METHODS["dti"].defaults["kappa"])
+    kappa = run.settings.hyper_parameters.get("kappa", METHODS["dti"].defaults["kappa"])
+    assert float(meta["dti.kappa"]) == kappa
     for slot in ("clip_l", "clip_g")[: 1 if family == "sd" else 2]:
         m = vocab_mean_norm(tiny_models[family], slot)
         assert float(meta[f"dti.magnitude.{slot}"]) == pytest.approx(m, rel=1e-6)

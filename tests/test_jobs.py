@@ -12,13 +12,13 @@ from dti.jobs import run_job
 
 job = types.SimpleNamespace(log=[sys.argv[1]], threads=3)  # what Snakemake hands a script: log and threads
 
-def step(x, *, y):
+def work(x, *, y, step, job):  # keyword arguments named like run_job's own reach the step
     import torch
     print("gc", gc.get_threshold()[0], "offline", os.environ.get("HF_HUB_OFFLINE"),
           "gpu", os.environ.get("CUDA_VISIBLE_DEVICES"), "threads", torch.get_num_threads())
-    return x + y
+    return x + y + step + job
 
-result = run_job(job, step, 1, gpu=sys.argv[2] == "gpu", y=2)
+result = run_job(job, work, 1, gpu=sys.argv[2] == "gpu", y=2, step=30, job=400)
 print("result", result, "gpu after", os.environ.get("CUDA_VISIBLE_DEVICES"))
 """
 
@@ -38,10 +38,10 @@ def _job(tmp_path, kind: str) -> str:
 def test_a_gpu_job_runs_offline_on_its_threads_holding_a_gpu(tmp_path):
     log = _job(tmp_path, "gpu")
     assert "gc 70000 offline 1 gpu 0 threads 3" in log
-    assert "result 3 gpu after None" in log  # the GPU is given back when the step ends
+    assert "result 433 gpu after None" in log  # the GPU is given back when the step ends
 
 
 def test_a_local_job_keeps_the_hub_and_claims_nothing(tmp_path):
     log = _job(tmp_path, "local")
     assert "gc 70000 offline None gpu None threads 1" in log
-    assert "result 3" in log
+    assert "result 433" in log

@@ -28,8 +28,8 @@ except DtiError as exc:
 def run_offline(call: str, body: str) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "TRANSFORMERS_"))}
     module = "dti.model_record" if call == "load_recorded_backbone" else "dti.pipeline"
-    return subprocess.run([sys.executable, "-c", PROBE.format(module=module, call=call, body=body)], capture_output=True,
-                          text=True, timeout=300, env=env)
+    probe = PROBE.format(module=module, call=call, body=body)
+    return subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300, env=env)
 
 
 def test_unfetched_metric_weights_fail_fast_naming_the_model(tmp_path):
@@ -71,9 +71,9 @@ def test_files_record_the_hub_id_or_the_folder_name_never_a_local_path(tmp_path)
     # What fetch_model records for a hub model: its snapshot folder in the Hugging Face cache.
     snapshot = tmp_path / "hub" / "models--stabilityai--stable-diffusion-xl-base-1.0" / "snapshots" / "4621659"
     snapshot.mkdir(parents=True)
-    assert public_model(str(snapshot)) == ("stabilityai/stable-diffusion-xl-base-1.0", "4621659")
-    assert public_model(str(snapshot), "main") == ("stabilityai/stable-diffusion-xl-base-1.0", "main")
-    assert public_model("stabilityai/stable-diffusion-xl-base-1.0", "v1") == ("stabilityai/stable-diffusion-xl-base-1.0",
-                                                                              "v1")
+    hub_id = "stabilityai/stable-diffusion-xl-base-1.0"
+    assert public_model(str(snapshot)) == (hub_id, "4621659")
+    assert public_model(str(snapshot), "main") == (hub_id, "main")
+    assert public_model(hub_id, "v1") == (hub_id, "v1")
     (tmp_path / "my-sdxl").mkdir()
     assert public_model(str(tmp_path / "my-sdxl")) == ("my-sdxl", None)

@@ -17,8 +17,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 
-def run_job(job, step: Callable, *args, gpu: bool = False, **kwargs):
-    """Run `step(*args, **kwargs)` as the workflow job `job` (anything with `.log` and `.threads`)."""
+def run_job(job, step: Callable, /, *args, gpu: bool = False, **kwargs):
+    """Run `step(*args, **kwargs)` as the workflow job `job` (anything with `.log` and `.threads`). `job` and
+    `step` are positional-only, so a step may take keyword arguments of those names (sampling takes `step`)."""
     lighten_gc()
     if gpu:
         work_offline()

@@ -69,7 +69,7 @@ class TrainSettings:
     save_every: int = 50
     mixed_precision: str = "auto"  # auto: bf16 on CUDA, fp32 on CPU
     latent_cache: bool = True
-    name: str | None = None  # single-file export's name (its trigger word); default: {method}-{placeholder without <>}
+    name: str | None = None  # the single file's name, its trigger word; default: {method}-{placeholder w/o <>}
     speedups: Speedups = field(default_factory=Speedups)  # GPU switches (dti.speedups); None = device default
 
     def resolve(self) -> ResolvedMethod:
@@ -184,6 +184,7 @@ class Trainer:
         """Every hyper-parameter of the method, as resolved from the settings."""
         return self.resolved.hyper_parameters
 
+    # Views of the slot records, by slot.
     @property
     def layers(self) -> dict[str, PlaceholderEmbedding]:
         """{slot: its token table with the trainable rows}."""
@@ -471,8 +472,8 @@ def finish(trainer: Trainer, out_dir: Path, resumed_from: int, seconds: float) -
              for slot, rows in vectors.items() for i, n in enumerate(rows.norm(dim=-1).tolist())]
     # settings: as given (hyper_parameters: the overrides); hyper_parameters: all the method trained with.
     run = {"settings": asdict(s), "hyper_parameters": trainer.hp, "method": s.method,
-           "model": model, "revision": revision,
-           "family": trainer.backbone.family, "tokens": {k: t.placeholder.tokens for k, t in trainer.slots.items()},
+           "model": model, "revision": revision, "family": trainer.backbone.family,
+           "tokens": {k: t.placeholder.tokens for k, t in trainer.slots.items()},
            "magnitudes": {k: t.magnitude for k, t in trainer.slots.items() if t.magnitude is not None},
            "vocab_norms": stats, "norms": norms,
            "steps": trainer.step, "resumed_from": resumed_from, "seconds": round(seconds, 3),
