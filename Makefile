@@ -9,9 +9,9 @@ CORES ?= 2
 
 .PHONY: demo test lint dry-run-paper bench clean profiles
 
-# uv installs the ~6 GB stack and byte-compiles it on every core in well under half of pip's time
-# (CI-like machine: 37 s against 61 s for pip plus 25 s for compileall). Compiling matters: where
-# PYTHONDONTWRITEBYTECODE is set, nothing is compiled on first import and every job would recompile torch.
+# uv installs the stack and byte-compiles it on every core in well under half of pip's time (bench/README.md).
+# Compiling matters: where PYTHONDONTWRITEBYTECODE is set, nothing is compiled on first import and every
+# job would recompile torch.
 # tools/pip_sources.py hands uv the mirrors, wheel folders and constraints that pip is configured with;
 # where uv still cannot install (a TLS or login setup only pip knows), pip and compileall take over.
 # Like pip, compileall leaves alone files this Python cannot compile (torch ships 3.12-only test helpers).
@@ -41,6 +41,7 @@ test: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/snakefmt --check Snakefile rules/
 	$(BIN)/snakemake --lint
 
 # Link profiles/slurm and profiles/local into ~/.config/snakemake, so `snakemake --profile slurm` works.

@@ -8,9 +8,9 @@ from snakemake.utils import min_version, validate
 min_version("9.0")
 
 # On a cluster Snakemake starts twice more per job (in the sbatch job and in its srun step); lighter
-# garbage collection, above all none at exit, saves each start about 0.3 CPU-s (bench/gc_settings.py).
-# The job scripts call it too, first thing, and save more: they import torch.
-from dti.pipeline import lighten_gc
+# garbage collection, above all none at exit, makes each start cheaper (bench/gc_settings.py; figures in
+# bench/README.md). Every job calls it too (dti.jobs.run_job), and saves more: jobs import torch.
+from dti.jobs import lighten_gc
 
 lighten_gc()
 

@@ -1,4 +1,4 @@
-"""Garbage-collector benchmark: what `dti.pipeline.lighten_gc()` saves per process.
+"""Garbage-collector benchmark: what `dti.jobs.lighten_gc()` saves per process.
 
 Every Snakemake job is a fresh Python process, and on a cluster each job also starts Snakemake twice more
 (in its sbatch job and in its srun step). This times, side by side over interleaved rounds, the CPU time
@@ -32,17 +32,17 @@ import torch, diffusers, transformers, open_clip, timm
 from diffusers import UNet2DConditionModel
 from transformers import CLIPTextModel
 """
-# The Snakefile calls dti.pipeline.lighten_gc(); the default variant replaces it before the Snakefile runs.
+# The Snakefile calls dti.jobs.lighten_gc(); the default variant replaces it before the Snakefile runs.
 SNAKEMAKE = """
 import runpy, sys
-import dti.pipeline
+import dti.jobs
 {setup}
 sys.argv = ["snakemake", *sys.argv[1:]]
 runpy.run_module("snakemake", run_name="__main__")
 """
 VARIANTS = {
-    "default gc": {"job": "", "snakemake": "dti.pipeline.lighten_gc = lambda: None"},
-    "lighten_gc": {"job": "from dti.pipeline import lighten_gc; lighten_gc()", "snakemake": ""},
+    "default gc": {"job": "", "snakemake": "dti.jobs.lighten_gc = lambda: None"},
+    "lighten_gc": {"job": "from dti.jobs import lighten_gc; lighten_gc()", "snakemake": ""},
 }
 
 

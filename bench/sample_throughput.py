@@ -47,7 +47,8 @@ from PIL import Image
 
 from dti.backbones.registry import FAMILIES, backbone_class, family_names, pipeline_families
 from dti.export import save_diffusers
-from dti.pipeline import _load_backbone, render_subject
+from dti.model_record import load_recorded_backbone
+from dti.pipeline import render_subject
 from dti.prompts import load_prompt_set, render
 from dti.sample import SampleSettings, install_learned_token, to_uint8
 from dti.speedups import Speedups, apply_to_modules, attention_backend, gpu_defaults
@@ -337,7 +338,7 @@ def bench_family(family: str, args, work: Path, out_dir: Path, results: dict) ->
     # cache where the machine lets us drop it; the reference's from_pretrained below is the warm case.
     load: dict = {}
     with timed(load, "job_cold" if drop_page_cache() and CUDA else "job_warm"):
-        backbone = _load_backbone(str(model_json), DEVICE)
+        backbone = load_recorded_backbone(str(model_json), DEVICE)
 
     embeds = work / family / "token"
     placeholder, vectors = write_token(backbone, embeds)

@@ -9,6 +9,10 @@ rule aggregate:
         runs=[r["path"] for r in run_records()],
     output:
         table_files(),
+    log:
+        "logs/aggregate.log",
+    benchmark:
+        "benchmarks/aggregate.tsv"
     params:
         runs=run_records(),
         out_dir=lambda wildcards, output: os.path.dirname(output[0]),
@@ -16,9 +20,5 @@ rule aggregate:
         seed=config["aggregate"]["seed"],
         summary=SUMMARY,
         code_version=CODE_VERSION,
-    log:
-        "logs/aggregate.log",
-    benchmark:
-        "benchmarks/aggregate.tsv"
     script:
         "../workflow/scripts/aggregate.py"

@@ -14,15 +14,15 @@ rule norm_analysis:
         curves=analysis_reports("norm_curves", "norm_curves", "Training curves"),
         histograms=analysis_reports("vocab_norms", "vocab_norms", "Vocabulary norms"),
         other=[f for f in norm_analysis_files() if not f.endswith(".png")],
+    log:
+        "logs/norm_analysis.log",
+    benchmark:
+        "benchmarks/norm_analysis.tsv"
     params:
         runs=run_records(),
         models={b: f"resources/models/{b}.json" for b in BACKBONES},
         out_dir="results/analysis",
         code_version=CODE_VERSION,
-    log:
-        "logs/norm_analysis.log",
-    benchmark:
-        "benchmarks/norm_analysis.tsv"
     script:
         "../workflow/scripts/norm_analysis.py"
 
@@ -34,6 +34,14 @@ rule magnitude_sweep:
         model=model_json,
     output:
         manifest="results/magnitude/{backbone}/manifest.parquet",
+    log:
+        "logs/magnitude_sweep/{backbone}.log",
+    benchmark:
+        "benchmarks/magnitude_sweep/{backbone}.tsv"
+    threads: 1
+    resources:
+        gpu=1,
+        runtime=gpu_runtime(120),
     params:
         runs=sweep_runs,
         subjects=subject_files(SUBJECTS),
@@ -41,14 +49,6 @@ rule magnitude_sweep:
         sweep=MAGNITUDE,
         sample=sample_settings,
         code_version=CODE_VERSION,
-    threads: 1
-    resources:
-        gpu=1,
-        runtime=gpu_runtime(120),
-    log:
-        "logs/magnitude_sweep/{backbone}.log",
-    benchmark:
-        "benchmarks/magnitude_sweep/{backbone}.tsv"
     script:
         "../workflow/scripts/magnitude_sweep.py"
 
@@ -61,19 +61,19 @@ rule score_magnitude_sweep:
         tiny_metrics=lambda wc: list(analysis_tiny_metrics().values()),
     output:
         "results/magnitude/{backbone}/fidelity.parquet",
+    log:
+        "logs/score_magnitude_sweep/{backbone}.log",
+    benchmark:
+        "benchmarks/score_magnitude_sweep/{backbone}.tsv"
+    threads: 1
+    resources:
+        gpu=1,
+        runtime=gpu_runtime(30),
     params:
         subjects=subject_files(SUBJECTS),
         metrics=lambda wc: analysis_metrics(),
         tiny_metrics=lambda wc: analysis_tiny_metrics(),
         code_version=CODE_VERSION,
-    threads: 1
-    resources:
-        gpu=1,
-        runtime=gpu_runtime(30),
-    log:
-        "logs/score_magnitude_sweep/{backbone}.log",
-    benchmark:
-        "benchmarks/score_magnitude_sweep/{backbone}.tsv"
     script:
         "../workflow/scripts/score_magnitude_sweep.py"
 
@@ -84,13 +84,13 @@ rule magnitude_outputs:
     output:
         figures=analysis_reports("magnitude", "magnitude", "Magnitude sweep", SWEEP_BACKBONES),
         other=[f for f in magnitude_files() if not f.endswith(".png")],
-    params:
-        scores={b: f"results/magnitude/{b}/fidelity.parquet" for b in SWEEP_BACKBONES},
-        out_dir="results/analysis/magnitude",
-        code_version=CODE_VERSION,
     log:
         "logs/magnitude_outputs.log",
     benchmark:
         "benchmarks/magnitude_outputs.tsv"
+    params:
+        scores={b: f"results/magnitude/{b}/fidelity.parquet" for b in SWEEP_BACKBONES},
+        out_dir="results/analysis/magnitude",
+        code_version=CODE_VERSION,
     script:
         "../workflow/scripts/magnitude_outputs.py"

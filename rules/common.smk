@@ -7,14 +7,15 @@ from pathlib import Path
 
 import dti
 from dti.backbones.registry import family_names
-from dti.benchmark_config import check_config, prompt_set_key
+from dti.benchmark_config import check_config, prompt_set_key, subject_rows
 from dti.dti_prompts import is_dti_prompt_set, read_prompts_file
 from dti.dti_prompts import reference as dti_prompt_reference
 from dti.errors import DtiError
 from dti.images import IMAGE_SUFFIXES
 from dti.methods import get_method
-from dti.metrics.spec import tiny_families
+from dti.metrics.spec import TINY_FAMILIES, tiny_families
 from dti.prompts import load_prompt_set
+from dti.subject_schema import subject_problem
 from dti.tables import TABLE_NAMES
 
 PROMPTS_DIR = Path(workflow.basedir) / "config" / "prompts"
@@ -35,8 +36,21 @@ def _config_error(message):
     raise WorkflowError(f"config error: {message}")
 
 
+def _subject_rows():
+    """The subjects, each valid against config/subject.schema.yaml: the inline list was validated with the
+    config; a TSV's rows are validated here, one by one, so the error names the row."""
+    rows = subject_rows(config, workflow.basedir)
+    if config.get("subject_table"):
+        for where, row in rows:
+            try:
+                validate(row, "../config/subject.schema.yaml")
+            except WorkflowError:
+                _config_error(f"{where}: {subject_problem(row)}")
+    return rows
+
+
 try:  # the subject table, names, per-method hyper-parameters, prompt set names, metrics, model families
-    SUBJECTS = check_config(config, workflow.basedir)
+    SUBJECTS = check_config(config, _subject_rows())
 except DtiError as exc:
     _config_error(str(exc))
 BACKBONES = config["backbones"]
@@ -72,8 +86,10 @@ def _checkpoints(backbone):
     steps = sorted(set(config.get("eval_steps") or [last]))
     for step in steps:
         if step > last or (step % every and step != last):
-            _config_error(f"eval_steps: {step} is not a checkpoint of backbone {backbone} (training saves "
-                          f"every {every} steps and the last step, {last})")
+            _config_error(
+                f"eval_steps: {step} is not a checkpoint of backbone {backbone} (training saves "
+                f"every {every} steps and the last step, {last})"
+            )
     return steps
 
 
@@ -84,8 +100,10 @@ def _summary_steps():
     wanted = config["aggregate"].get("summary_step")
     for backbone, steps in EVAL_STEPS.items():
         if wanted is not None and wanted not in steps:
-            _config_error(f"aggregate.summary_step: {wanted} is not among the steps scored for backbone "
-                          f"{backbone} ({steps}); add it to eval_steps")
+            _config_error(
+                f"aggregate.summary_step: {wanted} is not among the steps scored for backbone "
+                f"{backbone} ({steps}); add it to eval_steps"
+            )
     return {b: wanted if wanted is not None else steps[-1] for b, steps in EVAL_STEPS.items()}
 
 
@@ -111,7 +129,7 @@ wildcard_constraints:
     backbone=_alternatives(BACKBONES),
     method=_alternatives(set(METHODS) | set(TRAINED_METHODS)),
     family=_alternatives(family_names()),
-    metric_family="dinov2|siglip",
+    metric_family=_alternatives(TINY_FAMILIES),
     step=r"\d+",
 
 
@@ -133,7 +151,9 @@ def dreambooth_files(subject):
 
 def folder_images(subject):
     folder = Path(config["data"]["images_dir"]) / subject
-    files = sorted(p for p in folder.glob("*") if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
+    files = sorted(
+        p for p in folder.glob("*") if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")
+    )
     return [str(p) for p in files] or [str(folder / "no-images-found")]  # a missing input names the folder
 
 
@@ -238,13 +258,22 @@ def dti_prompts_file(wildcards):
 
 # --- targets --------------------------------------------------------------------------------------
 def score_files():
-    return [f"results/{b}/{m}/{s}/scores/step-{n}.parquet"
-            for b in BACKBONES for m in METHODS for s in SUBJECTS for n in EVAL_STEPS[b]]
+    return [
+        f"results/{b}/{m}/{s}/scores/step-{n}.parquet"
+        for b in BACKBONES
+        for m in METHODS
+        for s in SUBJECTS
+        for n in EVAL_STEPS[b]
+    ]
 
 
 def run_records():
-    return [{"path": f"{train_dir(b, m, s)}/run.json", "backbone": b, "method": m, "subject": s}
-            for b in BACKBONES for m in TRAINED_METHODS for s in SUBJECTS]
+    return [
+        {"path": f"{train_dir(b, m, s)}/run.json", "backbone": b, "method": m, "subject": s}
+        for b in BACKBONES
+        for m in TRAINED_METHODS
+        for s in SUBJECTS
+    ]
 
 
 def table_files():

@@ -9,8 +9,9 @@ try:
     INTERPOLATION = parse_interpolation(config.get("interpolation"), SUBJECTS, TRAINED_METHODS)
     _sweep = (config.get("analysis") or {}).get("magnitude") or {}
     MAGNITUDE = check_sweep(_sweep) if _sweep.get("enabled", True) else None
-    INTERPOLATION_BACKBONES = pick_backbones((config.get("interpolation") or {}).get("backbones"), BACKBONES,
-                                             "interpolation.backbones")
+    INTERPOLATION_BACKBONES = pick_backbones(
+        (config.get("interpolation") or {}).get("backbones"), BACKBONES, "interpolation.backbones"
+    )
     SWEEP_BACKBONES = pick_backbones(_sweep.get("backbones"), BACKBONES, "analysis.magnitude.backbones")
     if INTERPOLATION.pairs or MAGNITUDE:
         pick_metrics(config["metrics"])
@@ -20,18 +21,25 @@ PAIRS = {pair.name: pair for pair in INTERPOLATION.pairs}
 GRID = {"prompts": 2, "seeds": 2, "thumb": 192, **(config.get("report") or {}).get("grid", {})}
 
 
+# With no pairs, "(?!)" matches nothing.
 wildcard_constraints:
-    pair=_alternatives(PAIRS) or "(?!)",  # no pairs: matches nothing
+    pair=_alternatives(PAIRS) or "(?!)",
 
 
 def analysis_metrics():
     """Only the two metric families the analyses score with: enabling another one reruns nothing here."""
-    return {key: METRICS[key] for key in pick_metrics(METRICS)}
+    return {m.family: METRICS[m.family] for m in pick_metrics(METRICS)}
 
 
 def analysis_tiny_metrics():
     """The tiny random model folders (`model: tiny`) of those two, built by the tiny_metric_model rule."""
     return {key: path for key, path in TINY_METRICS.items() if key in analysis_metrics()}
+
+
+def reported(path, caption, **options):
+    """`path` marked for `snakemake --report`, captioned by workflow/report/{caption}.rst. (A line that
+    starts with `report(` inside a function would read as the `report:` directive to snakefmt.)"""
+    return report(path, caption=f"../workflow/report/{caption}.rst", **options)
 
 
 def subject_files(names):
@@ -42,8 +50,13 @@ def subject_files(names):
 def pair_runs(wildcards):
     """{method: {"a": run.json, "b": run.json}} of the pair on this backbone."""
     pair = PAIRS[wildcards.pair]
-    return {m: {end: f"{train_dir(wildcards.backbone, m, s)}/run.json" for end, s in (("a", pair.a), ("b", pair.b))}
-            for m in pair.methods}
+    return {
+        m: {
+            end: f"{train_dir(wildcards.backbone, m, s)}/run.json"
+            for end, s in (("a", pair.a), ("b", pair.b))
+        }
+        for m in pair.methods
+    }
 
 
 def pair_run_files(wildcards):
@@ -68,10 +81,17 @@ def interpolation_figures(kind, ext):
 
 def interpolation_reports(kind):
     """The PNG figures of one kind, marked for the report (labels: backbone and pair)."""
-    return [report(f"results/interpolation/{b}/{p}/{kind}.png", caption=f"../workflow/report/interpolation_{kind}.rst",
-                   category="Interpolation", subcategory={"strip": "Strips", "curves": "Curves"}[kind],
-                   labels={"backbone": b, "pair": p})
-            for b in INTERPOLATION_BACKBONES for p in PAIRS]
+    return [
+        reported(
+            f"results/interpolation/{b}/{p}/{kind}.png",
+            f"interpolation_{kind}",
+            category="Interpolation",
+            subcategory={"strip": "Strips", "curves": "Curves"}[kind],
+            labels={"backbone": b, "pair": p},
+        )
+        for b in INTERPOLATION_BACKBONES
+        for p in PAIRS
+    ]
 
 
 INTERPOLATION_TABLES = [f"results/interpolation/{name}.parquet" for name in ("summary", "paths", "per_t")]
@@ -80,7 +100,12 @@ INTERPOLATION_TABLES = [f"results/interpolation/{name}.parquet" for name in ("su
 def interpolation_files():
     if not PAIRS:
         return []
-    figures = [f for kind in ("curves", "strip") for ext in ("png", "pdf", "parquet") for f in interpolation_figures(kind, ext)]
+    figures = [
+        f
+        for kind in ("curves", "strip")
+        for ext in ("png", "pdf", "parquet")
+        for f in interpolation_figures(kind, ext)
+    ]
     return [*INTERPOLATION_TABLES, "results/interpolation/summary.tex", *figures]
 
 
@@ -94,14 +119,20 @@ def sweep_runs(wildcards):
 
 
 def norm_analysis_files():
-    return [f"results/analysis/{kind}/{b}.{ext}" for kind in ("norm_curves", "vocab_norms") for b in BACKBONES
-            for ext in ("png", "pdf", "parquet")]
+    return [
+        f"results/analysis/{kind}/{b}.{ext}"
+        for kind in ("norm_curves", "vocab_norms")
+        for b in BACKBONES
+        for ext in ("png", "pdf", "parquet")
+    ]
 
 
 def magnitude_files():
     if not MAGNITUDE:
         return []
-    return [f"results/analysis/magnitude/{b}.{ext}" for b in SWEEP_BACKBONES for ext in ("png", "pdf", "parquet")]
+    return [
+        f"results/analysis/magnitude/{b}.{ext}" for b in SWEEP_BACKBONES for ext in ("png", "pdf", "parquet")
+    ]
 
 
 def analysis_files():
@@ -109,17 +140,32 @@ def analysis_files():
 
 
 def analysis_reports(kind, caption, subcategory, backbones=BACKBONES):
-    return [report(f"results/analysis/{kind}/{b}.png", caption=f"../workflow/report/{caption}.rst",
-                   category="Norms and directions", subcategory=subcategory, labels={"backbone": b})
-            for b in backbones]
+    return [
+        reported(
+            f"results/analysis/{kind}/{b}.png",
+            caption,
+            category="Norms and directions",
+            subcategory=subcategory,
+            labels={"backbone": b},
+        )
+        for b in backbones
+    ]
 
 
 # --- report files -------------------------------------------------------------------------------------------
 def sample_manifests():
     """The images of the headline checkpoint (aggregate.summary_step, default the last scored step)."""
-    return [{"path": f"results/{b}/{m}/{s}/samples/step-{SUMMARY['step'][b]}/manifest.parquet", "backbone": b,
-             "method": m, "subject": s}
-            for b in BACKBONES for m in METHODS for s in SUBJECTS]
+    return [
+        {
+            "path": f"results/{b}/{m}/{s}/samples/step-{SUMMARY['step'][b]}/manifest.parquet",
+            "backbone": b,
+            "method": m,
+            "subject": s,
+        }
+        for b in BACKBONES
+        for m in METHODS
+        for s in SUBJECTS
+    ]
 
 
 def grid_files(ext):
@@ -127,9 +173,17 @@ def grid_files(ext):
 
 
 def grid_reports():
-    return [report(f"results/report/grids/{b}/{s}.png", caption="../workflow/report/sample_grid.rst",
-                   category="Samples", subcategory=b, labels={"subject": s, "backbone": b})
-            for b in BACKBONES for s in SUBJECTS]
+    return [
+        reported(
+            f"results/report/grids/{b}/{s}.png",
+            "sample_grid",
+            category="Samples",
+            subcategory=b,
+            labels={"subject": s, "backbone": b},
+        )
+        for b in BACKBONES
+        for s in SUBJECTS
+    ]
 
 
 def table_pages():
@@ -147,5 +201,9 @@ TABLE_NOTES = {
 
 
 def report_files():
-    return [*grid_files("png"), *grid_files("pdf"), *[f"results/report/tables/{n}.html" for n in table_pages()],
-            *[f"results/analysis/checkpoints.{ext}" for ext in ("png", "pdf", "parquet")]]
+    return [
+        *grid_files("png"),
+        *grid_files("pdf"),
+        *[f"results/report/tables/{n}.html" for n in table_pages()],
+        *[f"results/analysis/checkpoints.{ext}" for ext in ("png", "pdf")],
+    ]

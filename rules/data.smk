@@ -9,14 +9,14 @@ localrules:
 rule synthesize_subject:
     output:
         expand("resources/raw/{{subject}}/{i:02d}.png", i=range(config["synthetic"]["n_images"])),
-    params:
-        kind=lambda wc: SUBJECTS[wc.subject]["kind"],
-        size=config["synthetic"]["size"],
-        seed=config["synthetic"]["seed"],
     log:
         "logs/synthesize_subject/{subject}.log",
     benchmark:
         "benchmarks/synthesize_subject/{subject}.tsv"
+    params:
+        kind=lambda wc: SUBJECTS[wc.subject]["kind"],
+        size=config["synthetic"]["size"],
+        seed=config["synthetic"]["seed"],
     script:
         "../workflow/scripts/synthesize_subject.py"
 
@@ -25,13 +25,13 @@ rule fetch_dreambooth:
     output:
         marker="resources/dreambooth.json",
         files=[] if config["data"].get("dreambooth") else dreambooth_files_all(),
-    params:
-        source=config["data"].get("dreambooth"),
-        dest=lambda wildcards, output: os.path.splitext(output.marker)[0],
     log:
         "logs/fetch_dreambooth.log",
     benchmark:
         "benchmarks/fetch_dreambooth.tsv"
+    params:
+        source=config["data"].get("dreambooth"),
+        dest=lambda wildcards, output: os.path.splitext(output.marker)[0],
     script:
         "../workflow/scripts/fetch_dreambooth.py"
 
@@ -40,12 +40,12 @@ rule fetch_dreambooth:
 rule fetch_dti_prompts:
     output:
         "resources/dti_prompts.json",
-    params:
-        source=config["data"].get("dti_prompts"),
     log:
         "logs/fetch_dti_prompts.log",
     benchmark:
         "benchmarks/fetch_dti_prompts.tsv"
+    params:
+        source=config["data"].get("dti_prompts"),
     script:
         "../workflow/scripts/fetch_dti_prompts.py"
 
@@ -56,14 +56,14 @@ rule prepare_subject:
         dataset=dataset_marker,
     output:
         "resources/subjects/{subject}/subject.json",
+    log:
+        "logs/prepare_subject/{subject}.log",
+    benchmark:
+        "benchmarks/prepare_subject/{subject}.tsv"
     params:
         class_noun=lambda wc: SUBJECTS[wc.subject]["class"],
         kind=lambda wc: SUBJECTS[wc.subject]["kind"],
         initializer=lambda wc: SUBJECTS[wc.subject]["initializer"],
         source=lambda wc: SUBJECTS[wc.subject]["source"],
-    log:
-        "logs/prepare_subject/{subject}.log",
-    benchmark:
-        "benchmarks/prepare_subject/{subject}.tsv"
     script:
         "../workflow/scripts/prepare_subject.py"

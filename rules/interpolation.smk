@@ -11,6 +11,14 @@ rule interpolate:
         model=model_json,
     output:
         manifest="results/interpolation/{backbone}/{pair}/manifest.parquet",
+    log:
+        "logs/interpolate/{backbone}/{pair}.log",
+    benchmark:
+        "benchmarks/interpolate/{backbone}/{pair}.tsv"
+    threads: 1
+    resources:
+        gpu=1,
+        runtime=gpu_runtime(60),
     params:
         runs=pair_runs,
         schemes=pair_schemes,
@@ -21,14 +29,6 @@ rule interpolate:
         neutral=INTERPOLATION.neutral,
         sample=sample_settings,
         code_version=CODE_VERSION,
-    threads: 1
-    resources:
-        gpu=1,
-        runtime=gpu_runtime(60),
-    log:
-        "logs/interpolate/{backbone}/{pair}.log",
-    benchmark:
-        "benchmarks/interpolate/{backbone}/{pair}.tsv"
     script:
         "../workflow/scripts/interpolate.py"
 
@@ -42,18 +42,18 @@ rule score_interpolation:
         tiny_metrics=lambda wc: list(analysis_tiny_metrics().values()),
     output:
         "results/interpolation/{backbone}/{pair}/fidelity.parquet",
-    params:
-        metrics=lambda wc: analysis_metrics(),
-        tiny_metrics=lambda wc: analysis_tiny_metrics(),
-        code_version=CODE_VERSION,
-    threads: 1
-    resources:
-        gpu=1,
-        runtime=gpu_runtime(30),
     log:
         "logs/score_interpolation/{backbone}/{pair}.log",
     benchmark:
         "benchmarks/score_interpolation/{backbone}/{pair}.tsv"
+    threads: 1
+    resources:
+        gpu=1,
+        runtime=gpu_runtime(30),
+    params:
+        metrics=lambda wc: analysis_metrics(),
+        tiny_metrics=lambda wc: analysis_tiny_metrics(),
+        code_version=CODE_VERSION,
     script:
         "../workflow/scripts/score_interpolation.py"
 
@@ -67,14 +67,19 @@ rule interpolation_outputs:
         tex="results/interpolation/summary.tex",
         strips=interpolation_reports("strip"),
         curves=interpolation_reports("curves"),
-        other=[f for kind in ("curves", "strip") for ext in ("pdf", "parquet") for f in interpolation_figures(kind, ext)],
-    params:
-        subjects=subject_files(sorted({s for p in PAIRS.values() for s in (p.a, p.b)})),
-        out_dir="results/interpolation",
-        code_version=CODE_VERSION,
+        other=[
+            f
+            for kind in ("curves", "strip")
+            for ext in ("pdf", "parquet")
+            for f in interpolation_figures(kind, ext)
+        ],
     log:
         "logs/interpolation_outputs.log",
     benchmark:
         "benchmarks/interpolation_outputs.tsv"
+    params:
+        subjects=subject_files(sorted({s for p in PAIRS.values() for s in (p.a, p.b)})),
+        out_dir="results/interpolation",
+        code_version=CODE_VERSION,
     script:
         "../workflow/scripts/interpolation_outputs.py"

@@ -23,14 +23,14 @@ rule fetch_model:
         tiny=tiny_model_dir,
     output:
         "resources/models/{backbone}.json",
-    params:
-        model=lambda wc: BACKBONES[wc.backbone]["model"],
-        family=lambda wc: BACKBONES[wc.backbone]["family"],
-        revision=lambda wc: BACKBONES[wc.backbone].get("revision"),
     log:
         "logs/fetch_model/{backbone}.log",
     benchmark:
         "benchmarks/fetch_model/{backbone}.tsv"
+    params:
+        model=lambda wc: BACKBONES[wc.backbone]["model"],
+        family=lambda wc: BACKBONES[wc.backbone]["family"],
+        revision=lambda wc: BACKBONES[wc.backbone].get("revision"),
     script:
         "../workflow/scripts/fetch_model.py"
 
@@ -51,12 +51,12 @@ rule fetch_metrics:
         tiny=list(TINY_METRICS.values()),
     output:
         "resources/metrics.json",
-    params:
-        metrics=METRICS,
-        tiny_metrics=TINY_METRICS,
     log:
         "logs/fetch_metrics.log",
     benchmark:
         "benchmarks/fetch_metrics.tsv"
+    params:
+        metrics=METRICS,
+        tiny_metrics=TINY_METRICS,
     script:
         "../workflow/scripts/fetch_metrics.py"

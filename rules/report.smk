@@ -1,5 +1,5 @@
 # The report's own files (local jobs): per-subject sample grids, the result tables as HTML pages, and the
-# scores over training checkpoints. `snakemake --report report.html` then gathers them with every analysis
+# figure of the scores over training checkpoints. `snakemake --report report.html` then gathers them with every analysis
 # figure (the outputs marked report() in all rules) into one self-contained HTML page.
 localrules:
     sample_grids,
@@ -14,6 +14,10 @@ rule sample_grids:
     output:
         grids=grid_reports(),
         pdf=grid_files("pdf"),
+    log:
+        "logs/sample_grids.log",
+    benchmark:
+        "benchmarks/sample_grids.tsv"
     params:
         manifests=sample_manifests(),
         subjects=subject_files(SUBJECTS),
@@ -21,10 +25,6 @@ rule sample_grids:
         grid=GRID,
         out_dir="results/report/grids",
         code_version=CODE_VERSION,
-    log:
-        "logs/sample_grids.log",
-    benchmark:
-        "benchmarks/sample_grids.tsv"
     script:
         "../workflow/scripts/sample_grids.py"
 
@@ -33,36 +33,46 @@ rule report_tables:
     input:
         list(table_pages().values()),
     output:
-        [report(f"results/report/tables/{name}.html", caption="../workflow/report/tables.rst", category="Tables",
-                labels={"table": name}) for name in table_pages()],
+        [
+            report(
+                f"results/report/tables/{name}.html",
+                caption="../workflow/report/tables.rst",
+                category="Tables",
+                labels={"table": name},
+            )
+            for name in table_pages()
+        ],
+    log:
+        "logs/report_tables.log",
+    benchmark:
+        "benchmarks/report_tables.tsv"
     params:
         tables=table_pages(),
         notes=TABLE_NOTES,
         out_dir="results/report/tables",
         code_version=CODE_VERSION,
-    log:
-        "logs/report_tables.log",
-    benchmark:
-        "benchmarks/report_tables.tsv"
     script:
         "../workflow/scripts/report_tables.py"
 
 
+# The figure reads aggregate's over_steps table, the one home of the scores over checkpoints.
 rule checkpoint_sweep:
     input:
-        scores=score_files(),
-        runs=[r["path"] for r in run_records()],
+        "results/tables/over_steps.parquet",
     output:
-        figure=report("results/analysis/checkpoints.png", caption="../workflow/report/checkpoints.rst",
-                      category="Checkpoints", labels={"figure": "scores over training steps"}),
-        other=[f"results/analysis/checkpoints.{ext}" for ext in ("pdf", "parquet")],
-    params:
-        runs=run_records(),
-        stem="results/analysis/checkpoints",
-        code_version=CODE_VERSION,
+        figure=report(
+            "results/analysis/checkpoints.png",
+            caption="../workflow/report/checkpoints.rst",
+            category="Checkpoints",
+            labels={"figure": "scores over training steps"},
+        ),
+        pdf="results/analysis/checkpoints.pdf",
     log:
         "logs/checkpoint_sweep.log",
     benchmark:
         "benchmarks/checkpoint_sweep.tsv"
+    params:
+        stem="results/analysis/checkpoints",
+        code_version=CODE_VERSION,
     script:
         "../workflow/scripts/checkpoint_sweep.py"

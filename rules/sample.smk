@@ -11,6 +11,17 @@ rule sample:
         dti_prompts=dti_prompts_file,
     output:
         manifest="results/{backbone}/{method}/{subject}/samples/step-{step}/manifest.parquet",
+    log:
+        "logs/sample/{backbone}/{method}/{subject}/step-{step}.log",
+    benchmark:
+        "benchmarks/sample/{backbone}/{method}/{subject}/step-{step}.tsv"
+    threads: 1
+    resources:
+        gpu=1,
+        # A chain's submission asks for the sum of its jobs' times (one GPU, one job after the other): with
+        # 8 checkpoints x (TI + TI-rescaled) that is 16 sample jobs, so each asks for what it needs (what an
+        # SDXL subject's sampling takes: bench/README.md), not an hour.
+        runtime=gpu_runtime(30),
     params:
         labels=lambda wc: {"backbone": wc.backbone, "method": wc.method, "subject": wc.subject},
         step=lambda wc: int(wc.step),
@@ -19,16 +30,5 @@ rule sample:
         sample=sample_settings,
         rescale_to=rescale_to,
         code_version=CODE_VERSION,
-    threads: 1
-    resources:
-        gpu=1,
-        # A chain's submission asks for the sum of its jobs' times (one GPU, one job after the other): with
-        # 8 checkpoints x (TI + TI-rescaled) that is 16 sample jobs, so each asks for what it needs (an
-        # estimate: 164 SDXL images at 1024 px take about 10 minutes on an H100), not an hour.
-        runtime=gpu_runtime(30),
-    log:
-        "logs/sample/{backbone}/{method}/{subject}/step-{step}.log",
-    benchmark:
-        "benchmarks/sample/{backbone}/{method}/{subject}/step-{step}.tsv"
     script:
         "../workflow/scripts/sample.py"

@@ -12,18 +12,18 @@ rule score:
         masks=reference_masks,
     output:
         "results/{backbone}/{method}/{subject}/scores/step-{step}.parquet",
+    log:
+        "logs/score/{backbone}/{method}/{subject}/step-{step}.log",
+    benchmark:
+        "benchmarks/score/{backbone}/{method}/{subject}/step-{step}.tsv"
+    threads: 1
+    resources:
+        gpu=1,
+        runtime=gpu_runtime(15),
     params:
         metrics=METRICS,
         tiny_metrics=TINY_METRICS,
         mask_dir=mask_dir,
         code_version=CODE_VERSION,
-    threads: 1
-    resources:
-        gpu=1,
-        runtime=gpu_runtime(15),
-    log:
-        "logs/score/{backbone}/{method}/{subject}/step-{step}.log",
-    benchmark:
-        "benchmarks/score/{backbone}/{method}/{subject}/step-{step}.tsv"
     script:
         "../workflow/scripts/score.py"

@@ -9,6 +9,14 @@ rule train:
     output:
         run="results/{backbone}/{method}/{subject}/run.json",
         embeds="results/{backbone}/{method}/{subject}/learned_embeds.safetensors",
+    log:
+        "logs/train/{backbone}/{method}/{subject}.log",
+    benchmark:
+        "benchmarks/train/{backbone}/{method}/{subject}.tsv"
+    threads: 1
+    resources:
+        gpu=1,
+        runtime=gpu_runtime(120),
     params:
         hyper_parameters=method_hp,
         train=train_settings,
@@ -16,13 +24,5 @@ rule train:
         placeholder=placeholder,
         initializer=lambda wc: SUBJECTS[wc.subject]["initializer"],
         code_version=CODE_VERSION,
-    threads: 1
-    resources:
-        gpu=1,
-        runtime=gpu_runtime(120),
-    log:
-        "logs/train/{backbone}/{method}/{subject}.log",
-    benchmark:
-        "benchmarks/train/{backbone}/{method}/{subject}.tsv"
     script:
         "../workflow/scripts/train.py"

@@ -21,7 +21,7 @@ from workflow_run import BackgroundRun
 from dti.backbones.registry import FAMILIES as REGISTRY
 from dti.backbones.registry import family_names
 from dti.io import save_image
-from dti.pipeline import lighten_gc
+from dti.jobs import lighten_gc
 from dti.synthetic import make_synthetic_subject
 from dti.tiny import write_tiny_model
 
@@ -92,9 +92,13 @@ def fresh_backbone(model: Path):
 
 
 def fast_settings(**overrides):
+    """FAST with `overrides`; hyper-parameters (dti.methods.HYPER_PARAMETERS) given by name go into the
+    settings' hyper_parameters, None meaning "the method's default"."""
+    from dti.methods import HYPER_PARAMETERS
     from dti.train import TrainSettings
 
-    return TrainSettings(**{**FAST, **overrides})
+    hp = {key: overrides.pop(key) for key in list(overrides) if key in HYPER_PARAMETERS}
+    return TrainSettings(**{**FAST, **overrides}, hyper_parameters={k: v for k, v in hp.items() if v is not None})
 
 
 def saved_token_table(model: Path, slot: str) -> torch.Tensor:
@@ -156,7 +160,7 @@ def trained_run(tiny_models, subject_images, tmp_path_factory):
 # shares the cores. So the local run starts with the session and has the cores to itself while the
 # cluster starts and the toy cluster tests (mostly waiting on SLURM) run; the SLURM run starts when it
 # ends. The cheap checks of the local run come next, then the tests that need no run, beside the SLURM
-# run (measured: suite 712 s, against 748 s with them beside the local run); the tests that read the
+# run (a shorter suite than with them beside the local run: bench/README.md); the tests that read the
 # SLURM run go last.
 RUN_FIXTURES = ("default_run", "slurm_run")
 NEEDED_RUNS = pytest.StashKey[set]()

@@ -16,7 +16,7 @@ from safetensors.torch import save_file
 from dti.analysis.magnitude import check_sweep, render_sweep, score_sweep, sweep_table
 from dti.analysis.norms import training_curves, vocabulary_and_learned_norms
 from dti.errors import DtiError
-from dti.report import checkpoint_table, grid_cells, table_html, write_sample_grids
+from dti.report import grid_cells, table_html, write_sample_grids
 from dti.vocab import load_vocabularies, read_token_strings, read_token_table, readable
 
 METRICS = {"dino": {"backend": "timm", "model": "vit_small_patch16_224.dino", "pretrained": False, "image_size": 64},
@@ -239,19 +239,31 @@ def test_sample_grids_are_written_as_png_and_pdf(tmp_path, subject_dir):
     assert not list((tmp_path / "grids").rglob("*.tmp"))
 
 
-def test_checkpoint_table_uses_scored_steps_or_the_final_one():
-    rows = [{"backbone": "sd", "method": m, "subject": s, "metric": "dino", "value": v}
-            for m, s, v in (("dti", "a", 0.4), ("dti", "b", 0.6), ("ti_rescaled", "a", 0.2))]
-    final = {("sd", "dti", "a"): 400, ("sd", "dti", "b"): 400, ("sd", "ti_rescaled", "a"): 350}
-    table = checkpoint_table(pd.DataFrame(rows), final)
-    assert table[["method", "step", "mean", "n_subjects"]].values.tolist() == [["dti", 400, 0.5, 2],
-                                                                                ["ti_rescaled", 350, 0.2, 1]]
-    stepped = pd.DataFrame(rows).assign(step=[50.0, None, 50.0])
-    table = checkpoint_table(stepped, final)
-    assert table[["method", "step", "mean"]].values.tolist() == [["dti", 50, 0.4], ["dti", 400, 0.6],
-                                                                 ["ti_rescaled", 50, 0.2]]
-    with pytest.raises(DtiError, match="no training step"):
-        checkpoint_table(pd.DataFrame(rows), {})
+def test_checkpoint_figure_is_drawn_from_the_over_steps_table(tmp_path):
+    """The report's figure over checkpoints reads aggregate's over_steps table: one home for those numbers."""
+    from dti.report import write_checkpoint_sweep
+    from dti.tables import build_tables
+
+    scores = pd.DataFrame([{"backbone": "sd", "method": m, "step": step, "subject": s, "subject_kind": "object",
+                            "prompt_set": p, "prompt_id": 0, "seed": 0, "image": f"{m}{step}{s}{p}.png",
+                            "metric": "dino", "metric_model": "m", "value": v + step / 1000}
+                           for m in ("dti", "ti") for step in (50, 100) for s, v in (("a", 0.1), ("b", 0.3))
+                           for p in ("simple", "complex")])
+    over_steps = build_tables(scores, None, summary_prompt_set="simple")["over_steps"]
+    over_steps.to_parquet(tmp_path / "over_steps.parquet")
+    write_checkpoint_sweep(str(tmp_path / "over_steps.parquet"), str(tmp_path / "checkpoints"))
+    with Image.open(tmp_path / "checkpoints.png") as image:
+        assert image.width > 200 and len(np.unique(np.asarray(image.convert("L")))) > 5
+    assert (tmp_path / "checkpoints.pdf").read_bytes().startswith(b"%PDF")
+    # What it draws: one panel per backbone, prompt set and metric, a line per method, a point per step.
+    from dti.figures.report import checkpoint_figure
+
+    fig = checkpoint_figure(over_steps, title="k")
+    axes = [ax for ax in fig.axes if ax.lines]
+    assert sorted(ax.get_title() for ax in axes) == ["sd, complex: DINO", "sd, simple: DINO"]
+    for ax in axes:
+        assert sorted(line.get_label() for line in ax.lines) == ["DTI", "TI"]
+        assert all(list(line.get_xdata()) == [50, 100] for line in ax.lines)
 
 
 def test_html_table_is_wide_with_intervals():
@@ -262,6 +274,7 @@ def test_html_table_is_wide_with_intervals():
     assert "<table" in page and "summary &amp; co" in page and "note &lt;b&gt;" in page
     assert "0.500 [0.400, 0.600]" in page and "0.250 [0.200, 0.300]" in page
     assert page.count("<tr") == 2  # header + one row: the two metrics are columns
+    assert "<td>DTI</td>" in page and "<th>DINO</th>" in page and "<th>CLIP-T</th>" in page  # display names
 
 
 # --- figures ------------------------------------------------------------------------------------------------
@@ -285,8 +298,8 @@ def test_every_analysis_figure_is_written_as_png_and_pdf(tmp_path):
     sweep = pd.DataFrame([{"method": m, "scale": s, "subject_mean": 0.5, "subject_std": 0.1, "text_mean": 0.3,
                            "text_std": 0.05, "trained_ratio": 1.0 if m == "dti" else 5.0}
                           for m in ("dti", "ti") for s in (0.5, 1, 2)])
-    steps = pd.DataFrame([{"backbone": "sd", "method": "dti", "step": k, "metric": "dino", "mean": 0.5}
-                          for k in (50, 100)])
+    steps = pd.DataFrame([{"backbone": "sd", "prompt_set": "simple", "method": "dti", "step": k, "metric": "dino",
+                           "metric_model": "m", "mean": 0.5, "ci_low": 0.4, "ci_high": 0.6} for k in (50, 100)])
     figures = {"interp": curves_figure(per_t, title="t", image_metric="dino (m)", text_metric="clip_t (m)"),
                "curves": norm_curves(curves, title="c"), "hist": histogram_figure(norms, title="h"),
                "sweep": magnitude_figure(sweep, title="s", image_metric="dino (m)", text_metric="clip_t (m)"),

@@ -20,15 +20,19 @@ import yaml
 from conftest import FAST
 from PIL import Image
 from safetensors.torch import save_file
+from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 from workflow_run import REPO, snakemake
 
 from dti import io as dti_io
 from dti import train as train_module
-from dti.benchmark_config import check_config
+from dti.benchmark_config import check_config, subject_rows
 from dti.cli import main
 from dti.errors import DtiError
+from dti.methods import HYPER_PARAMETERS
 from dti.names import NAME_PATTERN, check_name
+from dti.subject_schema import SUBJECT_SCHEMA, subject_problem
+from dti.terms import SUBJECT_KINDS, SUBJECT_SOURCES
 
 SCHEMA = REPO / "config" / "schema.yaml"
 DEFAULT = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
@@ -65,13 +69,14 @@ TRAIN_CASES = {  # case: (options, culprit named in the message)
     "nan magnitude": ({"magnitude": "nan"}, "magnitude must be mean, min, max or a positive finite number, got nan"),
     "negative weight decay": ({"method": "ti", "weight-decay": -1}, "weight_decay must be a finite number >= 0"),
     "another method's setting": ({"method": "ti", "kappa": 0.1}, "method 'ti' takes no hyper-parameter 'kappa'"),
+    "CrossInit's pull under dti": ({"pull-weight": 1e-5}, "method 'dti' takes no hyper-parameter 'pull_weight'"),
+    "zero eps": ({"eps": 0}, "eps must be a positive finite number, got 0.0"),
     "zero steps": ({"steps": 0}, "steps must be a positive integer, got 0"),
     "resolution off the latent grid": ({"resolution": 70}, "resolution 70 must be a positive multiple of 8"),
     "resolution below one latent cell": ({"resolution": 4}, "resolution 4 must be a positive multiple of 8"),
     "magnitude below fp32": ({"magnitude": "1e-50"}, "diverged before the first step"),
-    # class 2: a file name given on the command line, or derived from the placeholder, stays in --out
+    # class 2: a file name given on the command line stays in --out (the default one is made safe: test_cli.py)
     "--name escaping --out": ({"name": "../../evil"}, "export file name '../../evil'"),
-    "placeholder-derived name escaping --out": ({"placeholder": "<../evil>"}, "'../evil'"),
     "hidden --name": ({"name": ".bashrc"}, "'.bashrc'"),
 }
 
@@ -89,8 +94,6 @@ FAMILY_TRAIN_CASES = {  # case: (model family, options, culprit named in the mes
     # T5's unigram vocabulary has no piece for a character it never saw: refused, not trained from <unk>.
     "initializer with no known pieces (Wan)": ("wan", {"initializer": "toy café"},
                                               "initializer 'toy café': the tokenizer cannot split 'café'"),
-    # SanaPipeline lower-cases prompts, so an upper-case placeholder would never reach its token.
-    "upper-case placeholder (SANA)": ("sana", {"placeholder": "<Bear>"}, "placeholder '<Bear>'"),
     "resolution off the patch grid (Wan)": ("wan", {"resolution": 72},
                                            "resolution 72 must be a positive multiple of 16 for this wan model"),
 }
@@ -263,6 +266,13 @@ def test_the_schema_states_the_library_rule():
     assert schema["definitions"]["name"]["pattern"] == NAME_PATTERN
     for key in ("backbones", "methods"):
         assert schema["properties"][key]["propertyNames"] == {"$ref": "#/definitions/name"}
+    method = schema["properties"]["methods"]["additionalProperties"]
+    assert set(method["properties"]) == set(HYPER_PARAMETERS)  # every hyper-parameter, and nothing else
+    subject = yaml.safe_load(SUBJECT_SCHEMA.read_text())
+    assert schema["properties"]["subjects"]["items"] == {"$ref": SUBJECT_SCHEMA.name}
+    assert subject["properties"]["name"] == {"$ref": f"{SCHEMA.name}#/definitions/name"}
+    assert tuple(subject["properties"]["kind"]["enum"]) == SUBJECT_KINDS
+    assert tuple(subject["properties"]["source"]["enum"]) == SUBJECT_SOURCES
 
 
 def test_sample_subject_refuses_a_prompt_set_name_escaping_its_folder(tmp_path):
@@ -330,7 +340,20 @@ def _sd_family_for_sdxl(config, tmp, models):
 CONFIG_CASES = {  # case: (change(config, tmp, models), culprit named in the message)
     "subject name from a TSV escaping": (
         _set("subject_table", lambda t, m: _tsv(t, ["../../../../victim\tdog\tlive\tsynthetic"])),
-        "subject name '../../../../victim'"),
+        "subjects.tsv row 2: subject name '../../../../victim'"),
+    "unknown kind in a TSV": (_set("subject_table", lambda t, m: _tsv(t, ["ok\tdog\tlive\tsynthetic",
+                                                                          "rex\tdog\tpet\tsynthetic"])),
+                              "subjects.tsv row 3: kind: 'pet' is not one of ['object', 'live']"),
+    "blank class in a TSV": (_set("subject_table", lambda t, m: _tsv(t, ["rex\t \tlive\tsynthetic"])),
+                             "row 2: class must be a non-blank text, got ' '"),
+    "empty class cell in a TSV": (_set("subject_table", lambda t, m: _tsv(t, ["rex\t\tlive\tsynthetic"])),
+                                  "row 2: 'class' is a required property"),
+    "unknown column in a TSV": (_set("subject_table", lambda t, m: _tsv(
+        t, ["rex\tdog\tlive\tsynthetic\tbrown"], "name\tclass\tkind\tsource\tcolour")),
+        "row 2: Additional properties are not allowed ('colour' was unexpected)"),
+    "a subject twice in a TSV": (_set("subject_table", lambda t, m: _tsv(t, ["rex\tdog\tlive\tsynthetic"] * 2)),
+                                 "row 3: subject 'rex' appears twice"),
+    "inline subject of an unknown source": (lambda c, t, m: c["subjects"][0].update(source="web"), "'web'"),
     "inline subject name escaping": (lambda c, t, m: c["subjects"][0].update(name="../x"), "'../x'"),
     "backbone key escaping": (_rename_backbone("../evil"), "'../evil'"),
     "unknown method key": (lambda c, t, m: c["methods"].update({"../x": {}}), "'../x'"),
@@ -357,7 +380,14 @@ CONFIG_CASES = {  # case: (change(config, tmp, models), culprit named in the mes
 def _plan(config: dict) -> dict:
     """The planning checks of the Snakefile and rules/common.smk, in the same order."""
     validate(config, str(SCHEMA))
-    return check_config(config, REPO)
+    rows = subject_rows(config, REPO)
+    if config.get("subject_table"):
+        for where, row in rows:
+            try:
+                validate(row, str(SUBJECT_SCHEMA))
+            except WorkflowError:
+                raise DtiError(f"{where}: {subject_problem(row)}") from None
+    return check_config(config, rows)
 
 
 @pytest.mark.parametrize("case", list(CONFIG_CASES))

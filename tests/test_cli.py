@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import pytest
-from conftest import FAMILIES, FAST, SLOTS, vocab_mean_norm
+from conftest import FAMILIES, FAST, REGISTRY, SLOTS, vocab_mean_norm
 from PIL import Image
 from safetensors.torch import load_file
 
-from dti.cli import main
+from dti.cli import build_parser, main
+from dti.methods import METHODS, trainable_methods
 
 
 def _train_args(model, images, out, **overrides) -> list[str]:
@@ -29,11 +31,20 @@ def _nothing_written(out) -> bool:
 @pytest.mark.parametrize("family", FAMILIES)
 def test_train_then_sample_round_trip(tiny_models, subject_dir, tmp_path, capsys, family):
     model = tiny_models[family]
-    out = tmp_path / "run"
+    out = tmp_path / "my bear"
     assert main(_train_args(model, subject_dir, out, magnitude="mean")) == 0
-    for name in ("learned_embeds.safetensors", "run.json", "subject.safetensors", "train_log.jsonl",
+    # The single file is named after the method and the output folder, made a safe name, and printed.
+    for name in ("learned_embeds.safetensors", "run.json", "dti-my-bear.safetensors", "train_log.jsonl",
                  "learned_embeds-steps-2.safetensors", "checkpoints/state.safetensors"):
         assert (out / name).is_file(), name
+    printed = capsys.readouterr().out
+    single = out / "dti-my-bear.safetensors"
+    if REGISTRY[family].textual_inversion_clients:
+        assert f"copy only {single} into the embeddings folder, then write dti-my-bear" in printed
+        assert "then write embedding:dti-my-bear" in printed and "then write <subject> in prompts" in printed
+    else:  # SANA, Wan: only dti's own loader knows their text encoders
+        assert f"dti sample --embeds {out}" in printed and "AUTOMATIC1111" in printed
+        assert "copy only" not in printed
     rows = load_file(str(out / "learned_embeds.safetensors"))["<subject>"]
     assert rows.norm().item() == pytest.approx(vocab_mean_norm(model, SLOTS[family][0]), rel=1e-6)
     images = tmp_path / "images"
@@ -45,6 +56,22 @@ def test_train_then_sample_round_trip(tiny_models, subject_dir, tmp_path, capsys
     for name in ("0000.png", "0007.png"):
         with Image.open(images / name) as img:
             assert img.size == ((96, 64) if family == "wan" else (64, 64))
+
+
+def test_hyper_parameter_flags_travel_as_one_dict(tiny_sd, subject_dir, tmp_path):
+    """Every hyper-parameter has a flag (from dti.methods), and the ones given reach run.json as the overrides
+    of the method's defaults."""
+    parser = build_parser()
+    train = next(a for a in parser._subparsers._group_actions[0].choices["train"]._actions if a.dest == "method")
+    assert train.choices == trainable_methods() and "ti_rescaled" not in train.choices
+    out = tmp_path / "ti"
+    args = _train_args(tiny_sd, subject_dir, out, method="ti", **{"weight-decay": 0.5})
+    args += ["--adam-betas", "0.8", "0.99"]
+    assert main(args) == 0
+    run = json.loads((out / "run.json").read_text())
+    given = {"weight_decay": 0.5, "adam_betas": [0.8, 0.99]}
+    assert run["settings"]["hyper_parameters"] == given
+    assert run["hyper_parameters"] == {**METHODS["ti"].defaults, **given}
 
 
 def _corrupt_folder(subject_dir, tmp_path):

@@ -34,7 +34,7 @@ def _find_dreambooth() -> Path | None:
 def dreambooth_dir() -> Path:
     found = _find_dreambooth()
     if found is None:
-        pytest.skip("DreamBooth copy not found at ../shared/dreambooth or /work/shared/dreambooth")
+        pytest.skip("no local copy of the DreamBooth dataset (a folder with its prompts_and_classes.txt) found")
     return found
 
 

@@ -5,14 +5,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import fresh_backbone, vocab_mean_norm
+from conftest import fast_settings, fresh_backbone, vocab_mean_norm
 from PIL import Image
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 import dti
 from dti.errors import DtiError
 from dti.export import load_diffusers, read_metadata, save_diffusers, save_single_file
+from dti.methods import METHODS
 from dti.sample import SampleJob, SampleSettings, generate, load_learned_token
+from dti.train import train
 
 PROMPT = "a photo of {} on a beach"
 SD_RUN = dict(initializer="stuffed animal", kappa=0.002)  # two vectors per encoder, a non-default kappa
@@ -71,10 +73,53 @@ def test_sdxl_files_load_per_encoder_and_reproduce_training(tiny_sdxl, trained_r
     assert not torch.equal(rows_l, rows_g)
 
 
+def test_sdxl_single_file_loads_in_diffusers_as_the_readme_says(tiny_sdxl, trained_run):
+    """The README's recipe: one file, its clip_l rows into the first encoder and clip_g into the second."""
+    run = trained_run("sdxl", "dti")
+    pipe = _fresh_pipeline("sdxl", tiny_sdxl)
+    state_dict = load_file(str(run.out_dir / "dti-subject.safetensors"))
+    pipe.load_textual_inversion(state_dict["clip_l"], token="<subject>", text_encoder=pipe.text_encoder,
+                                tokenizer=pipe.tokenizer)
+    pipe.load_textual_inversion(state_dict["clip_g"], token="<subject>", text_encoder=pipe.text_encoder_2,
+                                tokenizer=pipe.tokenizer_2)
+    with torch.no_grad():
+        hidden, _, pooled, _ = pipe.encode_prompt(PROMPT.format("<subject>"), device="cpu",
+                                                  do_classifier_free_guidance=False)
+    expected = _training_time_conditioning(run)
+    torch.testing.assert_close(hidden, expected["hidden"], atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(pooled, expected["pooled"], atol=1e-6, rtol=1e-5)
+
+
+def test_a_capitalized_placeholder_gets_every_vector_in_diffusers(tiny_sd, subject_images, tmp_path):
+    """CLIP tokenizers lower-case prompts, and diffusers expands a multi-vector token into its k tokens only
+    where the prompt's tokens equal the file's key: so the placeholder is stored, and loaded, in lower case."""
+    settings = fast_settings(placeholder="<Bear>", initializer="stuffed animal", steps=1, save_every=1)
+    out = tmp_path / "bear"
+    run = train(fresh_backbone(tiny_sd), subject_images, settings, out, progress=False)
+    assert run["tokens"]["clip_l"] == ["<bear>", "<bear>_1"] and (out / "dti-bear.safetensors").is_file()
+    rows = load_file(str(out / "learned_embeds.safetensors"))["<bear>"]
+    pipe = _fresh_pipeline("sd", tiny_sd)
+    pipe.load_textual_inversion(str(out / "learned_embeds.safetensors"))
+    assert pipe.maybe_convert_prompt("a <bear> toy", pipe.tokenizer) == "a <bear> <bear>_1 toy"
+    # The failure this avoids: a key with capitals gets its first vector only.
+    control = _fresh_pipeline("sd", tiny_sd)
+    control.load_textual_inversion({"<Bear>": rows}, token="<Bear>")
+    assert control.maybe_convert_prompt("a <Bear> toy", control.tokenizer) == "a <Bear> toy"
+    # A file from another tool whose key has capitals: dti loads it in lower case, every vector used.
+    other = tmp_path / "other"
+    other.mkdir()
+    save_file({"<Bear>": rows}, str(other / "learned_embeds.safetensors"))
+    backbone = fresh_backbone(tiny_sd)
+    token = load_learned_token(backbone, other)
+    assert token == "<bear>"
+    expanded = backbone.pipe.maybe_convert_prompt(f"a {token} toy", backbone.pipe.tokenizer)
+    assert expanded == "a <bear> <bear>_1 toy"
+
+
 @pytest.mark.parametrize("family", ["sd", "sdxl"])
 def test_single_file_export_shapes_and_provenance(tiny_models, trained_run, family):
     run = trained_run(family, "dti", **(SD_RUN if family == "sd" else {}))
-    path = run.out_dir / "subject.safetensors"  # named after the placeholder without <>
+    path = run.out_dir / "dti-subject.safetensors"  # {method}-{the placeholder without <>}
     tensors = load_file(str(path))
     k = len(run.run["tokens"]["clip_l"])
     first = load_file(str(run.out_dir / "learned_embeds.safetensors"))["<subject>"]
@@ -90,10 +135,11 @@ def test_single_file_export_shapes_and_provenance(tiny_models, trained_run, fami
     meta = read_metadata(path)
     assert meta["format"] == "pt"
     assert meta["dti.method"] == "dti"
-    assert meta["dti.base_model"] == str(tiny_models[family])
+    assert meta["dti.base_model"] == tiny_models[family].name  # the folder's name, never this machine's path
     assert int(meta["dti.steps"]) == run.settings.steps
     assert meta["dti.code_version"] == dti.__version__
-    assert float(meta["dti.kappa"]) == (run.settings.kappa if run.settings.kappa is not None else 1e-4)
+    kappa = run.settings.hyper_parameters.get("kappa", METHODS["dti"].defaults["kappa"])
+    assert float(meta["dti.kappa"]) == kappa
     for slot in ("clip_l", "clip_g")[: 1 if family == "sd" else 2]:
         m = vocab_mean_norm(tiny_models[family], slot)
         assert float(meta[f"dti.magnitude.{slot}"]) == pytest.approx(m, rel=1e-6)

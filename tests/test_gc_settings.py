@@ -10,7 +10,7 @@ import sys
 # through Python's buffered stdout and into a file that the script closes itself.
 SCRIPT = """
 import sys
-from dti.pipeline import lighten_gc
+from dti.jobs import lighten_gc
 
 if sys.argv[1] == "light":
     lighten_gc()

@@ -151,6 +151,17 @@ def test_pickles_are_refused_without_being_opened(tmp_path, kind, capsys):
     assert not marker.exists()
 
 
+def test_a_safetensors_header_starting_like_a_pickle_is_read(tmp_path):
+    """A header of 128 + 256 n bytes makes a safetensors file's first byte 0x80, a pickle's first byte."""
+    path = tmp_path / "e.safetensors"
+    for pad in range(300):
+        _write(path, {"emb_params": torch.randn(1, 768)}, metadata={"note": "x" * pad})
+        if path.read_bytes()[0] == 0x80:
+            break
+    assert path.read_bytes()[0] == 0x80
+    assert read_embedding_file(path).vectors["clip_l"].shape == (1, 768)
+
+
 @pytest.mark.parametrize("case", ["missing", "truncated", "not safetensors", "many tensors", "3-d tensor"])
 def test_unreadable_files_fail_in_one_line_naming_the_file(tmp_path, capsys, case):
     path = tmp_path / "bad.safetensors"

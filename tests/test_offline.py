@@ -14,7 +14,7 @@ PROBE = """
 import os, sys, time
 os.environ["HF_HUB_OFFLINE"] = "1"
 from dti.errors import DtiError
-from dti.pipeline import {call}
+from {module} import {call}
 start = time.time()
 try:
     {body}
@@ -27,8 +27,9 @@ except DtiError as exc:
 
 def run_offline(call: str, body: str) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "TRANSFORMERS_"))}
-    return subprocess.run([sys.executable, "-c", PROBE.format(call=call, body=body)], capture_output=True,
-                          text=True, timeout=300, env=env)
+    module = "dti.model_record" if call == "load_recorded_backbone" else "dti.pipeline"
+    probe = PROBE.format(module=module, call=call, body=body)
+    return subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300, env=env)
 
 
 def test_unfetched_metric_weights_fail_fast_naming_the_model(tmp_path):
@@ -44,7 +45,7 @@ def test_unfetched_metric_weights_fail_fast_naming_the_model(tmp_path):
 def test_unfetched_backbone_fails_naming_the_model(tmp_path):
     marker = tmp_path / "model.json"
     marker.write_text(json.dumps({"model": str(tmp_path / "gone"), "family": "sd", "revision": None}))
-    result = run_offline("_load_backbone", f"_load_backbone({str(marker)!r}, 'cpu')")
+    result = run_offline("load_recorded_backbone", f"load_recorded_backbone({str(marker)!r}, 'cpu')")
     assert result.returncode == 3, result.stderr[-2000:]
     assert str(tmp_path / "gone") in result.stdout
 
@@ -56,9 +57,23 @@ def test_local_model_folder_is_recorded_without_download(tiny_sd, tmp_path):
 
 
 def test_work_offline_keeps_an_explicit_user_choice(monkeypatch):
-    from dti.pipeline import work_offline
+    from dti.jobs import work_offline
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "0")
     monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
     work_offline()
     assert os.environ["HF_HUB_OFFLINE"] == "0" and os.environ["TRANSFORMERS_OFFLINE"] == "1"
+
+
+def test_files_record_the_hub_id_or_the_folder_name_never_a_local_path(tmp_path):
+    from dti.model_files import public_model
+
+    # What fetch_model records for a hub model: its snapshot folder in the Hugging Face cache.
+    snapshot = tmp_path / "hub" / "models--stabilityai--stable-diffusion-xl-base-1.0" / "snapshots" / "4621659"
+    snapshot.mkdir(parents=True)
+    hub_id = "stabilityai/stable-diffusion-xl-base-1.0"
+    assert public_model(str(snapshot)) == (hub_id, "4621659")
+    assert public_model(str(snapshot), "main") == (hub_id, "main")
+    assert public_model(hub_id, "v1") == (hub_id, "v1")
+    (tmp_path / "my-sdxl").mkdir()
+    assert public_model(str(tmp_path / "my-sdxl")) == ("my-sdxl", None)

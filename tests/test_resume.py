@@ -17,14 +17,14 @@ from dti.export import read_metadata
 from dti.state import read_state
 
 STEPS, SAVE_EVERY, STOP_AFTER = 20, 5, 7
-FINAL_FILES = ("learned_embeds.safetensors", "run.json", "subject.safetensors")
+FINAL_FILES = ("learned_embeds.safetensors", "run.json", "bear.safetensors")
 
 
 def _command(model: Path, images: Path, out: Path, **overrides) -> list[str]:
     # DTI with beta > 0 so the optimizer carries state (the second-moment average) across the interruption.
     options = {"model": model, "images": images, "out": out, "initializer": "dog", "steps": STEPS,
                "save-every": SAVE_EVERY, "resolution": 64, "batch-size": 1, "seed": 3, "beta": 0.5,
-               "kappa": 0.01, **overrides}
+               "kappa": 0.01, "name": "bear", **overrides}  # one name: the runs' folders differ
     args = [sys.executable, "-m", "dti.cli", "train", "--quiet"]
     for key, value in options.items():
         args += [f"--{key}", str(value)]
@@ -75,7 +75,7 @@ def _interrupt_after(proc: subprocess.Popen, out: Path, step: int, timeout: floa
 
 
 def _assert_same_embedding_files(a: Path, b: Path) -> None:
-    for name in ("learned_embeds.safetensors", "subject.safetensors"):
+    for name in ("learned_embeds.safetensors", "bear.safetensors"):
         ta, tb = load_file(str(a / name)), load_file(str(b / name))
         assert ta.keys() == tb.keys() and all(torch.equal(ta[k], tb[k]) for k in ta), name
         assert read_metadata(a / name) == read_metadata(b / name), name

@@ -29,7 +29,7 @@ from dti.train import TrainingDiverged, train
 # Three steps, state saved at steps 2 and 3: a crash can fall before any state, between saves, or after.
 SETTINGS = dict(steps=3, save_every=2, batch_size=1, beta=0.5, kappa=0.01)  # beta > 0: RSGD carries state
 FINAL = ("learned_embeds.safetensors", "learned_embeds-steps-2.safetensors", "learned_embeds-steps-3.safetensors",
-         "subject.safetensors", "train_log.jsonl", "checkpoints/state.safetensors")
+         "train_log.jsonl", "checkpoints/state.safetensors")  # and the single file, {method}-{placeholder}
 
 
 class Crash(BaseException):
@@ -62,7 +62,8 @@ def _run(pristine, images, out: Path, **overrides) -> dict:
 
 
 def _assert_same_result(out: Path, reference: Path, names=FINAL) -> None:
-    for name in names:
+    single = [f"{json.loads((out / 'run.json').read_text())['method']}-subject.safetensors"]
+    for name in (*names, *single):
         assert (out / name).read_bytes() == (reference / name).read_bytes(), name
     run, ref = (json.loads((d / "run.json").read_text()) for d in (out, reference))
     for varying in ("seconds", "resumed_from"):

@@ -1,4 +1,4 @@
-"""Sphere geometry and the Riemannian SGD step, checked against hand computations (METHOD.md 2.5)."""
+"""Sphere geometry and the Riemannian SGD step, checked against hand computations (docs/METHOD.md)."""
 
 from __future__ import annotations
 

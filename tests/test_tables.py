@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+import shutil
+import subprocess
 
 import numpy as np
 import pandas as pd
@@ -11,6 +13,7 @@ import pytest
 from dti.errors import DtiError
 from dti.latex import to_latex
 from dti.tables import SCORE_COLUMNS, build_tables, caption_for, write_tables
+from dti.terms import display_name
 
 DINO = "timm:vit_small_patch16_224.dino@random"
 CLIP_T = "open_clip:ViT-B-32@openai"
@@ -178,7 +181,7 @@ def test_over_steps_latex_bolds_the_best_method_at_each_step():
     table = build_tables(stepped_scores(), None)["over_steps"]
     body = parse_body(to_latex(table, caption="c", label="tab:over_steps"), 4)
     bold = {(method, step) for (_, _, method, step), cells in body.items() if r"\textbf{" in cells[0]}
-    assert bold == {("ti", "200"), ("dti", "400")}
+    assert bold == {("TI", "200"), ("DTI", "400")}  # methods by their display names
 
 
 def test_caption_names_prompt_set_and_step():
@@ -322,14 +325,15 @@ def test_latex_bolds_best_method_per_metric_within_each_backbone():
     body = parse_body(latex, 4)
     assert len(body) == 6
     metrics = ["dino", "clip_t"]
-    bold = {(backbone.replace(r"\_", "_"), method.replace(r"\_", "_"), metric)
+    shown = {display_name(m): m for m in {key[1] for key in BENCH}}  # methods appear by their display names
+    bold = {(backbone.replace(r"\_", "_"), shown[method.replace(r"\_", "_")], metric)
             for (backbone, _, _, method), cells in body.items()
             for metric, cell in zip(metrics, cells, strict=True) if r"\textbf{" in cell}
     assert bold == BOLD
     # Cells read "mean ± half-CI" with the table's numbers.
     row = one(summary, backbone="sana", method="ti", metric="dino")
     half = (row["ci_high"] - row["ci_low"]) / 2
-    assert body[("sana", "object", "400", "ti")][0] == f"{row['mean']:.3f} $\\pm$ {half:.3f}"
+    assert body[("sana", "object", "400", "TI")][0] == f"{row['mean']:.3f} $\\pm$ {half:.3f}"
 
 
 def test_latex_has_booktabs_rules_and_escapes_names():
@@ -373,7 +377,7 @@ def test_norms_latex_is_not_bolded():
     latex = to_latex(table, caption=caption_for(unbalanced(), "norms"), label="tab:norms")
     assert r"\textbf" not in latex
     body = parse_body(latex, 4)
-    assert body[("sdxl", "ti", "400", "clip\\_l")][-1] == f"{2.0 / 0.4:.3f}"
+    assert body[("sdxl", "TI", "400", "clip\\_l")][-1] == f"{2.0 / 0.4:.3f}"
 
 
 def test_write_tables_writes_parquet_and_tex_that_round_trip(tmp_path):
@@ -388,6 +392,40 @@ def test_write_tables_writes_parquet_and_tex_that_round_trip(tmp_path):
         tex = (tmp_path / "tables" / f"{name}.tex").read_text()
         assert tex == to_latex(table, caption=captions[name], label=f"tab:{name}")
     assert len(written) == 2 * 7
+
+
+def test_tables_show_display_names_while_parquet_keeps_the_keys(tmp_path):
+    scores = stepped_scores()
+    tables = build_tables(scores, None)
+    write_tables(tables, tmp_path, captions={n: caption_for(scores, n, table=t) for n, t in tables.items()})
+    summary = pd.read_parquet(tmp_path / "summary.parquet")
+    assert set(summary["method"]) == {"dti", "ti"} and set(summary["metric"]) == {"dino"}
+    body = parse_body((tmp_path / "summary.tex").read_text(), 4)
+    assert {key[3] for key in body} == {display_name("dti"), display_name("ti")} == {"DTI", "TI"}
+    assert " & DINO \\\\" in (tmp_path / "summary.tex").read_text()
+
+
+@pytest.mark.skipif(shutil.which("pdflatex") is None,
+                    reason="no pdflatex here (apt-get install texlive-latex-base texlive-latex-recommended)")
+def test_every_table_compiles_with_pdflatex_and_booktabs(tmp_path):
+    from dti.interpolation import interpolation_tables, summary_latex
+
+    scores = bench_scores()
+    tables = build_tables(scores, frame(norm_rows("ti", "a", [2.0]), norm_rows("dti", "a", [0.4])))
+    parts = [to_latex(t, caption=caption_for(scores, n, table=t), label=f"tab:{n}") for n, t in tables.items()]
+    blends = pd.DataFrame([{"backbone": "tiny_sd", "pair": "a+b", "method": m, "scheme": "slerp", "t": t,
+                            "prompt_id": 0, "seed": 0, "image": f"{m}{t}.png", "sim_a": 1 - t, "sim_b": t,
+                            "text": 0.3, "norm_ratio": 1.0, "image_metric": "dino (timm:x_y@random)",
+                            "text_metric": "clip_t (open_clip:ViT-B-32@random)"}
+                           for m in ("dti", "ti") for t in (0.0, 0.5, 1.0)])
+    parts.append(summary_latex(interpolation_tables(blends)["summary"]))
+    (tmp_path / "tables.tex").write_text("\\documentclass{article}\n\\usepackage{booktabs}\n\\begin{document}\n"
+                                         + "\n".join(parts) + "\\end{document}\n")
+    done = subprocess.run(["pdflatex", "-interaction=nonstopmode", "-halt-on-error", "tables.tex"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout[-3000:]
+    log = (tmp_path / "tables.log").read_text(errors="replace")
+    assert not re.search(r"^!|Undefined control sequence|Missing \S+ inserted", log, re.MULTILINE), log[-3000:]
 
 
 def test_write_tables_needs_a_caption_per_table(tmp_path):

@@ -71,7 +71,7 @@ def test_bf16_backbone_keeps_fp32_unit_rows(tiny_sd, subject_images, tmp_path):
     assert trainer.optimizer.state[layer.rows]["sq_avg"].dtype == torch.float32
     torch.testing.assert_close(layer.rows.detach().norm(dim=-1), torch.ones(1), atol=1e-6, rtol=0)
     # m comes from the bf16 table here: equal to the fp32 statistic up to bf16 rounding.
-    assert trainer.magnitudes["clip_l"] == pytest.approx(vocab_mean_norm(tiny_sd, "clip_l"), rel=5e-3)
+    assert trainer.slots["clip_l"].magnitude == pytest.approx(vocab_mean_norm(tiny_sd, "clip_l"), rel=5e-3)
 
 
 def test_ti_norm_moves_while_dti_norm_stays_m(tiny_sd, trained_run):
@@ -146,7 +146,7 @@ def test_crossinit_huge_pull_keeps_rows_near_init(tiny_sd, subject_images, tmp_p
         for _ in range(5):
             trainer.train_step()
         distance[pull] = (trainer.layers["clip_l"].rows - trainer.init_rows["clip_l"]).norm().item()
-    # Measured: about 0.43 free vs 0.08 pulled (AdamW's steps have length ~lr whatever the gradient scale).
+    # Not zero: AdamW's steps have length ~lr whatever the gradient scale, so the pull only shortens the walk.
     assert distance[1e4] < 0.3 * distance[0.0]
 
 
@@ -173,7 +173,7 @@ def test_same_seed_same_files_other_seed_other_files(tiny_sdxl, subject_images, 
     train(fresh_backbone(tiny_sdxl), subject_images, fast_settings(), dirs["b"], progress=False)
     train(fresh_backbone(tiny_sdxl), subject_images, fast_settings(seed=first.settings.seed + 1), dirs["c"],
           progress=False)
-    for file in ("learned_embeds.safetensors", "learned_embeds_2.safetensors", "subject.safetensors"):
+    for file in ("learned_embeds.safetensors", "learned_embeds_2.safetensors", "dti-subject.safetensors"):
         a, b, c = (load_file(str(dirs[k] / file)) for k in "abc")
         assert a.keys() == b.keys() == c.keys()
         assert all(torch.equal(a[k], b[k]) for k in a), file
@@ -254,7 +254,10 @@ def test_latent_cache_matches_encoding_and_crops(tiny_sd, subject_images):
 @pytest.mark.parametrize("overrides,culprit", [(dict(steps=0), "steps"), (dict(batch_size=0), "batch_size"),
                                                (dict(method="ti_rescaled"), "ti_rescaled"),
                                                (dict(method="nope"), "nope"),
-                                               (dict(mixed_precision="fp8"), "fp8")])
+                                               (dict(mixed_precision="fp8"), "fp8"),
+                                               # the export's default name, from the placeholder, must stay a
+                                               # plain file name too
+                                               (dict(placeholder="<../evil>"), "'dti-../evil' must be")])
 def test_bad_settings_are_dti_errors(tiny_sd, subject_images, tmp_path, overrides, culprit):
     with pytest.raises(DtiError, match=culprit):
         Trainer(fresh_backbone(tiny_sd), subject_images, fast_settings(**overrides), tmp_path)

@@ -134,6 +134,16 @@ def test_two_token_initializer_gets_two_vectors(default_run):
     assert len(run["tokens"]["clip_g"]) == 2
 
 
+def test_the_single_file_is_named_method_subject_and_the_log_says_how_to_use_it(default_run):
+    from dti.export import read_metadata
+
+    folder = default_run / "results/tiny_sdxl/dti/plush_bear"
+    meta = read_metadata(folder / "dti-plush_bear.safetensors")
+    assert meta["dti.base_model"] == "sdxl"  # the tiny model's folder by its name, not its path here
+    log = (default_run / "logs/train/tiny_sdxl/dti/plush_bear.log").read_text()
+    assert "then write dti-plush_bear" in log and "then write embedding:dti-plush_bear" in log
+
+
 # --- incremental reruns -------------------------------------------------------------------------------
 def test_unchanged_rerun_plans_nothing(default_run):
     assert planned_jobs(default_run) == []

@@ -1,12 +1,14 @@
-"""Checks of the benchmark configuration beyond what its JSON schema expresses, made while planning.
+"""Checks of the benchmark configuration beyond what its JSON schemas express, made while planning.
 
-config/schema.yaml checks keys, types and ranges. Here, before any job starts: the subject table (inline or
-a TSV), one naming rule (dti.names) for every name that becomes a path or a wildcard (subjects, backbones,
-methods, prompt sets), each method's own hyper-parameters, that no two prompt sets share a name, that some
-metric is enabled, photo file names that are text, and each backbone's family: a registered one
-(dti.backbones.registry), and the one the model's own model_index.json declares where the model is already
-on this machine. Torch-free, so planning stays fast; every error is a DtiError naming the config key, file
-or value.
+config/schema.yaml checks keys, types and ranges, and config/subject.schema.yaml each subject (the entries
+of the inline `subjects` list with the config; the rows of a `subject_table` TSV, which `subject_rows`
+reads, in rules/common.smk). Here, before any job starts: subject names that appear twice, an empty
+subject table, one naming rule (dti.names) for every other name that becomes a path or a wildcard
+(backbones, methods, prompt sets), each method's own hyper-parameters, that no two prompt sets share a
+name, that some metric is enabled, photo file names that are text, and each backbone's family: a
+registered one (dti.backbones.registry), and the one the model's own model_index.json declares where the
+model is already on this machine. Torch-free, so planning stays fast; every error is a DtiError naming the
+config key, file or value.
 """
 
 from __future__ import annotations
@@ -21,14 +23,15 @@ from dti.methods import check_hyper_parameters
 from dti.model_files import check_declared_family
 from dti.names import check_name
 
-KINDS = ("object", "live")
-SOURCES = ("synthetic", "dreambooth", "folder")
-COLUMNS = ("name", "class", "kind", "source")
+TABLE_COLUMNS = ("name", "class", "kind", "source")  # and, optionally, initializer
 
 
-def check_config(config: dict, basedir: str | os.PathLike) -> dict[str, dict]:
-    """Check everything below; return the subject table {name: row} (initializer defaulting to the class)."""
-    subjects = load_subject_table(config, basedir)
+def check_config(config: dict, subjects: list[tuple[str, dict]]) -> dict[str, dict]:
+    """Check everything below; return the subject table {name: row} (initializer defaulting to the class).
+
+    `subjects`: the subject rows (`subject_rows`), each already valid against config/subject.schema.yaml.
+    """
+    table = subject_table(subjects, "subject_table" if config.get("subject_table") else "subjects")
     for key in config["backbones"]:
         check_name(key, "backbones: backbone name")
     check_methods(config["methods"])
@@ -36,61 +39,61 @@ def check_config(config: dict, basedir: str | os.PathLike) -> dict[str, dict]:
     check_metrics(config["metrics"])
     check_backbone_families(config["backbones"])
     placeholder = config.get("training", {}).get("placeholder", "<{subject}>")
-    for name in subjects:
+    for name in table:
         token = placeholder.replace("{subject}", name)
         if not token.strip() or any(c.isspace() for c in token):
             raise DtiError(f"training.placeholder {placeholder!r} gives {token!r} for subject {name}; "
                            "a placeholder must be one word without spaces")
     images_dir = (config.get("data") or {}).get("images_dir")
-    for name, row in subjects.items():
+    for name, row in table.items():
         if row["source"] == "folder" and images_dir:
             check_photo_names(Path(images_dir) / name)
-    return subjects
+    return table
 
 
-def load_subject_table(config: dict, basedir: str | os.PathLike) -> dict[str, dict]:
-    if config.get("subject_table"):
-        path = Path(config["subject_table"])
-        if not path.is_absolute() and not path.is_file():  # a path relative to the workflow's folder
-            path = Path(basedir) / path
-        where = f"subject_table {path}"
-        try:
-            with open(path, encoding="utf-8", newline="") as handle:
-                reader = csv.DictReader(handle, delimiter="\t")
-                rows = [dict(r) for r in reader]
-                header = reader.fieldnames or []
-        except FileNotFoundError:
-            raise DtiError(f"subject_table: file not found: {path}") from None
-        except (OSError, UnicodeDecodeError, csv.Error) as err:
-            raise DtiError(f"{where}: cannot read: {err}") from err
-        missing = [c for c in COLUMNS if c not in header]
-        if missing:
-            raise DtiError(f"{where}: missing column(s) {missing}; it needs {list(COLUMNS)} (tab-separated)")
-        for row in rows:
-            if not row.get("initializer"):
-                row.pop("initializer", None)
-        labelled = [(f"{where} row {i + 2}", row) for i, row in enumerate(rows)]  # row 1 is the header
-    elif config.get("subjects"):
-        where = "subjects"
-        labelled = [(f"subjects[{i}]", dict(row)) for i, row in enumerate(config["subjects"])]
-    else:
-        raise DtiError("give either `subjects` (a list) or `subject_table` (a TSV path)")
-    if not labelled:
+def subject_rows(config: dict, basedir: str | os.PathLike) -> list[tuple[str, dict]]:
+    """[(where, row)] of every subject: the inline `subjects` entries, or the rows of the `subject_table` TSV
+    (a path relative to the working folder or to `basedir`, the workflow's folder) with empty cells left
+    out. The rows are not checked here: the subject schema does that."""
+    if not config.get("subject_table"):
+        if not config.get("subjects"):
+            raise DtiError("give either `subjects` (a list) or `subject_table` (a TSV path)")
+        return [(f"subjects[{i}]", dict(row)) for i, row in enumerate(config["subjects"])]
+    path = Path(config["subject_table"])
+    if not path.is_absolute() and not path.is_file():
+        path = Path(basedir) / path
+    where = f"subject_table {path}"
+    try:
+        with open(path, encoding="utf-8", newline="") as handle:
+            reader = csv.DictReader(handle, delimiter="\t")
+            rows = [dict(r) for r in reader]
+            header = reader.fieldnames or []
+    except FileNotFoundError:
+        raise DtiError(f"subject_table: file not found: {path}") from None
+    except (OSError, UnicodeDecodeError, csv.Error) as err:
+        raise DtiError(f"{where}: cannot read: {err}") from err
+    missing = [c for c in TABLE_COLUMNS if c not in header]
+    if missing:
+        raise DtiError(f"{where}: missing column(s) {missing}; it needs {list(TABLE_COLUMNS)} (tab-separated)")
+    labelled = []
+    for i, row in enumerate(rows):
+        label = f"{where} row {i + 2}"  # row 1 is the header
+        if None in row:
+            raise DtiError(f"{label}: more cells than the header has columns")
+        labelled.append((label, {k: v for k, v in row.items() if v not in ("", None)}))
+    return labelled
+
+
+def subject_table(subjects: list[tuple[str, dict]], where: str) -> dict[str, dict]:
+    """{name: row} from schema-valid rows: no name twice, at least one subject, initializer defaulting to
+    the class noun."""
+    if not subjects:
         raise DtiError(f"{where}: lists no subjects")
     table = {}
-    for label, row in labelled:
-        missing = [c for c in COLUMNS if not row.get(c)]
-        if missing:
-            raise DtiError(f"{label}: no value for {missing}")
-        name = check_name(row["name"], f"{label}: subject name")
-        if row["kind"] not in KINDS:
-            raise DtiError(f"{label}: subject {name}: kind must be object or live, got {row['kind']!r}")
-        if row["source"] not in SOURCES:
-            raise DtiError(f"{label}: subject {name}: source must be one of {list(SOURCES)}, got {row['source']!r}")
-        if name in table:
-            raise DtiError(f"{label}: subject {name!r} appears twice")
-        row.setdefault("initializer", row["class"])
-        table[name] = row
+    for label, row in subjects:
+        if row["name"] in table:
+            raise DtiError(f"{label}: subject {row['name']!r} appears twice")
+        table[row["name"]] = {**row, "initializer": row.get("initializer", row["class"])}
     return table
 
 

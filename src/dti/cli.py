@@ -7,36 +7,16 @@ import math
 import sys
 from pathlib import Path
 
+from dti.devices import DTYPE_NAMES, default_device, weights_dtype
 from dti.errors import DtiError
-
-
-def _dtype(name: str, device: str):
-    import torch
-
-    if name == "auto":
-        return torch.bfloat16 if device.startswith("cuda") else torch.float32
-    return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[name]
-
-
-def default_device() -> str:
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
+from dti.methods import HYPER_PARAMETERS, METHODS, trainable_methods
+from dti.names import safe_name
 
 
 def cmd_tiny_model(args) -> None:
     from dti.tiny import write_tiny_model
 
     print(write_tiny_model(args.family, args.out, seed=args.seed))
-
-
-def _magnitude(value: str | None):
-    if value is None:
-        return None
-    try:
-        return float(value)
-    except ValueError:
-        return value
 
 
 def _output_folder(out: str) -> Path:
@@ -49,23 +29,27 @@ def _output_folder(out: str) -> Path:
 
 def cmd_train(args) -> None:
     from dti.backbones import load_backbone
+    from dti.export import how_to_use
     from dti.images import list_images, load_image
     from dti.train import TrainSettings, train
 
     _output_folder(args.out)
+    given = {key: getattr(args, key) for key in HYPER_PARAMETERS if getattr(args, key) is not None}
+    # The single file's default name: the method and the output folder's name (runs/bear -> dti-bear).
+    name = args.name or f"{args.method}-{safe_name(Path(args.out).resolve().name)}"
     settings = TrainSettings(
-        method=args.method, placeholder=args.placeholder, initializer=args.initializer, steps=args.steps,
-        lr=args.lr, batch_size=args.batch_size, grad_accum=args.grad_accum, resolution=args.resolution,
-        seed=args.seed, kappa=args.kappa, beta=args.beta, magnitude=_magnitude(args.magnitude),
-        weight_decay=args.weight_decay, save_every=args.save_every, mixed_precision=args.mixed_precision,
-        latent_cache=not args.no_latent_cache, name=args.name)
+        method=args.method, hyper_parameters=given, placeholder=args.placeholder, initializer=args.initializer,
+        steps=args.steps, batch_size=args.batch_size, grad_accum=args.grad_accum, resolution=args.resolution,
+        seed=args.seed, save_every=args.save_every, mixed_precision=args.mixed_precision,
+        latent_cache=not args.no_latent_cache, name=name)
     settings.validate()  # bad settings fail before any image or model is loaded
     images = [load_image(p) for p in list_images(args.images)]
     device = args.device or default_device()
     backbone = load_backbone(args.model, family=args.family, revision=args.revision,
-                             dtype=_dtype(args.dtype, device), device=device)
+                             dtype=weights_dtype(device, args.dtype), device=device)
     run = train(backbone, images, settings, args.out, progress=not args.quiet)
     print(f"learned {run['tokens']} with {args.method} in {run['seconds']} s -> {args.out}")
+    print(how_to_use(args.out, settings.placeholder, settings.export_name, backbone.family))
 
 
 def _check_sample_args(args) -> None:
@@ -92,7 +76,7 @@ def cmd_sample(args) -> None:
     out = _output_folder(args.out)
     device = args.device or default_device()
     backbone = load_backbone(args.model, family=args.family, revision=args.revision,
-                             dtype=_dtype(args.dtype, device), device=device)
+                             dtype=weights_dtype(device, args.dtype), device=device)
     backbone.check_resolution(args.resolution, "--resolution")
     if args.width is not None:
         backbone.check_resolution(args.width, "--width")
@@ -129,7 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--family", choices=families, help="default: read from model_index.json")
         p.add_argument("--revision")
         p.add_argument("--device", help="default: cuda if available, else cpu")
-        p.add_argument("--dtype", choices=["auto", "fp32", "bf16", "fp16"], default="auto",
+        p.add_argument("--dtype", choices=DTYPE_NAMES, default="auto",
                        help="frozen weights' dtype (auto: bf16 on CUDA, fp32 on CPU)")
         p.add_argument("--quiet", action="store_true")
 
@@ -137,23 +121,26 @@ def build_parser() -> argparse.ArgumentParser:
     model_args(p)
     p.add_argument("--images", required=True, help="folder of subject photos")
     p.add_argument("--initializer", required=True, help="words to start from, e.g. the class noun")
-    p.add_argument("--method", choices=["dti", "ti", "crossinit"], default="dti")
+    p.add_argument("--method", choices=trainable_methods(), default="dti")
     p.add_argument("--out", required=True)
-    p.add_argument("--placeholder", default="<subject>")
-    p.add_argument("--name", help="file name (trigger word) of the AUTOMATIC1111/ComfyUI export")
+    p.add_argument("--placeholder", default="<subject>", help="the token diffusers prompts use (stored in lower "
+                   "case: CLIP tokenizers lower-case prompts)")
+    p.add_argument("--name", help="name of the single-file export, its trigger word in AUTOMATIC1111, Forge and "
+                   "SD.Next (default: METHOD-FOLDER, the --out folder's name, e.g. dti-bear)")
     p.add_argument("--steps", type=int, default=400)
-    p.add_argument("--lr", type=float, help="EFFECTIVE learning rate (default: the method's published one)")
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--grad-accum", type=int, default=1)
     p.add_argument("--resolution", type=int, default=768)
     p.add_argument("--seed", type=int, default=42)
-    p.add_argument("--kappa", type=float, help="vMF prior concentration (DTI)")
-    p.add_argument("--beta", type=float, help="RSGD second-moment decay (DTI; 0 = published)")
-    p.add_argument("--magnitude", help="DTI norm m: mean, min, max or a number")
-    p.add_argument("--weight-decay", type=float)
     p.add_argument("--save-every", type=int, default=50)
     p.add_argument("--mixed-precision", choices=["auto", "no", "bf16"], default="auto")
     p.add_argument("--no-latent-cache", action="store_true", help="re-encode images every step (slower)")
+    group = p.add_argument_group("hyper-parameters", "default: the method's published value; giving a method "
+                                 "one it does not take is an error")
+    for key, hp in HYPER_PARAMETERS.items():
+        takers = ", ".join(m for m in trainable_methods() if key in METHODS[m].accepts)
+        group.add_argument(f"--{key.replace('_', '-')}", dest=key, type=hp.parse, nargs=hp.nargs,
+                           help=f"{hp.help} [{takers}]")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("sample", help="generate images with a learned token")
@@ -181,7 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from dti.pipeline import lighten_gc
+    from dti.jobs import lighten_gc
 
     lighten_gc()
     args = build_parser().parse_args(argv)

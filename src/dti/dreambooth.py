@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from dti.errors import DtiError
+from dti.terms import LIVE, OBJECT, SUBJECT_KINDS, check_kind
 
 COMMIT = "4f887af7970a06fc0cd3adaa1d0b368547d6a1d0"
 ARCHIVE_URL = f"https://github.com/google/dreambooth/archive/{COMMIT}.tar.gz"
@@ -250,7 +251,7 @@ class DreamBoothSubject:
 
     @property
     def kind(self) -> str:
-        return "live" if self.class_noun in LIVE_CLASSES else "object"
+        return LIVE if self.class_noun in LIVE_CLASSES else OBJECT
 
 
 @dataclass(frozen=True)
@@ -260,13 +261,10 @@ class DreamBoothInfo:
     live_prompts: tuple[str, ...]
 
     def prompts(self, kind: str) -> tuple[str, ...]:
-        if kind == "object":
-            return self.object_prompts
-        if kind == "live":
-            return self.live_prompts
-        raise DtiError(f"subject kind must be 'object' or 'live', got {kind!r}")
+        return {OBJECT: self.object_prompts, LIVE: self.live_prompts}[check_kind(kind)]
 
 
+_PROMPT_HEADINGS = {"Object Prompts": OBJECT, "Live Subject Prompts": LIVE}  # the file's headings -> our kinds
 _PROMPT_LINE = re.compile(r"""^'(?P<text>[^']*)'\.format\(\s*unique_token\s*,\s*class_token\s*\),?$""")
 _SLOT = "{0} {1}"  # upstream writes "<token> <class>"; the paper's prompts keep only the token slot
 
@@ -293,12 +291,10 @@ def parse_prompts_and_classes(path: str | os.PathLike) -> DreamBoothInfo:
             section = "classes"
         elif line == "Prompts":
             section = None
-        elif line == "Object Prompts":
-            section = "object"
-        elif line == "Live Subject Prompts":
-            section = "live"
+        elif line in _PROMPT_HEADINGS:
+            section = _PROMPT_HEADINGS[line]
         elif line.startswith("prompt_list") and line.endswith("["):
-            if section not in ("object", "live") or section in lists:
+            if section not in SUBJECT_KINDS or section in lists:
                 raise DtiError(f"{where}: prompt list outside an 'Object Prompts'/'Live Subject Prompts' heading")
             lists[section], in_list = [], True
         elif line == "]" and in_list:
@@ -321,10 +317,10 @@ def parse_prompts_and_classes(path: str | os.PathLike) -> DreamBoothInfo:
         raise DtiError(f"{path}: prompt list in section {section!r} is not closed with ']'")
     if not subjects:
         raise DtiError(f"{path}: no subjects under a 'Classes' heading")
-    for kind in ("object", "live"):
+    for kind in SUBJECT_KINDS:
         if not lists.get(kind):
             raise DtiError(f"{path}: no {kind} prompt list")
-    return DreamBoothInfo(tuple(subjects), tuple(lists["object"]), tuple(lists["live"]))
+    return DreamBoothInfo(tuple(subjects), tuple(lists[OBJECT]), tuple(lists[LIVE]))
 
 
 def _template_from_line(line: str, where: str) -> str:

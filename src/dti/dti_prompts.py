@@ -26,6 +26,7 @@ from pathlib import Path
 from dti.errors import DtiError
 from dti.io import write_json
 from dti.prompts import check_template
+from dti.terms import LIVE, OBJECT
 
 REPOSITORY = "kunheek/dti"
 COMMIT = "96a77a3406d6bdef82ddc9dc76c8f0b26669b5cc"
@@ -36,8 +37,8 @@ SOURCE = f"github.com/{REPOSITORY}@{COMMIT}:{UPSTREAM_PATH}"
 
 # Our prompt set name -> the variable the authors assign it to.
 PROMPT_SETS = {"dti_simple": "SIMPLE", "dti_complex_lv1": "COMPLEX_LV1", "dti_complex_lv2": "COMPLEX_LV2"}
-# The keyword arguments of their SubjectPromptSet(...) call -> our subject kinds.
-_KIND_FIELDS = {"object": "object_prompts", "live": "live_prompts"}
+# Our subject kinds -> the keyword arguments of their SubjectPromptSet(...) call.
+_KIND_FIELDS = {OBJECT: "object_prompts", LIVE: "live_prompts"}
 
 
 def is_dti_prompt_set(name: object) -> bool:

@@ -1,5 +1,5 @@
 """Learned-token files: the formats diffusers, AUTOMATIC1111 and ComfyUI load, and dti's own for the
-families diffusers' loader does not know (docs/BACKBONES.md).
+families diffusers' loader does not know (docs/METHOD.md, "Files"; docs/BACKBONES.md).
 
 - `learned_embeds.safetensors` = {placeholder: float32[k, d]} for the backbone's first text encoder,
   `learned_embeds_2.safetensors` for its second (SDXL), metadata {"format": "pt"} and provenance. For SD
@@ -56,6 +56,25 @@ def save_diffusers(out_dir: Path, placeholder: str, vectors: dict[str, torch.Ten
         _save(path, {placeholder: rows}, {**metadata, "dti.slot": slot})
         paths.append(path)
     return paths
+
+
+def how_to_use(out_dir: str | Path, placeholder: str, name: str, family: str = "sd") -> str:
+    """What to write in each client to use a trained token, one line per client (the README says more);
+    `name`: the single file's name without .safetensors. Families whose text encoders the clients do not
+    know (dti.backbones.registry) load only with dti's own loader."""
+    from dti.backbones.registry import check_family
+
+    if not check_family(family).textual_inversion_clients:
+        return (f"dti sample --embeds {out_dir}, or dti.sample.install_learned_token(pipe, {str(out_dir)!r}) "
+                f"into a {check_family(family).pipeline}; write the text it returns in prompts (diffusers' "
+                "load_textual_inversion, AUTOMATIC1111 and ComfyUI load CLIP text-encoder tokens only)")
+    single = Path(out_dir) / f"{name}.safetensors"
+    return "\n".join([
+        f"diffusers: load_textual_inversion of {Path(out_dir) / 'learned_embeds.safetensors'} (SDXL: and of "
+        f"learned_embeds_2.safetensors), then write {placeholder} in prompts",
+        f"AUTOMATIC1111, Forge, SD.Next: copy only {single} into the embeddings folder, then write {name}",
+        f"ComfyUI: copy {single} into models/embeddings, then write embedding:{name}",
+    ])
 
 
 def save_single_file(path: Path, vectors: dict[str, torch.Tensor], metadata: dict) -> Path:

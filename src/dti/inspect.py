@@ -49,13 +49,21 @@ def _one_line(err: Exception) -> str:
     return " ".join(str(err).split())
 
 
+def _looks_like_safetensors(head: bytes, size: int) -> bool:
+    """A safetensors file: an 8-byte little-endian header length that fits the file, then a JSON object. Its
+    first byte may well be 0x80 (a header of 128 + 256 n bytes), which alone would pass for a pickle."""
+    return len(head) > 8 and 8 + int.from_bytes(head[:8], "little") <= size and head[8:9] == b"{"
+
+
 def _refuse_pickle(path: Path) -> None:
     why = None
     if path.suffix.lower() in PICKLE_SUFFIXES:
         why = f"a {path.suffix} file is a pickle"
     else:
         with open(path, "rb") as handle:
-            head = handle.read(4)
+            head = handle.read(9)
+        if _looks_like_safetensors(head, path.stat().st_size):
+            return
         if head.startswith(_ZIP_MAGIC):
             why = "its bytes are a zip archive (torch.save's pickle container)"
         elif head[:1] == bytes([_PICKLE_PROTO]):

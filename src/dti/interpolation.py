@@ -169,20 +169,20 @@ def render_pair(runs: dict[str, dict[str, str]], model_json: str, out_manifest: 
     """
     from dti.export import load_diffusers, save_diffusers, save_single_file
     from dti.io import write_parquet
-    from dti.pipeline import _load_backbone, resolve_device
+    from dti.model_record import load_recorded_backbone
     from dti.prompts import render
     from dti.sample import SampleJob, SampleSettings, generate, set_token_rows
-    from dti.tokens import resolve_magnitude
+    from dti.tokens import normalize_placeholder, resolve_magnitude
 
     a_name, b_name = pair.split("+")
     infos = {m: {end: json.loads(Path(path).read_text()) for end, path in ends.items()} for m, ends in runs.items()}
     for method, info in infos.items():  # before the model loads: a bad pair fails in a second
         check_pair_runs(info["a"], info["b"], f"interpolation pair {pair} ({labels.get('backbone')}, {method})")
-    backbone = _load_backbone(model_json, device or resolve_device())
+    backbone = load_recorded_backbone(model_json, device)
     slots = [s.name for s in backbone.slots]
     vocab_mean = {s.name: resolve_magnitude(s.encoder.get_input_embeddings().weight, "mean") for s in backbone.slots}
     out_dir = Path(out_manifest).parent
-    placeholder = f"<{pair}>"
+    placeholder = normalize_placeholder(f"<{pair}>")
     settings = SampleSettings(**sample)
     rows = []
     for method, ends in runs.items():
@@ -204,8 +204,7 @@ def render_pair(runs: dict[str, dict[str, str]], model_json: str, out_manifest: 
                                  vectors, meta)
                 # One token per t, so a path's images render in shared batches; the rows (not the token's
                 # name) decide the image.
-                token = f"<{pair}@{t_label(value)}>"
-                token = set_token_rows(backbone, token, vectors)
+                token = set_token_rows(backbone, f"<{pair}@{t_label(value)}>", vectors)
                 norm_ratio = float(np.mean([(r.norm(dim=-1) / vocab_mean[s]).mean().item() for s, r in vectors.items()]))
                 for prompt_id, template in enumerate(prompts):
                     for seed in seeds:
@@ -226,9 +225,9 @@ def score_pair(manifest_path: str, subject_a: str, subject_b: str, out_scores: s
     """Each image's similarity to A's and to B's reference photos, and its text fidelity to the neutral
     prompt (the template with a plain noun where the blend was)."""
     from dti.analysis.fidelity import Fidelity
+    from dti.devices import default_device
     from dti.images import load_image
     from dti.io import write_parquet
-    from dti.pipeline import resolve_device
     from dti.subjects import load_subject
 
     manifest = pd.read_parquet(manifest_path)
@@ -236,7 +235,7 @@ def score_pair(manifest_path: str, subject_a: str, subject_b: str, out_scores: s
     for end, subject_json in (("a", subject_a), ("b", subject_b)):
         folder = Path(subject_json).parent
         refs[end] = [load_image(folder / name) for name in load_subject(folder)["images"]]
-    fidelity = Fidelity(metric_specs, device or resolve_device(), tiny_dirs=tiny_dirs)
+    fidelity = Fidelity(metric_specs, device or default_device(), tiny_dirs=tiny_dirs)
     images = fidelity.open_images(Path(manifest_path).parent, manifest["image"])
     scores = manifest.copy()
     scores["sim_a"] = fidelity.subject(images, refs["a"])
@@ -296,7 +295,8 @@ _LATEX_HEADERS = {"sim_a_start": r"Sim.\ A @0 $\uparrow$", "sim_b_end": r"Sim.\ 
 
 def summary_latex(summary: pd.DataFrame, *, label: str = "tab:interpolation") -> str:
     """Booktabs table of the summary (needs \\usepackage{booktabs})."""
-    from dti.latex import escape
+    from dti.latex import render
+    from dti.terms import display_name
 
     n_steps = sorted(summary["n_steps"].unique())
     caption = (f"Concept interpolation: mean over pairs, prompts and seeds ({int(summary['n_paths'].sum())} paths). "
@@ -306,19 +306,11 @@ def summary_latex(summary: pd.DataFrame, *, label: str = "tab:interpolation") ->
                f"(an even path of {n_steps[0]} steps gives {1 / n_steps[0]:.2f}); mono.: share of paths "
                "whose similarity to A only falls (to B only rises); text dip: mean of the ends minus the "
                "lowest text fidelity along the path; |e(0.5)|/m: norm half-way over the vocabulary mean.")
-    lines = [r"\begin{table}[t]", r"\centering", rf"\caption{{{escape(caption)}}}", rf"\label{{{label}}}",
-             r"\begin{tabular}{lll" + "c" * len(SUMMARY_COLUMNS) + "}", r"\toprule",
-             " & ".join(["Backbone", "Method", "Path", *_LATEX_HEADERS.values()]) + r" \\", r"\midrule"]
-    previous = None
-    for row in summary.itertuples(index=False):
-        if previous is not None and row.backbone != previous:
-            lines.append(r"\midrule")
-        cells = [escape(row.backbone) if row.backbone != previous else "", escape(row.method), row.scheme]
-        cells += [f"{getattr(row, c):.3f}" if np.isfinite(getattr(row, c)) else "--" for c in SUMMARY_COLUMNS]
-        lines.append(" & ".join(cells) + r" \\")
-        previous = row.backbone
-    lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}"]
-    return "\n".join(lines) + "\n"
+    rows = summary[["backbone", "method", "scheme"]].assign(method=summary["method"].map(display_name))
+    cells = summary[SUMMARY_COLUMNS].map(lambda v: f"{v:.3f}" if np.isfinite(v) else None)
+    return render(pd.DataFrame(cells.to_numpy(), columns=[_LATEX_HEADERS[c] for c in SUMMARY_COLUMNS],
+                               index=pd.MultiIndex.from_frame(rows, names=["Backbone", "Method", "Path"])),
+                  caption=caption, label=label)
 
 
 # --- every pair's outputs (one local job) -------------------------------------------------------------------

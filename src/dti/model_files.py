@@ -92,3 +92,16 @@ def weights_identity(model: str, revision: str | None = None) -> dict[str, list]
             identity[path.relative_to(folder).as_posix()] = [stat.st_size, stat.st_mtime_ns,
                                                              _file_digest(path, stat.st_size)]
     return identity
+
+
+def public_model(model: str, revision: str | None = None) -> tuple[str, str | None]:
+    """(name, revision) of a model as files record it, never a path of this machine: a hub id as it is; a
+    folder of the Hugging Face cache (a snapshot, as the workflow's fetch_model records it) as its hub id
+    and the snapshot's commit; any other local folder by its own name."""
+    if not looks_local(model):
+        return model, revision
+    folder = Path(model).expanduser().resolve()
+    repo = folder.parent.parent.name
+    if folder.parent.name == "snapshots" and repo.startswith("models--") and "--" in repo[len("models--"):]:
+        return repo[len("models--"):].replace("--", "/", 1), revision or folder.name
+    return folder.name, revision

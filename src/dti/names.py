@@ -12,7 +12,7 @@ import re
 
 from dti.errors import DtiError
 
-# config/schema.yaml repeats this pattern (tests/test_names.py checks they agree).
+# config/schema.yaml repeats this pattern (tests/test_bad_input.py checks they agree).
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
 MAX_LENGTH = 100  # far below every file system's 255-byte limit, with room for suffixes
 _NAME = re.compile(NAME_PATTERN)
@@ -27,6 +27,12 @@ def name_problem(name: object) -> str | None:
     if len(name) > MAX_LENGTH:
         return f"must be at most {MAX_LENGTH} characters, got {len(name)}"
     return None
+
+
+def safe_name(text: str, fallback: str = "embedding") -> str:
+    """`text` made a safe name: each run of other characters becomes one "-" ("my bear" -> "my-bear")."""
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-.")[:MAX_LENGTH]
+    return name if name_problem(name) is None else fallback
 
 
 def check_name(name: object, what: str) -> str:

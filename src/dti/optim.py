@@ -1,4 +1,4 @@
-"""Riemannian SGD on the unit sphere with a von Mises-Fisher prior: DTI's optimizer (METHOD.md 2.5)."""
+"""Riemannian SGD on the unit sphere with a von Mises-Fisher prior: DTI's optimizer (docs/METHOD.md)."""
 
 from __future__ import annotations
 

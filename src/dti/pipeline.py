@@ -1,56 +1,18 @@
 """One function per benchmark step, taking plain paths and settings.
 
-The Snakemake scripts are thin adapters over these; nothing here knows about Snakemake, so every
-step can be run and tested from Python.
+The Snakemake scripts are one call each (dti.jobs.run_job) over these; nothing here knows about
+Snakemake, so every step can be run and tested from Python.
 """
 
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
+from dti.devices import default_device
 from dti.errors import DtiError
 from dti.io import save_image, write_json, write_parquet
-
-
-def work_offline() -> None:
-    """Compute nodes load only what the login node fetched: fail fast instead of reaching for the hub.
-
-    Must run before huggingface_hub is imported (it reads the variables once). A user who exports
-    HF_HUB_OFFLINE=0 keeps hub access.
-    """
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-
-
-def resolve_device() -> str:
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def set_threads(threads: int) -> None:
-    import torch
-
-    torch.set_num_threads(max(1, int(threads)))
-
-
-def lighten_gc() -> None:
-    """Garbage-collector settings for a short-lived process that imports the deep-learning stack.
-
-    Importing torch, diffusers, transformers and open_clip creates millions of long-lived objects, and the
-    default thresholds make the cyclic collector scan them again and again: collecting young objects 100x
-    less often saves about 15% of the import time. At exit the interpreter would also walk them all once
-    more; freezing them first (atexit, so on every exit path) skips that. bench/gc_settings.py measures
-    both. Memory stays bounded: collections still run, only less often; what exit skips is __del__ of
-    objects caught in reference cycles, and every output here is written and closed explicitly.
-    """
-    import atexit
-    import gc
-
-    gc.set_threshold(70_000, 10, 10)  # the first generation: 100x the default 700
-    atexit.register(gc.freeze)
+from dti.model_record import load_recorded_backbone, write_model_record
 
 
 # --- data -------------------------------------------------------------------------------------------
@@ -100,7 +62,7 @@ def fetch_model(out_json: str, *, model: str, family: str, revision: str | None,
         from dti.model_files import check_declared_family
 
         check_declared_family(path, family)
-    write_json(out_json, {"model": path, "family": family, "revision": revision, "source": model})
+    write_model_record(out_json, model=path, family=family, revision=revision, source=model)
 
 
 def fetch_metrics(out_json: str, *, metric_specs: dict, tiny_dirs: dict | None = None) -> None:
@@ -122,24 +84,10 @@ def fetch_metrics(out_json: str, *, metric_specs: dict, tiny_dirs: dict | None =
     write_json(out_json, labels)
 
 
-def _load_backbone(model_json: str, device: str):
-    import torch
-
-    from dti.backbones import load_backbone
-
-    try:
-        info = json.loads(Path(model_json).read_text(encoding="utf-8"))
-        model, family = info["model"], info["family"]
-    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as err:
-        raise DtiError(f"cannot read the model record {model_json} ({err!r}); delete it and rerun") from err
-    dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
-    # Loading from the fetched local folder: no hub access on compute nodes.
-    return load_backbone(model, family=family, revision=None, dtype=dtype, device=device)
-
-
 # --- training ---------------------------------------------------------------------------------------
 def train_subject(subject_json: str, model_json: str, out_dir: str, *, method: str, hyper_parameters: dict,
                   train: dict, seed: int, placeholder: str, initializer: str, device: str | None = None) -> dict:
+    from dti.export import how_to_use
     from dti.images import load_image
     from dti.subjects import load_subject
     from dti.train import TrainSettings
@@ -147,10 +95,13 @@ def train_subject(subject_json: str, model_json: str, out_dir: str, *, method: s
 
     subject = load_subject(Path(subject_json).parent)
     images = [load_image(Path(subject_json).parent / name) for name in subject["images"]]
-    device = device or resolve_device()
-    settings = TrainSettings(method=method, placeholder=placeholder, initializer=initializer, seed=seed,
-                             name=subject["name"], **train, **hyper_parameters)
-    return run_training(_load_backbone(model_json, device), images, settings, out_dir, progress=False)
+    # The single file's name is its trigger word in AUTOMATIC1111 and the like: method and subject, never a word
+    # that occurs in prompts by chance, and each method's file can share a client's folder with the others'.
+    settings = TrainSettings(method=method, hyper_parameters=hyper_parameters, placeholder=placeholder,
+                             initializer=initializer, seed=seed, name=f"{method}-{subject['name']}", **train)
+    run = run_training(load_recorded_backbone(model_json, device), images, settings, out_dir, progress=False)
+    print(how_to_use(out_dir, settings.placeholder, settings.export_name, run["family"]))
+    return run
 
 
 # --- sampling ---------------------------------------------------------------------------------------
@@ -175,7 +126,7 @@ def sample_subject(embeds_dir: str, model_json: str, subject_json: str, out_mani
     for prompt_set in prompt_sets:  # each names a folder of images; checked before the model load
         check_name(prompt_set, "prompt set")
     prompt_sets = resolve_prompt_sets(prompt_sets, dti_prompts)
-    backbone = _load_backbone(model_json, device or resolve_device())
+    backbone = load_recorded_backbone(model_json, device)
     render_subject(backbone, embeds_dir, subject_json, out_manifest, labels=labels, prompt_sets=prompt_sets,
                    seeds=seeds, sample=sample, step=step, rescale_to=rescale_to)
 
@@ -227,7 +178,7 @@ def score_subject(manifest_path: str, subject_json: str, out_scores: str, *, met
         references = mask_references(references, subject["images"], mask_dir)
     manifest = pd.read_parquet(manifest_path)
     scores = score_samples(manifest, Path(manifest_path).parent, references, metric_specs,
-                           device=device or resolve_device(), tiny_dirs=tiny_dirs)
+                           device=device or default_device(), tiny_dirs=tiny_dirs)
     write_parquet(out_scores, scores)
 
 
@@ -253,16 +204,3 @@ def aggregate(score_files: list[str], runs: list[dict], out_dir: str, *, n_boot:
                           summary_step=summary_step)
     captions = {name: caption_for(scores, name, n_boot=n_boot, table=table) for name, table in tables.items()}
     write_tables(tables, out_dir, captions=captions)
-
-
-def redirect_output(log_path: str | os.PathLike | None):
-    """Send this process's stdout/stderr (Python and native) to the job's log file."""
-    import sys
-
-    if not log_path:
-        return
-    Path(log_path).parent.mkdir(parents=True, exist_ok=True)
-    handle = open(log_path, "a", buffering=1)  # noqa: SIM115  (lives as long as the process)
-    os.dup2(handle.fileno(), 1)
-    os.dup2(handle.fileno(), 2)
-    sys.stdout = sys.stderr = handle

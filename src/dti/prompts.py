@@ -22,9 +22,9 @@ import os
 from pathlib import Path
 
 from dti.errors import DtiError
+from dti.terms import check_kind
 
 PLACEHOLDER = "{}"
-KINDS = ("object", "live")
 DEFAULT_PROMPTS_DIR = Path(__file__).resolve().parents[2] / "config" / "prompts"
 
 # The 27 "imagenet_templates_small" training captions of the original Textual Inversion work; DTI, TI and
@@ -85,8 +85,7 @@ def eval_prompt(template: str, class_noun: str) -> str:
 def prompt_set_path(path_or_name: str | os.PathLike, kind: str,
                     prompts_dir: str | os.PathLike = DEFAULT_PROMPTS_DIR) -> Path:
     """Resolve a prompt set name (or an explicit .txt path) to its file for subjects of `kind`."""
-    if kind not in KINDS:
-        raise DtiError(f"subject kind must be one of {KINDS}, got {kind!r}")
+    check_kind(kind)
     given = Path(path_or_name)
     if given.suffix == ".txt" or len(given.parts) > 1:
         if not given.is_file():

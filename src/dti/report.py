@@ -11,9 +11,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from dti.errors import DtiError
-
-STAT_COLUMNS = ("mean", "ci_low", "ci_high", "n_subjects", "n_images")
+from dti.tables import STAT_COLUMNS
+from dti.terms import display_name
 
 
 # --- sample grids ------------------------------------------------------------------------------------------
@@ -55,43 +54,14 @@ def write_sample_grids(manifests: list[dict], subject_jsons: dict[str, str], out
 
 
 # --- checkpoints --------------------------------------------------------------------------------------------
-def checkpoint_table(scores: pd.DataFrame, final_steps: dict[tuple[str, str, str], int]) -> pd.DataFrame:
-    """Per backbone, method, training step and metric: each subject's mean, then the mean over subjects.
-
-    Scores without a `step` column (or rows without one) are the final checkpoint: final_steps maps
-    (backbone, method, subject) to it.
-    """
-    scores = scores.copy()
-    final = [final_steps.get((b, m, s)) for b, m, s in zip(scores["backbone"], scores["method"], scores["subject"],
-                                                            strict=True)]
-    if "step" in scores.columns:
-        scores["step"] = scores["step"].fillna(pd.Series(final, index=scores.index))
-    else:
-        scores["step"] = final
-    if scores["step"].isna().any():
-        missing = scores.loc[scores["step"].isna(), ["backbone", "method", "subject"]].drop_duplicates()
-        raise DtiError(f"checkpoints: no training step known for {missing.to_dict('records')[:3]}")
-    per_subject = scores.groupby(["backbone", "method", "step", "metric", "subject"], sort=True)["value"].mean()
-    table = per_subject.groupby(["backbone", "method", "step", "metric"], sort=True).agg(["mean", "size"])
-    return table.rename(columns={"size": "n_subjects"}).reset_index().astype({"step": "int64"})
-
-
-def write_checkpoint_sweep(score_files: list[str], runs: list[dict], out_stem: str) -> None:
-    """The scores over training checkpoints: out_stem.png, .pdf and .parquet."""
+def write_checkpoint_sweep(over_steps: str, out_stem: str) -> None:
+    """The figure of the scores over training checkpoints, out_stem.png and .pdf, drawn from aggregate's
+    over_steps table (results/tables/over_steps.parquet), which holds its numbers."""
     from dti.figures import save_figure
     from dti.figures.report import checkpoint_figure
-    from dti.io import write_parquet
-    from dti.methods import get_method
 
-    steps = {(r["backbone"], r["method"], r["subject"]): int(json.loads(Path(r["path"]).read_text())["steps"])
-             for r in runs}
-    scores = pd.concat([pd.read_parquet(f) for f in score_files], ignore_index=True)
-    final = {}  # evaluation-time variants (ti_rescaled) score the checkpoints of the method they reuse
-    for backbone, method, subject in scores[["backbone", "method", "subject"]].drop_duplicates().itertuples(index=False):
-        final[(backbone, method, subject)] = steps.get((backbone, get_method(method).trained_as or method, subject))
-    table = checkpoint_table(scores, final)
-    write_parquet(f"{out_stem}.parquet", table)
-    save_figure(checkpoint_figure(table, title="Scores over training checkpoints (mean over subjects)"),
+    table = pd.read_parquet(over_steps)
+    save_figure(checkpoint_figure(table, title="Scores over training checkpoints (mean over subjects, 95% CI)"),
                 f"{out_stem}.png", f"{out_stem}.pdf")
 
 
@@ -103,8 +73,8 @@ font-weight:600;margin-bottom:8px}p{max-width:60em;color:#555}"""
 
 
 def _wide(table: pd.DataFrame) -> pd.DataFrame:
-    """A long metric table (one row per metric) as one row per key, one column per metric; cells read
-    "mean [ci_low, ci_high]" where the table has an interval."""
+    """A long metric table (one row per metric) as one row per key, one column per metric (by its display
+    name); cells read "mean [ci_low, ci_high]" where the table has an interval."""
     keys = [c for c in table.columns if c not in (*STAT_COLUMNS, "metric", "metric_model")]
     with_ci = "ci_low" in table.columns and "ci_high" in table.columns
 
@@ -113,15 +83,17 @@ def _wide(table: pd.DataFrame) -> pd.DataFrame:
         return text + (f" [{row['ci_low']:.3f}, {row['ci_high']:.3f}]" if with_ci else "")
 
     models = table.groupby("metric")["metric_model"].nunique()
-    column = [m if models[m] == 1 else f"{m} ({model})" for m, model in zip(table["metric"], table["metric_model"],
-                                                                             strict=True)]
+    column = [display_name(m) + ("" if models[m] == 1 else f" ({model})")
+              for m, model in zip(table["metric"], table["metric_model"], strict=True)]
     wide = table.assign(column=column, cell=table.apply(cell, axis=1)).pivot_table(
         index=keys, columns="column", values="cell", aggfunc="first", sort=True)
     return wide.reset_index().rename_axis(columns=None)
 
 
 def table_html(table: pd.DataFrame, *, title: str, note: str = "") -> str:
-    """A self-contained HTML page showing one result table."""
+    """A self-contained HTML page showing one result table, methods and metrics by their display names."""
+    if "method" in table.columns:
+        table = table.assign(method=table["method"].map(display_name))
     shown = _wide(table) if {"metric", "mean"} <= set(table.columns) else table
     body = shown.to_html(index=False, float_format=lambda v: f"{v:.3f}", na_rep="-", border=0, escape=True)
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"

@@ -23,7 +23,7 @@ from dti.errors import DtiError
 from dti.export import load_diffusers, rescale
 from dti.io import save_image
 from dti.speedups import Speedups, attention_backend
-from dti.tokens import resolve_magnitude
+from dti.tokens import normalize_placeholder, resolve_magnitude
 
 VAE_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 # "auto" batches never exceed this many images: past it throughput no longer grows (bench/README.md).
@@ -71,6 +71,7 @@ def load_learned_token(backbone: Backbone, embeds_dir: Path, *, rescale_to: str 
     slots = [slot.name for slot in backbone.slots]
     widths = {s.name: s.encoder.get_input_embeddings().embedding_dim for s in backbone.slots}
     placeholder, vectors = load_diffusers(embeds_dir, slots, step, family=backbone.family, widths=widths)
+    placeholder = normalize_placeholder(placeholder)  # a key with capitals (other tools) would get one vector
     if rescale_to is not None:
         magnitudes = {s.name: resolve_magnitude(s.encoder.get_input_embeddings().weight, rescale_to)
                       for s in backbone.slots}
@@ -209,6 +210,7 @@ def set_token_rows(backbone: Backbone, placeholder: str, vectors: dict) -> str:
     render many embeddings (an interpolation path, a norm sweep) without growing the vocabulary each time."""
     from dti.tokens import PlaceholderEmbedding, placeholder_tokens
 
+    placeholder = normalize_placeholder(placeholder)  # as every loader stores it (see dti.tokens)
     if any(placeholder not in slot.tokenizer.get_vocab() for slot in backbone.slots):
         return backbone.install_learned_rows(placeholder, vectors)
     for slot in backbone.slots:

@@ -48,9 +48,9 @@ CPU_DEFAULTS = Speedups(compile=False, channels_last=False, fuse_qkv=False, atte
 
 
 def gpu_defaults() -> Speedups:
-    """The switches a CUDA job uses unless told otherwise. Measured side by side on SDXL sampling (H200,
-    bench/README.md): compile 1.11x, fused QKV 1.01x, channels_last 0.92x (GroupNorm is slow in NHWC),
-    every SDPA backend within 1% of the others."""
+    """The switches a CUDA job uses unless told otherwise: what bench/sample_throughput.py measured to win
+    on SDXL sampling, side by side (figures in bench/README.md). Compile and fused QKV on; channels_last off
+    (GroupNorm is slow in NHWC); the SDPA kernel left to torch, since the backends measured alike."""
     return Speedups(compile=True, channels_last=False, fuse_qkv=True, attention="auto")
 
 

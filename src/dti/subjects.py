@@ -20,21 +20,10 @@ from dti.dreambooth import parse_prompts_and_classes, sha256_file
 from dti.errors import DtiError
 from dti.images import list_images, load_image
 from dti.io import save_image, write_json
-from dti.names import check_name
+from dti.subject_schema import check_subject
 
 SUBJECT_FILE = "subject.json"
-KINDS = ("object", "live")
 _IMAGE_NAME = re.compile(r"\d{2,}\.png")
-
-
-def _check_fields(name: str, class_noun: str, kind: str, initializer: str) -> None:
-    check_name(name, "subject name")  # it becomes a folder name and a wildcard value in the workflow
-    if not isinstance(class_noun, str) or not class_noun.strip():
-        raise DtiError(f"subject {name}: class noun must be a non-empty string, got {class_noun!r}")
-    if kind not in KINDS:
-        raise DtiError(f"subject {name}: kind must be one of {KINDS}, got {kind!r}")
-    if not isinstance(initializer, str) or not initializer.strip():
-        raise DtiError(f"subject {name}: initializer must be a non-empty string, got {initializer!r}")
 
 
 def prepare_subject(
@@ -53,7 +42,7 @@ def prepare_subject(
     looks complete. Images are handled one at a time to keep memory flat for large photos.
     """
     initializer = class_noun if initializer is None else initializer
-    _check_fields(name, class_noun, kind, initializer)
+    check_subject({"name": name, "class": class_noun, "kind": kind, "initializer": initializer}, "prepare_subject")
     if not image_paths:
         raise DtiError(f"subject {name}: no images given")
     out_dir = Path(out_dir)
@@ -104,10 +93,7 @@ def load_subject(subject_dir: str | os.PathLike, *, verify_images: bool = True) 
             raise DtiError(f"{path}: missing key {key!r}")
         if not isinstance(meta[key], typ):
             raise DtiError(f"{path}: key {key!r} must be a {typ.__name__}, got {type(meta[key]).__name__}")
-    try:
-        _check_fields(meta["name"], meta["class"], meta["kind"], meta["initializer"])
-    except DtiError as err:
-        raise DtiError(f"{path}: {err}") from err
+    check_subject(meta, str(path))
 
     images = meta["images"]
     if not images:

@@ -16,8 +16,8 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 from dti.errors import DtiError
+from dti.terms import LIVE, check_kind
 
-KINDS = ("object", "live")
 _SPRITE = 512  # drawing resolution; downsampled per image, which also anti-aliases the edges
 _SHAPES = ("circle", "square", "triangle", "hexagon", "star", "diamond")
 _PATTERNS = ("stripes", "dots", "checker", "rings")
@@ -149,15 +149,14 @@ def _background(rng: np.random.Generator, size: int) -> Image.Image:
 
 def make_synthetic_subject(name: str, kind: str, n_images: int, size: int, seed: int) -> list[Image.Image]:
     """`n_images` square RGB images (`size` px) of one synthetic subject, identical for the same inputs."""
-    if kind not in KINDS:
-        raise DtiError(f"synthetic subject {name!r}: kind must be one of {KINDS}, got {kind!r}")
+    check_kind(kind, f"synthetic subject {name!r}: kind")
     if not isinstance(n_images, int) or n_images < 1:
         raise DtiError(f"synthetic subject {name!r}: n_images must be a positive integer, got {n_images!r}")
     if not isinstance(size, int) or size < 16:
         raise DtiError(f"synthetic subject {name!r}: size must be an integer >= 16, got {size!r}")
     rng = np.random.default_rng([int(seed), _name_key(name)])
     ident = _identity(rng)
-    sprite = _live_sprite(ident) if kind == "live" else _object_sprite(ident)
+    sprite = _live_sprite(ident) if kind == LIVE else _object_sprite(ident)
 
     images = []
     for _ in range(n_images):

@@ -30,14 +30,13 @@ import pandas as pd
 
 from dti.errors import DtiError
 from dti.io import write_parquet, write_text
-from dti.latex import METRIC_LABELS, to_latex
+from dti.latex import to_latex
+from dti.metrics.spec import METRICS, SCORE_COLUMNS
+from dti.terms import LIVE, SUBJECT_KINDS, display_name
 
-SCORE_COLUMNS = ("backbone", "method", "step", "subject", "subject_kind", "prompt_set", "prompt_id", "seed",
-                 "image", "metric", "metric_model", "value")
 NORM_COLUMNS = ("backbone", "method", "step", "subject", "encoder", "vector", "norm", "vocab_norm_mean",
                 "vocab_norm_std")
-SUBJECT_KINDS = ("object", "live")
-METRIC_ORDER = tuple(METRIC_LABELS)
+METRIC_ORDER = tuple(METRICS)
 STAT_COLUMNS = ("mean", "ci_low", "ci_high", "n_subjects", "n_images")
 
 # Row keys of the tables that carry a bootstrap interval, and of the breakdowns that do not.
@@ -295,7 +294,7 @@ def _metric_models(scores: pd.DataFrame) -> str:
                                                                 if m in METRIC_ORDER else len(METRIC_ORDER), m))
     for metric in metrics:
         models = sorted(scores.loc[scores["metric"] == metric, "metric_model"].unique())
-        parts.append(f"{METRIC_LABELS.get(metric, metric)}: {' / '.join(models)}")
+        parts.append(f"{display_name(metric)}: {' / '.join(models)}")
     return "; ".join(parts)
 
 
@@ -340,7 +339,7 @@ def caption_for(scores: pd.DataFrame, table_name: str, *, n_boot: int = 1000,
                 "the vocabulary's mean and std of token-embedding norms; ratio = learned mean / vocabulary mean.")
     scores = validate_scores(scores)
     subjects = scores.drop_duplicates("subject")
-    n_live = int((subjects["subject_kind"] == "live").sum())
+    n_live = int((subjects["subject_kind"] == LIVE).sum())
     n_subjects = len(subjects)
     counts = f"{n_subjects} subjects in all: {n_subjects - n_live} object, {n_live} live"
     if table_name in _CI_TABLES:

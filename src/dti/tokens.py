@@ -88,6 +88,14 @@ class Placeholder:
         return " ".join(self.tokens)
 
 
+def normalize_placeholder(placeholder: str) -> str:
+    """The placeholder in lower case, as every file and prompt writes it. CLIP's tokenizers lower-case a
+    prompt before matching added tokens, and diffusers expands a multi-vector token into its k tokens only
+    where the prompt's tokens equal the file's key: a key with capitals ("<Bear>") would get its first
+    vector only."""
+    return placeholder.lower()
+
+
 def placeholder_tokens(placeholder: str, k: int) -> list[str]:
     return [placeholder] + [f"{placeholder}_{i}" for i in range(1, k)]
 

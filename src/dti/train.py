@@ -1,4 +1,4 @@
-"""The training loop shared by DTI, TI and CrossInit (METHOD.md sections 2-4).
+"""The training loop shared by DTI, TI and CrossInit (docs/METHOD.md).
 
 Reproducibility and resumption rest on one rule: every random choice of a training sample (image,
 crop, template, timestep, noise) comes from its own generator seeded by (seed, step, sample index).
@@ -28,8 +28,8 @@ from dti.errors import DtiError
 from dti.export import save_diffusers, save_single_file
 from dti.io import atomic_path, write_json
 from dti.latents import CachedLatents, EncodeEveryStep
-from dti.methods import HYPER_PARAMETERS, check_hyper_parameters, get_method, make_optimizer
-from dti.model_files import weights_identity
+from dti.methods import ResolvedMethod, make_optimizer, resolve_method
+from dti.model_files import public_model, weights_identity
 from dti.names import check_name
 from dti.prompts import TRAINING_TEMPLATES, render
 from dti.speedups import Speedups, attention_backend
@@ -41,6 +41,7 @@ from dti.tokens import (
     add_placeholder,
     contextual_init,
     install,
+    normalize_placeholder,
     resolve_magnitude,
     token_init,
     vocab_norm_stats,
@@ -53,43 +54,38 @@ _DEGENERATE = 1e-6
 
 @dataclass
 class TrainSettings:
+    """One training run: the method with the hyper-parameters given for it (its defaults fill in the rest,
+    dti.methods), and the run's own settings."""
+
     method: str = "dti"
+    hyper_parameters: dict = field(default_factory=dict)  # overrides of the method's defaults (effective lr)
     placeholder: str = "<subject>"
     initializer: str = "object"
     steps: int = 400
-    lr: float | None = None  # EFFECTIVE rate (already x batch x accumulation); None = the method's default
     batch_size: int = 4
     grad_accum: int = 1
     resolution: int = 768
     seed: int = 42
-    kappa: float | None = None
-    beta: float | None = None
-    eps: float | None = None
-    magnitude: str | float | None = None
-    weight_decay: float | None = None
-    pull_weight: float | None = None
-    adam_betas: tuple[float, float] | None = None
     save_every: int = 50
     mixed_precision: str = "auto"  # auto: bf16 on CUDA, fp32 on CPU
     latent_cache: bool = True
-    name: str | None = None  # file name of the single-file export; default: the placeholder without <>
+    name: str | None = None  # the single file's name, its trigger word; default: {method}-{placeholder w/o <>}
     speedups: Speedups = field(default_factory=Speedups)  # GPU switches (dti.speedups); None = device default
 
-    def hyper_parameters(self) -> dict:
-        """The method's defaults overridden by every setting given here."""
-        method = get_method(self.method)
-        if method.trained_as:
-            raise DtiError(f"method {self.method!r} is an evaluation-time variant of {method.trained_as!r}; "
-                           f"train {method.trained_as!r} instead")
-        given = {key: getattr(self, key) for key in HYPER_PARAMETERS if getattr(self, key) is not None}
-        return {**method.defaults, **check_hyper_parameters(self.method, given)}
+    def resolve(self) -> ResolvedMethod:
+        """The method and every hyper-parameter it trains with; a DtiError for an override it does not take."""
+        return resolve_method(self.method, self.hyper_parameters)
 
     @property
     def export_name(self) -> str:
-        """File name (trigger word) of the single-file export."""
-        return self.name or self.placeholder.strip("<>") or "embedding"
+        """File name of the single-file export, which AUTOMATIC1111, Forge and SD.Next use as its trigger word:
+        distinctive, so no everyday word of a prompt triggers it and runs of other methods can share a folder."""
+        return self.name or f"{self.method}-{self.placeholder.strip('<>') or 'embedding'}"
 
     def validate(self) -> None:
+        """Check the settings (a DtiError naming the bad one); the placeholder is lower-cased
+        (dti.tokens.normalize_placeholder)."""
+        self.placeholder = normalize_placeholder(self.placeholder)
         if isinstance(self.speedups, dict):
             self.speedups = Speedups(**self.speedups)
         for key in ("steps", "batch_size", "grad_accum", "resolution", "save_every"):
@@ -98,7 +94,19 @@ class TrainSettings:
         if self.mixed_precision not in ("auto", "no", "bf16"):
             raise DtiError(f"mixed_precision must be auto, no or bf16, got {self.mixed_precision!r}")
         check_name(self.export_name, "export file name" + ("" if self.name else " (from the placeholder; set name)"))
-        self.hyper_parameters()
+        self.resolve()
+
+
+@dataclass
+class SlotTokens:
+    """What training keeps for one text encoder (slot) of the backbone."""
+
+    placeholder: Placeholder  # the k tokens standing for the subject, and their ids
+    layer: PlaceholderEmbedding  # the encoder's token table with the trainable rows
+    init_rows: torch.Tensor  # the embedding rows training starts from
+    prior_mu: torch.Tensor  # unit directions of the initializer's vocabulary rows (the vMF prior's mean)
+    vocab_stats: dict  # norm statistics of the encoder's vocabulary
+    magnitude: float | None  # DTI's fixed norm m; None where the rows are raw vectors
 
 
 class TrainingInterrupted(Exception):
@@ -136,8 +144,8 @@ class Trainer:
         if not images:
             raise DtiError("no training images given")
         self.backbone, self.settings, self.out_dir = backbone, settings, Path(out_dir)
-        self.method = get_method(settings.method)
-        self.hp = settings.hyper_parameters()
+        self.resolved = settings.resolve()
+        self.method = self.resolved.method
         self.device = backbone.device
         self.images = images
         self.accelerator = self._make_accelerator()
@@ -145,8 +153,8 @@ class Trainer:
         self._setup_tokens()
         latent_cls = CachedLatents if settings.latent_cache else EncodeEveryStep
         self.latents = latent_cls(backbone, images, settings.resolution)
-        params = [layer.rows for layer in self.layers.values()]
-        self.optimizer = make_optimizer(self.method, params, self.hp, [self.prior_mu[s] for s in self.layers])
+        self.optimizer = make_optimizer(self.method, [t.layer.rows for t in self.slots.values()], self.hp,
+                                        [t.prior_mu for t in self.slots.values()])
         self.speedups = backbone.resolve_speedups(settings.speedups)
         backbone.apply_speedups(self.speedups, vae=False)  # the VAE only encodes, once: left as it is
         self.step = 0
@@ -154,35 +162,39 @@ class Trainer:
     # --- set-up -----------------------------------------------------------------------------------
     def _setup_tokens(self) -> None:
         s = self.settings
-        self.placeholders: dict[str, Placeholder] = {}
-        self.layers: dict[str, PlaceholderEmbedding] = {}
-        self.magnitudes: dict[str, float] = {}
-        self.vocab_stats: dict[str, dict] = {}
-        self.prior_mu: dict[str, torch.Tensor] = {}
-        self.init_rows: dict[str, torch.Tensor] = {}
+        self.slots: dict[str, SlotTokens] = {}
         for slot in self.backbone.slots:
             table = slot.encoder.get_input_embeddings().weight
             ph = add_placeholder(slot.tokenizer, slot.name, s.placeholder, s.initializer)
-            self.vocab_stats[slot.name] = vocab_norm_stats(table)
             token_rows = token_init(table, ph.init_ids)
-            self.prior_mu[slot.name] = normalize(token_rows)
             if self.method.init == "contextual":
                 init = contextual_init(slot.encoder, slot.tokenizer, s.initializer, self.device, slot.text_length)
             else:
                 init = token_rows
-            if self.method.on_sphere:
-                m = resolve_magnitude(table, self.hp["magnitude"])
-                self.magnitudes[slot.name] = m
-                layer = install(slot.encoder, ph, normalize(init), magnitude=m)
-            else:
-                layer = install(slot.encoder, ph, init, magnitude=None)
-            self.init_rows[slot.name] = init.to(self.device)
-            self.placeholders[slot.name] = ph
-            self.layers[slot.name] = layer
-        texts = {self.backbone.prompt_text(ph.tokens) for ph in self.placeholders.values()}
+            m = resolve_magnitude(table, self.hp["magnitude"]) if self.method.on_sphere else None
+            layer = install(slot.encoder, ph, normalize(init) if m is not None else init, magnitude=m)
+            self.slots[slot.name] = SlotTokens(ph, layer, init.to(self.device), normalize(token_rows),
+                                               vocab_norm_stats(table), m)
+        texts = {self.backbone.prompt_text(t.placeholder.tokens) for t in self.slots.values()}
         if len(texts) != 1:
             raise DtiError(f"the text encoders split the initializer differently: {sorted(texts)}")
         self.prompt_token = texts.pop()
+
+    @property
+    def hp(self) -> dict:
+        """Every hyper-parameter of the method, as resolved from the settings."""
+        return self.resolved.hyper_parameters
+
+    # Views of the slot records, by slot.
+    @property
+    def layers(self) -> dict[str, PlaceholderEmbedding]:
+        """{slot: its token table with the trainable rows}."""
+        return {name: t.layer for name, t in self.slots.items()}
+
+    @property
+    def init_rows(self) -> dict[str, torch.Tensor]:
+        """{slot: the rows training started from}."""
+        return {name: t.init_rows for name, t in self.slots.items()}
 
     # --- one step -----------------------------------------------------------------------------------
     def _micro_batch(self, step: int, indices: range):
@@ -263,17 +275,17 @@ class Trainer:
             if not bool(torch.isfinite(rows).all()):
                 raise self._diverged(self.step, f"the {slot} vector has non-finite values")
             smallest = rows.norm(dim=-1).min().item()
-            if smallest <= _DEGENERATE * self.vocab_stats[slot]["mean"]:
+            if smallest <= _DEGENERATE * self.slots[slot].vocab_stats["mean"]:
                 raise self._diverged(self.step, f"the {slot} vector's norm collapsed to {smallest:.3g}")
 
     @torch.no_grad()
     def vector_stats(self) -> dict:
         norms, angles, cos_mu = {}, {}, {}
-        for slot, layer in self.layers.items():
-            rows = layer.embedding_rows().float()
+        for slot, tokens in self.slots.items():
+            rows = tokens.layer.embedding_rows().float()
             norms[slot] = rows.norm(dim=-1).tolist()
-            angles[slot] = torch.rad2deg(angle(rows, self.init_rows[slot])).tolist()
-            cos_mu[slot] = (normalize(rows) * self.prior_mu[slot]).sum(-1).tolist()
+            angles[slot] = torch.rad2deg(angle(rows, tokens.init_rows)).tolist()
+            cos_mu[slot] = (normalize(rows) * tokens.prior_mu).sum(-1).tolist()
         return {"norm": norms, "angle_from_init_deg": angles, "cos_to_mu": cos_mu}
 
     # --- outputs ------------------------------------------------------------------------------------
@@ -283,12 +295,14 @@ class Trainer:
 
     def provenance(self) -> dict:
         s = self.settings
-        meta = {"dti.method": s.method, "dti.base_model": self.backbone.model_id,
-                "dti.base_revision": self.backbone.revision or "", "dti.family": self.backbone.family,
+        model, revision = public_model(self.backbone.model_id, self.backbone.revision)
+        meta = {"dti.method": s.method, "dti.base_model": model,
+                "dti.base_revision": revision or "", "dti.family": self.backbone.family,
                 "dti.initializer": s.initializer, "dti.steps": self.step, "dti.seed": s.seed,
                 "dti.code_version": __version__, "dti.hyper_parameters": json.dumps(self.hp, sort_keys=True)}
-        for slot, m in self.magnitudes.items():
-            meta[f"dti.magnitude.{slot}"] = m
+        for slot, tokens in self.slots.items():
+            if tokens.magnitude is not None:
+                meta[f"dti.magnitude.{slot}"] = tokens.magnitude
         if "kappa" in self.hp:
             meta["dti.kappa"] = self.hp["kappa"]
         return meta
@@ -300,7 +314,9 @@ class Trainer:
     def _fingerprint(self) -> str:
         """Identifies a run: resuming is only allowed into the same settings, code, model weights and images."""
         b = self.backbone
-        identity = {"settings": asdict(self.settings), "code_version": __version__, "model": b.model_id,
+        # The settings with the method's resolved hyper-parameters: a default given explicitly is the same run.
+        settings = {**asdict(self.settings), "hyper_parameters": self.hp}
+        identity = {"settings": settings, "code_version": __version__, "model": b.model_id,
                     "revision": b.revision, "weights": weights_identity(b.model_id, b.revision)}
         h = hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode())
         for img in self.images:
@@ -449,13 +465,17 @@ def finish(trainer: Trainer, out_dir: Path, resumed_from: int, seconds: float) -
     vectors, meta = trainer.vectors(), trainer.provenance()
     single = save_single_file(out_dir / f"{s.export_name}.safetensors", vectors, meta)
     final = save_diffusers(out_dir, s.placeholder, vectors, meta)
-    norms = [{"encoder": slot, "vector": i, "norm": float(n), "vocab_norm_mean": trainer.vocab_stats[slot]["mean"],
-              "vocab_norm_std": trainer.vocab_stats[slot]["std"]}
+    stats = {slot: tokens.vocab_stats for slot, tokens in trainer.slots.items()}
+    model, revision = public_model(trainer.backbone.model_id, trainer.backbone.revision)  # never a local path
+    norms = [{"encoder": slot, "vector": i, "norm": float(n), "vocab_norm_mean": stats[slot]["mean"],
+              "vocab_norm_std": stats[slot]["std"]}
              for slot, rows in vectors.items() for i, n in enumerate(rows.norm(dim=-1).tolist())]
+    # settings: as given (hyper_parameters: the overrides); hyper_parameters: all the method trained with.
     run = {"settings": asdict(s), "hyper_parameters": trainer.hp, "method": s.method,
-           "model": trainer.backbone.model_id, "revision": trainer.backbone.revision,
-           "family": trainer.backbone.family, "tokens": {k: v.tokens for k, v in trainer.placeholders.items()},
-           "magnitudes": trainer.magnitudes, "vocab_norms": trainer.vocab_stats, "norms": norms,
+           "model": model, "revision": revision, "family": trainer.backbone.family,
+           "tokens": {k: t.placeholder.tokens for k, t in trainer.slots.items()},
+           "magnitudes": {k: t.magnitude for k, t in trainer.slots.items() if t.magnitude is not None},
+           "vocab_norms": stats, "norms": norms,
            "steps": trainer.step, "resumed_from": resumed_from, "seconds": round(seconds, 3),
            "files": [p.name for p in final] + [single.name], "code_version": __version__,
            "final": trainer.vector_stats()}

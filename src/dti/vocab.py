@@ -3,8 +3,8 @@
 `dti inspect` and the norm analysis need only each text encoder's token-embedding table and its token
 strings. Building the encoders would import transformers and load every weight; here the one table is
 read from the encoder's safetensors file (one tensor, also from a sharded checkpoint) and the strings
-from the tokenizer's vocab.json or tokenizer.json. Numpy only, so a local folder is read in well under
-a second even for SDXL's 2.8 GB OpenCLIP encoder.
+from the tokenizer's vocab.json or tokenizer.json. Numpy only, and only that one tensor is read, not the
+encoder's whole checkpoint (gigabytes for SDXL's OpenCLIP encoder).
 """
 
 from __future__ import annotations

@@ -1,7 +1,5 @@
-"""Snakemake adapter: the scores over training checkpoints."""
-from dti.pipeline import lighten_gc, redirect_output
+"""Snakemake adapter: the figure of the scores over training checkpoints, from the over_steps table."""
+from dti.jobs import run_job
 from dti.report import write_checkpoint_sweep
 
-lighten_gc()
-redirect_output(snakemake.log[0])
-write_checkpoint_sweep(list(snakemake.input.scores), snakemake.params.runs, snakemake.params.stem)
+run_job(snakemake, write_checkpoint_sweep, snakemake.input[0], snakemake.params.stem)

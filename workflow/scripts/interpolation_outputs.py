@@ -1,7 +1,5 @@
 """Snakemake adapter: the interpolation table, curves and strips from every pair's scores."""
 from dti.interpolation import write_outputs
-from dti.pipeline import lighten_gc, redirect_output
+from dti.jobs import run_job
 
-lighten_gc()
-redirect_output(snakemake.log[0])
-write_outputs(list(snakemake.input.scores), snakemake.params.subjects, snakemake.params.out_dir)
+run_job(snakemake, write_outputs, list(snakemake.input.scores), snakemake.params.subjects, snakemake.params.out_dir)

@@ -1,7 +1,5 @@
 """Snakemake adapter: training curves and vocabulary-norm histograms, per backbone."""
 from dti.analysis.norms import write_norm_analysis
-from dti.pipeline import lighten_gc, redirect_output
+from dti.jobs import run_job
 
-lighten_gc()
-redirect_output(snakemake.log[0])
-write_norm_analysis(snakemake.params.runs, snakemake.params.models, snakemake.params.out_dir)
+run_job(snakemake, write_norm_analysis, snakemake.params.runs, snakemake.params.models, snakemake.params.out_dir)

@@ -1,7 +1,5 @@
 """Snakemake adapter: the result tables as HTML pages for the report."""
-from dti.pipeline import lighten_gc, redirect_output
+from dti.jobs import run_job
 from dti.report import write_html_tables
 
-lighten_gc()
-redirect_output(snakemake.log[0])
-write_html_tables(snakemake.params.tables, snakemake.params.out_dir, notes=snakemake.params.notes)
+run_job(snakemake, write_html_tables, snakemake.params.tables, snakemake.params.out_dir, notes=snakemake.params.notes)

@@ -2,9 +2,9 @@
 
 The benchmark's own scoring (dti.metrics.score_samples) scores one subject's manifest; the analyses ask
 other questions (similarity to two subjects at once, many subjects in one job), so they use the same
-metric models and the same definitions through this small class: subject fidelity is the mean cosine
-of an image's features with each reference photo's, with DINOv2 if the config scores with it, else
-DINO; text fidelity is CLIP-T (cosine), else SigLIP-T (its sigmoid score).
+metric models and the same metric declarations (dti.metrics.spec.METRICS) through this small class:
+subject fidelity is an image metric (DINOv2 if the config scores with it, else DINO), text fidelity a
+text metric (CLIP-T, else SigLIP), each scored as its declaration says (cosine, or SigLIP's sigmoid).
 """
 
 from __future__ import annotations
@@ -15,20 +15,22 @@ from pathlib import Path
 import numpy as np
 
 from dti.errors import DtiError
+from dti.metrics.spec import METRICS, Metric
 
-IMAGE_FAMILIES = ("dinov2", "dino")
-TEXT_FAMILIES = ("clip", "siglip")
-_TEXT_METRIC = {"clip": "clip_t", "siglip": "siglip_t"}
+# The metrics the analyses measure with, in order of preference: the first whose family is enabled.
+SUBJECT_METRICS = ("dinov2", "dino")
+TEXT_METRICS = ("clip_t", "siglip_t")
 
 
-def pick_metrics(metric_config: dict) -> tuple[str, str]:
-    """(image family, text family) the analyses score with, from the `metrics` config."""
+def pick_metrics(metric_config: dict) -> tuple[Metric, Metric]:
+    """(image metric, text metric) the analyses score with, from the `metrics` config."""
 
-    def enabled(key: str) -> bool:
-        return isinstance(metric_config.get(key), dict) and metric_config[key].get("enabled", True) is not False
+    def enabled(name: str) -> bool:
+        family = METRICS[name].family
+        return isinstance(metric_config.get(family), dict) and metric_config[family].get("enabled", True) is not False
 
-    image = next((k for k in IMAGE_FAMILIES if enabled(k)), None)
-    text = next((k for k in TEXT_FAMILIES if enabled(k)), None)
+    image = next((METRICS[m] for m in SUBJECT_METRICS if enabled(m)), None)
+    text = next((METRICS[m] for m in TEXT_METRICS if enabled(m)), None)
     if image is None:
         raise DtiError("metrics: the analyses measure subject fidelity with dinov2 or dino; enable one of them")
     if text is None:
@@ -41,12 +43,14 @@ class Fidelity:
                  tiny_dirs: dict[str, str] | None = None):
         from dti.metrics import load_metric_models, parse_metric_specs
 
-        self.image_key, self.text_key = pick_metrics(metric_config)
-        specs = parse_metric_specs({k: metric_config[k] for k in (self.image_key, self.text_key)}, tiny_dirs)
+        self.image_metric, self.text_metric = pick_metrics(metric_config)
+        families = (self.image_metric.family, self.text_metric.family)
+        specs = parse_metric_specs({k: metric_config[k] for k in families}, tiny_dirs)
         models = load_metric_models(specs, device)
-        self.image_model, self.text_model = models[self.image_key], models[self.text_key]
-        self.image_label = f"{self.image_key} ({specs[self.image_key].metric_model})"
-        self.text_label = f"{_TEXT_METRIC[self.text_key]} ({specs[self.text_key].metric_model})"
+        self.image_model, self.text_model = (models[k] for k in families)
+        # "metric (model)": the figures name the metric, their footnote the model.
+        self.image_label, self.text_label = (f"{m.name} ({specs[m.family].metric_model})"
+                                             for m in (self.image_metric, self.text_metric))
         self.batch_size = batch_size
 
     @staticmethod
@@ -83,7 +87,7 @@ class Fidelity:
         import torch
 
         features = self._batched(self.text_model.encode_images, images)
-        cosine = (features * torch.stack([text_features[p] for p in prompts])).sum(dim=1)
-        if self.text_key == "siglip":
-            cosine = self.text_model.sigmoid_score(cosine)
-        return cosine.double().numpy()
+        score = (features * torch.stack([text_features[p] for p in prompts])).sum(dim=1)
+        if self.text_metric.score == "sigmoid":
+            score = self.text_model.sigmoid_score(score)
+        return score.double().numpy()

@@ -48,13 +48,13 @@ def render_sweep(runs: list[dict], subject_jsons: dict[str, str], model_json: st
     """
     from dti.export import load_diffusers
     from dti.io import write_parquet
-    from dti.pipeline import _load_backbone, resolve_device
+    from dti.model_record import load_recorded_backbone
     from dti.prompts import eval_prompt, render
     from dti.sample import SampleJob, SampleSettings, generate, set_token_rows
     from dti.sphere import normalize
     from dti.tokens import resolve_magnitude
 
-    backbone = _load_backbone(model_json, device or resolve_device())
+    backbone = load_recorded_backbone(model_json, device)
     slots = [s.name for s in backbone.slots]
     m = {s.name: resolve_magnitude(s.encoder.get_input_embeddings().weight, "mean") for s in backbone.slots}
     settings = SampleSettings(**sample)
@@ -68,8 +68,7 @@ def render_sweep(runs: list[dict], subject_jsons: dict[str, str], model_json: st
         for scale in scales:
             # One token per subject and scale, so all scales render in shared batches; every method's
             # token of this subject has the same number of vectors and reuses it.
-            token = f"<{run['subject']}@{scale:g}>"
-            token = set_token_rows(backbone, token,
+            token = set_token_rows(backbone, f"<{run['subject']}@{scale:g}>",
                                    {s: scale * m[s] * normalize(r.float()) for s, r in vectors.items()})
             for prompt_id, template in enumerate(prompts):
                 for seed in seeds:
@@ -87,12 +86,12 @@ def score_sweep(manifest_path: str, subject_jsons: dict[str, str], out_scores: s
                 tiny_dirs: dict[str, str] | None = None, device: str | None = None) -> None:
     """Subject fidelity (each image against its own subject's photos) and text fidelity of every image."""
     from dti.analysis.fidelity import Fidelity
+    from dti.devices import default_device
     from dti.images import load_image
     from dti.io import write_parquet
-    from dti.pipeline import resolve_device
 
     manifest = pd.read_parquet(manifest_path)
-    fidelity = Fidelity(metric_specs, device or resolve_device(), tiny_dirs=tiny_dirs)
+    fidelity = Fidelity(metric_specs, device or default_device(), tiny_dirs=tiny_dirs)
     images = fidelity.open_images(Path(manifest_path).parent, manifest["image"])
     features = fidelity.image_features(images)
     import torch

@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from dti.errors import DtiError
+from dti.model_record import read_model_record
 
 CURVE_COLUMNS = ["backbone", "method", "subject", "encoder", "vector", "step", "norm", "angle_deg",
                  "vocab_norm_mean", "vocab_norm_std"]
@@ -84,7 +85,7 @@ def write_norm_analysis(runs: list[dict], model_jsons: dict[str, str], out_dir: 
         write_parquet(out / "norm_curves" / f"{backbone}.parquet", curves)
         save_figure(curves_figure(curves, title=f"Learned token norm and direction during training, {backbone}"),
                     out / "norm_curves" / f"{backbone}.png", out / "norm_curves" / f"{backbone}.pdf")
-        model_dir = json.loads(Path(model_json).read_text())["model"]
+        model_dir = read_model_record(model_json)["model"]
         norms = vocabulary_and_learned_norms(model_dir, own)
         write_parquet(out / "vocab_norms" / f"{backbone}.parquet", norms)
         save_figure(histogram_figure(norms, title=f"Vocabulary norms and learned tokens, {backbone}"),

@@ -1,7 +1,8 @@
 """Figures of the analyses and the report: matplotlib (Agg, no display), PNG for the report and PDF for papers.
 
 Every figure is saved as both, each atomically; the numbers behind it are written as Parquet beside it by
-the caller, so a figure can be redrawn in another style without rerunning anything.
+the caller, so a figure can be redrawn in another style without rerunning anything. Figures name methods
+and metrics by their display names (dti.terms.display_name); the Parquet files keep the keys.
 """
 
 from __future__ import annotations
@@ -19,13 +20,11 @@ _FALLBACK = ["#7b4fa0", "#8c6d31", "#17a2b8", "#666666"]
 PNG_DPI = 110
 
 
-METRIC_NAMES = {"dino": "DINO", "dinov2": "DINOv2", "clip_i": "CLIP-I", "clip_t": "CLIP-T", "siglip_t": "SigLIP-T"}
-
-
 def metric_name(label: str) -> str:
     """'dino (timm:vit_small...)' -> 'DINO': the axis says which metric, a footnote which model."""
-    key = label.split(" ", 1)[0]
-    return METRIC_NAMES.get(key, key)
+    from dti.terms import display_name
+
+    return display_name(label.split(" ", 1)[0])
 
 
 def model_footnote(fig, *labels: str) -> None:

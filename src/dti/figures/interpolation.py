@@ -15,10 +15,11 @@ from dti.figures import (
     new_figure,
     thumbnail,
 )
+from dti.terms import display_name
 
 
 def variant_label(method: str, scheme: str) -> str:
-    return f"{method} ({scheme})"
+    return f"{display_name(method)} ({scheme})"
 
 
 def curves_figure(per_t: pd.DataFrame, *, title: str, image_metric: str, text_metric: str):

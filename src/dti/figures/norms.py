@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 
 from dti.figures import method_color, metric_name, model_footnote, new_figure
+from dti.terms import display_name
 
 _VOCAB_GREY = "#9a9a9a"
 
@@ -24,7 +25,8 @@ def curves_figure(curves: pd.DataFrame, *, title: str):
         for method, rows in part.groupby("method", sort=True):
             for ax, column in ((norm_ax, "norm"), (angle_ax, "angle_deg")):
                 stats = rows.groupby("step")[column].agg(["mean", "min", "max"])
-                ax.plot(stats.index, stats["mean"], color=method_color(method), label=method, linewidth=1.6)
+                ax.plot(stats.index, stats["mean"], color=method_color(method), label=display_name(method),
+                        linewidth=1.6)
                 ax.fill_between(stats.index, stats["min"], stats["max"], color=method_color(method), alpha=0.15,
                                 linewidth=0)
         norm_ax.set_yscale("log")
@@ -53,7 +55,8 @@ def histogram_figure(norms: pd.DataFrame, *, title: str):
         for method, rows in learned.groupby("method", sort=True):
             for i, value in enumerate(rows["norm"]):
                 ax.axvline(value, color=method_color(method), linewidth=1.2, alpha=0.8,
-                           label=f"{method} (learned, median {rows['norm'].median():.3f})" if i == 0 else None)
+                           label=f"{display_name(method)} (learned, median {rows['norm'].median():.3f})" if i == 0
+                           else None)
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xlabel(f"{encoder}: token embedding norm")
@@ -77,7 +80,7 @@ def magnitude_figure(table: pd.DataFrame, *, title: str, image_metric: str, text
             color = method_color(method)
             shift = 2 ** (0.05 * (i - (len(methods) - 1) / 2))  # side by side, so the error bars stay apart
             ax.errorbar(rows["scale"] * shift, rows[f"{column}_mean"], yerr=rows[f"{column}_std"], color=color,
-                        marker="o", markersize=4, capsize=2, elinewidth=0.8, label=f"{method}'s directions")
+                        marker="o", markersize=4, capsize=2, elinewidth=0.8, label=f"{display_name(method)}'s directions")
             ax.axvline(rows["trained_ratio"].iloc[0], color=color, linestyle=":", linewidth=1.2)
         ax.set_xscale("log", base=2)
         ax.set_xlabel("norm / vocabulary mean m  (dotted: as trained)")

@@ -7,7 +7,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from dti.figures import METRIC_NAMES, image_axes, method_color, new_figure, thumbnail
+from dti.figures import image_axes, method_color, new_figure, thumbnail
+from dti.metrics.spec import METRICS
+from dti.terms import display_name
 
 
 def grid_figure(cells: pd.DataFrame, references: list[Path], *, methods: list[str], seeds: list[int], title: str,
@@ -33,29 +35,41 @@ def grid_figure(cells: pd.DataFrame, references: list[Path], *, methods: list[st
             if path is not None:
                 ax.imshow(thumbnail(path, thumb))
             if r == 1:
-                ax.set_title(f"{method}\nseed {seed}", fontsize=8, color=method_color(method))
+                ax.set_title(f"{display_name(method)}\nseed {seed}", fontsize=8, color=method_color(method))
         axes[r][0].set_ylabel("\n".join(textwrap.wrap(f"{prompt.prompt_set}: {prompt.prompt}", 26)[:5]), fontsize=6.5)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return fig
 
 
-def checkpoint_figure(table: pd.DataFrame, *, title: str):
-    """Rows: backbones; columns: metrics; each method's mean score at every scored training step."""
-    backbones = sorted(table["backbone"].unique())
-    metrics = [m for m in METRIC_NAMES if m in set(table["metric"])] + sorted(set(table["metric"]) - set(METRIC_NAMES))
-    fig, axes = new_figure(3.2 * len(metrics), 2.8 * len(backbones), len(backbones), len(metrics))
-    for r, backbone in enumerate(backbones):
-        for c, metric in enumerate(metrics):
+def checkpoint_figure(over_steps: pd.DataFrame, *, title: str):
+    """Rows: backbones and prompt sets (never pooled); columns: metrics (and metric models, where one metric
+    has two); each method's mean over subjects at every scored step, its 95% bootstrap interval shaded.
+
+    over_steps: aggregate's table of that name (dti.tables)."""
+    panels = over_steps[["metric", "metric_model"]].drop_duplicates()
+    order = {m: i for i, m in enumerate(METRICS)}
+    panels = sorted(panels.itertuples(index=False, name=None), key=lambda p: (order.get(p[0], len(order)), p))
+    models = over_steps.groupby("metric")["metric_model"].nunique()
+    rows = sorted(over_steps[["backbone", "prompt_set"]].drop_duplicates().itertuples(index=False, name=None))
+    fig, axes = new_figure(3.2 * len(panels), 2.8 * len(rows), len(rows), len(panels))
+    for r, (backbone, prompt_set) in enumerate(rows):
+        for c, (metric, model) in enumerate(panels):
             ax = axes[r][c]
-            part = table[(table["backbone"] == backbone) & (table["metric"] == metric)]
-            for method, rows in part.groupby("method", sort=True):
-                rows = rows.sort_values("step")
-                ax.plot(rows["step"], rows["mean"], color=method_color(method), marker="o", markersize=4, label=method)
-            ax.set_title(f"{backbone}: {METRIC_NAMES.get(metric, metric)}", fontsize=9)
+            part = over_steps[(over_steps["backbone"] == backbone) & (over_steps["prompt_set"] == prompt_set)
+                              & (over_steps["metric"] == metric) & (over_steps["metric_model"] == model)]
+            for method, points in part.groupby("method", sort=True):
+                points = points.sort_values("step")
+                color = method_color(method)
+                ax.plot(points["step"], points["mean"], color=color, marker="o", markersize=4,
+                        label=display_name(method))
+                ax.fill_between(points["step"], points["ci_low"], points["ci_high"], color=color, alpha=0.15,
+                                linewidth=0)
+            shown = display_name(metric) + (f" ({model})" if models[metric] > 1 else "")
+            ax.set_title(f"{backbone}, {prompt_set}: {shown}", fontsize=9)
             ax.set_xlabel("training step")
     axes[0][0].legend(fontsize=7)
-    steps = table.groupby(["backbone", "method"])["step"].nunique()
+    steps = over_steps.groupby(["backbone", "method"])["step"].nunique()
     if steps.max() < 2:
         fig.text(0.5, -0.02, "one checkpoint scored per method: the final one", ha="center", fontsize=8)
     fig.suptitle(title)

@@ -1,15 +1,26 @@
-"""Image/text metrics for the benchmark: DINO, DINOv2, CLIP-I, CLIP-T and SigLIP-T.
+"""Image/text metrics for the benchmark: DINO, DINOv2, CLIP-I, CLIP-T and SigLIP (text).
 
 The spec helpers are light; the scoring API imports torch, timm and open_clip only when first used,
 so config-only callers (aggregation) stay fast.
 """
 
-from dti.metrics.spec import FAMILY_METRICS, MetricSpec, metric_names, parse_metric_spec, parse_metric_specs
+from dti.metrics.spec import (
+    FAMILY_METRICS,
+    METRICS,
+    SCORE_COLUMNS,
+    Metric,
+    MetricSpec,
+    metric_names,
+    parse_metric_spec,
+    parse_metric_specs,
+)
 
-_SCORING_NAMES = {"SCORE_COLUMNS", "load_metric_models", "score_samples"}
+_SCORING_NAMES = {"load_metric_models", "score_samples"}
 
 __all__ = [
     "FAMILY_METRICS",
+    "METRICS",
+    "Metric",
     "MetricSpec",
     "SCORE_COLUMNS",
     "load_metric_models",

@@ -10,14 +10,9 @@ from PIL import Image
 
 from dti.errors import DtiError
 from dti.metrics.encoders import OpenClipEncoder, TimmImageEncoder, build_encoder
-from dti.metrics.spec import MetricSpec, parse_metric_specs
+from dti.metrics.spec import SCORE_COLUMNS, MetricSpec, family_metrics, parse_metric_specs
 
-# The Scores contract, in column order.
-SCORE_COLUMNS = [
-    "backbone", "method", "step", "subject", "subject_kind", "prompt_set", "prompt_id", "seed", "image",
-    "metric", "metric_model", "value",
-]  # fmt: skip
-_KEY_COLUMNS = SCORE_COLUMNS[:9]
+_KEY_COLUMNS = list(SCORE_COLUMNS[:9])
 _MANIFEST_COLUMNS = [*_KEY_COLUMNS, "eval_prompt"]
 
 Encoder = TimmImageEncoder | OpenClipEncoder  # or a transformers encoder (dti.metrics.hf), same methods
@@ -31,9 +26,10 @@ def load_metric_models(
     models: dict[str, Encoder] = {}
     for key, spec in specs.items():
         encoder = build_encoder(spec, device)
-        if key == "siglip" and getattr(encoder.model, "logit_bias", None) is None:
+        sigmoid = any(m.score == "sigmoid" for m in family_metrics(key))
+        if sigmoid and getattr(encoder.model, "logit_bias", None) is None:
             raise DtiError(
-                f"metrics.siglip.model: {spec.model!r} has no logit_bias, so it is not a SigLIP model"
+                f"metrics.{key}.model: {spec.model!r} has no logit_bias, so it is not a SigLIP model"
             )
         models[key] = encoder
     return models
@@ -63,6 +59,10 @@ def _open_image(path: Path) -> Image.Image:
         raise DtiError(f"cannot read generated image {path}: {err}") from err
 
 
+def _measures(key: str, what: str) -> bool:
+    return any(m.measures == what for m in family_metrics(key))
+
+
 def _batch_scores(
     models: dict[str, Encoder],
     images: list[Image.Image],
@@ -70,21 +70,16 @@ def _batch_scores(
     reference_features: dict[str, torch.Tensor],
     text_features: dict[str, dict[str, torch.Tensor]],
 ) -> dict[str, torch.Tensor]:
-    """Per metric name, one score per image of the batch."""
+    """Per metric name, one score per image of the batch, as each metric's declaration says."""
     scores: dict[str, torch.Tensor] = {}
     for key, encoder in models.items():
         features = encoder.encode_images(images)
-        if key in ("dino", "dinov2", "clip"):
-            # Mean cosine over the references (DreamBooth protocol).
-            image_metric = "clip_i" if key == "clip" else key
-            scores[image_metric] = (features @ reference_features[key].T).mean(dim=1)
-        if key in ("clip", "siglip"):
-            texts = torch.stack([text_features[key][p] for p in prompts])
-            cosine = (features * texts).sum(dim=1)
-            if key == "clip":
-                scores["clip_t"] = cosine
+        for metric in family_metrics(key):
+            if metric.measures == "image":  # mean cosine over the references (DreamBooth protocol)
+                value = (features @ reference_features[key].T).mean(dim=1)
             else:
-                scores["siglip_t"] = encoder.sigmoid_score(cosine)
+                value = (features * torch.stack([text_features[key][p] for p in prompts])).sum(dim=1)
+            scores[metric.name] = encoder.sigmoid_score(value) if metric.score == "sigmoid" else value
     return scores
 
 
@@ -101,7 +96,8 @@ def score_samples(
     """One Scores row per manifest image and metric (columns: SCORE_COLUMNS).
 
     Image metrics (dino, dinov2, clip_i) average the cosine with each reference image; text metrics
-    compare with the row's `eval_prompt` (clip_t: cosine; siglip_t: SigLIP's sigmoid score).
+    compare with the row's `eval_prompt` (clip_t: cosine; siglip_t: SigLIP's sigmoid score): each as its
+    declaration in dti.metrics.spec.METRICS says.
     `models` lets a caller reuse encoders from `load_metric_models(metric_specs)`; otherwise each
     model is built once here.
     """
@@ -128,12 +124,12 @@ def score_samples(
     reference_features: dict[str, torch.Tensor] = {}
     text_features: dict[str, dict[str, torch.Tensor]] = {}
     for key, encoder in models.items():
-        if key in ("dino", "dinov2", "clip"):
+        if _measures(key, "image"):
             reference_features[key] = torch.cat(
                 [encoder.encode_images(reference_images[i : i + batch_size])
                  for i in range(0, len(reference_images), batch_size)]
             )  # fmt: skip
-        if key in ("clip", "siglip") and unique_prompts:
+        if _measures(key, "text") and unique_prompts:
             text_features[key] = dict(zip(unique_prompts, encoder.encode_texts(unique_prompts), strict=True))
 
     metric_order = [name for spec in specs.values() for name in spec.metrics]
@@ -162,7 +158,7 @@ def score_samples(
     out = pd.concat(frames).rename_axis("_row").sort_values(["_row", "_order"], kind="stable")
     out = out.drop(columns="_order").reset_index(drop=True)
     return out.astype({"step": "int64", "prompt_id": "int64", "seed": "int64", "image": str, "value": "float64"})[
-        SCORE_COLUMNS
+        list(SCORE_COLUMNS)
     ]
 
 

@@ -1,10 +1,12 @@
-"""Metric specs: validate the `metrics` config section and name what each family produces.
+"""Metric declarations and specs: what each metric measures, and the `metrics` config section validated.
 
-Each family key maps to a fixed set of metric names (the Scores contract), so tables can be built
-from the config alone. Model names are checked against the timm / open_clip registries here, before
-any (possibly slow) model is built. The transformers backend (DINOv2 and SigLIP as the DTI authors
-load them) takes a hub id (fetched on the login node), a local folder, or `tiny`: a tiny random model
-of the same class that the workflow builds offline.
+Each metric is declared once (`METRICS`: which family computes it, whether it measures the image against
+the reference photos or the prompt, and how it scores); each family key maps to a fixed set of metric
+names (the Scores contract), so tables can be built from the config alone. Model names are checked
+against the timm / open_clip registries here, before any (possibly slow) model is built. The
+transformers backend (DINOv2 and SigLIP as the DTI authors load them) takes a hub id (fetched on the
+login node), a local folder, or `tiny`: a tiny random model of the same class that the workflow builds
+offline.
 """
 
 from __future__ import annotations
@@ -15,13 +17,41 @@ from typing import Any
 
 from dti.errors import DtiError
 
+
+@dataclass(frozen=True)
+class Metric:
+    """One metric of the Scores contract, declared once: scoring and the analyses follow what it says."""
+
+    name: str  # the `metric` value of its Scores rows
+    family: str  # the model that computes it: a key of the `metrics` config
+    measures: str  # "image": against the subject's reference photos (the mean over them); "text": the prompt
+    score: str  # "cosine" of the unit features, or "sigmoid": SigLIP's match probability of that cosine
+    display: str  # its name in tables and figures
+
+
+# In the conventional column order of the tables.
+METRICS: dict[str, Metric] = {m.name: m for m in (
+    Metric("dino", "dino", "image", "cosine", "DINO"),
+    Metric("dinov2", "dinov2", "image", "cosine", "DINOv2"),
+    Metric("clip_i", "clip", "image", "cosine", "CLIP-I"),
+    Metric("clip_t", "clip", "text", "cosine", "CLIP-T"),
+    Metric("siglip_t", "siglip", "text", "sigmoid", "SigLIP"),
+)}  # fmt: skip
 # Family key -> the metric names it writes, in row order.
 FAMILY_METRICS: dict[str, tuple[str, ...]] = {
-    "dino": ("dino",),
-    "dinov2": ("dinov2",),
-    "clip": ("clip_i", "clip_t"),
-    "siglip": ("siglip_t",),
+    family: tuple(m.name for m in METRICS.values() if m.family == family)
+    for family in dict.fromkeys(m.family for m in METRICS.values())
 }
+# The Scores contract: one row per image and metric, in this column order.
+SCORE_COLUMNS = (
+    "backbone", "method", "step", "subject", "subject_kind", "prompt_set", "prompt_id", "seed", "image",
+    "metric", "metric_model", "value",
+)  # fmt: skip
+
+
+def family_metrics(family: str) -> tuple[Metric, ...]:
+    """The metrics a family's model computes, in row order."""
+    return tuple(METRICS[name] for name in FAMILY_METRICS[family])
 # Which libraries can compute each family; the first is the default. DINO-family models are image-only
 # (timm); text metrics need a joint image-text model (open_clip); transformers loads DINOv2 and SigLIP
 # the way the DTI authors' evaluator does.
@@ -31,6 +61,9 @@ FAMILY_BACKENDS: dict[str, tuple[str, ...]] = {
     "clip": ("open_clip",),
     "siglip": ("open_clip", "transformers"),
 }
+
+# The families whose tiny random model (`model: tiny`) the workflow can build: those transformers computes.
+TINY_FAMILIES = tuple(key for key, backends in FAMILY_BACKENDS.items() if "transformers" in backends)
 
 _ALLOWED_KEYS = {
     "timm": {"enabled", "backend", "model", "pretrained", "weights", "image_size"},
