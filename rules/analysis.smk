@@ -21,7 +21,7 @@ rule norm_analysis:
     params:
         runs=run_records(),
         models={b: f"resources/models/{b}.json" for b in BACKBONES},
-        out_dir="results/analysis",
+        out_dir=lambda wildcards, output: os.path.dirname(os.path.dirname(output.curves[0])),
         code_version=CODE_VERSION,
     script:
         "../workflow/scripts/norm_analysis.py"
@@ -90,7 +90,7 @@ rule magnitude_outputs:
         "benchmarks/magnitude_outputs.tsv"
     params:
         scores={b: f"results/magnitude/{b}/fidelity.parquet" for b in SWEEP_BACKBONES},
-        out_dir="results/analysis/magnitude",
+        out_dir=lambda wildcards, output: os.path.dirname(output.figures[0]),
         code_version=CODE_VERSION,
     script:
         "../workflow/scripts/magnitude_outputs.py"

@@ -79,7 +79,7 @@ rule interpolation_outputs:
         "benchmarks/interpolation_outputs.tsv"
     params:
         subjects=subject_files(sorted({s for p in PAIRS.values() for s in (p.a, p.b)})),
-        out_dir="results/interpolation",
+        out_dir=lambda wildcards, output: os.path.dirname(output.tex),
         code_version=CODE_VERSION,
     script:
         "../workflow/scripts/interpolation_outputs.py"

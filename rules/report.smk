@@ -23,7 +23,7 @@ rule sample_grids:
         subjects=subject_files(SUBJECTS),
         methods=list(METHODS),
         grid=GRID,
-        out_dir="results/report/grids",
+        out_dir=lambda wildcards, output: os.path.dirname(os.path.dirname(output.grids[0])),
         code_version=CODE_VERSION,
     script:
         "../workflow/scripts/sample_grids.py"
@@ -49,7 +49,7 @@ rule report_tables:
     params:
         tables=table_pages(),
         notes=TABLE_NOTES,
-        out_dir="results/report/tables",
+        out_dir=lambda wildcards, output: os.path.dirname(output[0]),
         code_version=CODE_VERSION,
     script:
         "../workflow/scripts/report_tables.py"
@@ -72,7 +72,7 @@ rule checkpoint_sweep:
     benchmark:
         "benchmarks/checkpoint_sweep.tsv"
     params:
-        stem="results/analysis/checkpoints",
+        stem=lambda wildcards, output: os.path.splitext(output.figure)[0],
         code_version=CODE_VERSION,
     script:
         "../workflow/scripts/checkpoint_sweep.py"
