@@ -32,9 +32,11 @@ def pick_metrics(metric_config: dict) -> tuple[Metric, Metric]:
     image = next((METRICS[m] for m in SUBJECT_METRICS if enabled(m)), None)
     text = next((METRICS[m] for m in TEXT_METRICS if enabled(m)), None)
     if image is None:
-        raise DtiError("metrics: the analyses measure subject fidelity with dinov2 or dino; enable one of them")
+        raise DtiError("metrics: the analyses measure subject fidelity with dinov2 or dino; enable one of them, "
+                       "or turn the analyses off (analysis.magnitude.enabled: false, no interpolation pairs)")
     if text is None:
-        raise DtiError("metrics: the analyses measure text fidelity with clip or siglip; enable one of them")
+        raise DtiError("metrics: the analyses measure text fidelity with clip or siglip; enable one of them, "
+                       "or turn the analyses off (analysis.magnitude.enabled: false, no interpolation pairs)")
     return image, text
 
 
