@@ -221,7 +221,7 @@ def denoise_seconds(pipe, prompts, seeds, steps, resolution, attention="auto") -
 
 
 # Each switch alone on the plain denoiser, plus variants of ours; "ours" is the sample job's own denoiser.
-# A switch the family does not support (docs/BACKBONES.md) is left out.
+# A switch the family does not support (docs/backbones.md) is left out.
 LEVERS = ("channels_last", "fuse_qkv", "compile_transformer", "compile_transformer_resnet", "ours_channels_last")
 
 

@@ -35,7 +35,7 @@ OFF = CPU_DEFAULTS
 CONFIGS = {"ti": ("ti", True, "off"), "dti": ("dti", True, "off"), "dti_no_cache": ("dti", False, "off"),
            "ti_fast": ("ti", True, "fast"), "dti_fast": ("dti", True, "fast"),
            "dti_fast_channels_last": ("dti", True, "fast_channels_last")}
-# The published training recipes on a GPU (resolution, batch): docs/PROTOCOL.md and docs/BACKBONES.md.
+# The published training recipes on a GPU (resolution, batch): docs/protocol.md and docs/backbones.md.
 GPU_RECIPES = {"sd": (512, 4), "sdxl": (768, 4), "sana": (1024, 2), "wan": (512, 2)}
 
 

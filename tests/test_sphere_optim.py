@@ -1,4 +1,4 @@
-"""Sphere geometry and the Riemannian SGD step, checked against hand computations (docs/METHOD.md)."""
+"""Sphere geometry and the Riemannian SGD step, checked against hand computations (docs/method.md)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """Learned-token files: the formats diffusers, AUTOMATIC1111 and ComfyUI load, and dti's own for the
-families diffusers' loader does not know (docs/METHOD.md, "Files"; docs/BACKBONES.md).
+families diffusers' loader does not know (docs/method.md, "Files"; docs/backbones.md).
 
 - `learned_embeds.safetensors` = {placeholder: float32[k, d]} for the backbone's first text encoder,
   `learned_embeds_2.safetensors` for its second (SDXL), metadata {"format": "pt"} and provenance. For SD

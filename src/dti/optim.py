@@ -1,4 +1,4 @@
-"""Riemannian SGD on the unit sphere with a von Mises-Fisher prior: DTI's optimizer (docs/METHOD.md)."""
+"""Riemannian SGD on the unit sphere with a von Mises-Fisher prior: DTI's optimizer (docs/method.md)."""
 
 from __future__ import annotations
 

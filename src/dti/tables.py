@@ -1,6 +1,6 @@
 """Aggregate per-image benchmark scores into result tables (long/tidy layout, Parquet-friendly).
 
-Protocol (the DTI authors' aggregation, docs/PROTOCOL.md): within each group, first the mean of every
+Protocol (the DTI authors' aggregation, docs/protocol.md): within each group, first the mean of every
 subject's images, then the unweighted mean over subjects, so a subject with many images weighs no more
 than one with few. On top we give a 95% percentile bootstrap interval over subjects: subjects are
 resampled with replacement `n_boot` times and the 2.5/97.5 percentiles of the resampled subject-means

@@ -1,4 +1,4 @@
-"""The training loop shared by DTI, TI and CrossInit (docs/METHOD.md).
+"""The training loop shared by DTI, TI and CrossInit (docs/method.md).
 
 Reproducibility and resumption rest on one rule: every random choice of a training sample (image,
 crop, template, timestep, noise) comes from its own generator seeded by (seed, step, sample index).

@@ -45,7 +45,8 @@ install_if_missing() {
 
 write_config() {
     mkdir -p "$STATE_DIR"/{state,spool,log,run}
-    # Settings that work without cgroups, systemd or an accounting database (see docs/ENVIRONMENT.md).
+    # Settings that work without cgroups, systemd or an accounting database, as in a container: processes
+    # tracked through /proc (proctrack/linuxproc), no task plugin, no job accounting.
     cat >"$STATE_DIR/slurm.conf" <<CONF
 ClusterName=dti-test
 SlurmctldHost=localhost
