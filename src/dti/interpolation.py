@@ -63,7 +63,7 @@ class InterpolationPlan:
 
 def parse_interpolation(config: dict | None, subjects: Iterable[str], methods: Iterable[str]) -> InterpolationPlan:
     """Check the `interpolation` config against the subjects and trained methods; errors name the key."""
-    from dti.prompts import check_template
+    from dti.prompts import analysis_prompts_and_seeds
 
     config = config or {}
     subjects, methods = list(subjects), list(methods)
@@ -94,14 +94,7 @@ def parse_interpolation(config: dict | None, subjects: Iterable[str], methods: I
             raise DtiError(f"interpolation.t[{i}]: {value} is outside [0, 1]")
     if len(set(t)) < 2:
         raise DtiError(f"interpolation.t: give at least two different values in [0, 1], got {t}")
-    prompts = list(config.get("prompts", ("a photo of a {}",)))
-    if not prompts:
-        raise DtiError("interpolation.prompts: the list is empty; give at least one template with {}")
-    for i, prompt in enumerate(prompts):
-        check_template(prompt, f"interpolation.prompts[{i}]")
-    seeds = [int(s) for s in config.get("seeds", (0,))]
-    if not seeds:
-        raise DtiError("interpolation.seeds: the list is empty")
+    prompts, seeds = analysis_prompts_and_seeds(config, "interpolation")
     neutral = str(config.get("neutral", "thing")).strip()
     if not neutral:
         raise DtiError("interpolation.neutral: give a noun such as 'thing'")

@@ -70,6 +70,20 @@ def check_template(template: str, where: str = "template") -> str:
     return template
 
 
+def analysis_prompts_and_seeds(config: dict, key: str) -> tuple[list[str], list[int]]:
+    """An analysis section's `prompts` (templates, default "a photo of a {}") and `seeds` (default 0),
+    checked; errors name `key`.prompts[i] or `key`.seeds."""
+    prompts = list(config.get("prompts", ("a photo of a {}",)))
+    if not prompts:
+        raise DtiError(f"{key}.prompts: the list is empty; give at least one template with {{}}")
+    for i, prompt in enumerate(prompts):
+        check_template(prompt, f"{key}.prompts[{i}]")
+    seeds = [int(s) for s in config.get("seeds", (0,))]
+    if not seeds:
+        raise DtiError(f"{key}.seeds: the list is empty")
+    return prompts, seeds
+
+
 def render(template: str, placeholder_text: str) -> str:
     """Put `placeholder_text` (e.g. the learned token) into the template's slot."""
     return check_template(template).replace(PLACEHOLDER, placeholder_text)

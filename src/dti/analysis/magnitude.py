@@ -20,7 +20,7 @@ from dti.errors import DtiError
 
 def check_sweep(config: dict) -> dict:
     """The `analysis.magnitude` settings, checked; errors name the key."""
-    from dti.prompts import check_template
+    from dti.prompts import analysis_prompts_and_seeds
 
     scales = [float(s) for s in config.get("scales", (0.5, 1, 2, 4, 8))]
     if not scales:
@@ -28,14 +28,7 @@ def check_sweep(config: dict) -> dict:
     for i, scale in enumerate(scales):
         if not (scale > 0 and np.isfinite(scale)):
             raise DtiError(f"analysis.magnitude.scales[{i}]: {scale} is not a positive number")
-    prompts = list(config.get("prompts", ("a photo of a {}",)))
-    if not prompts:
-        raise DtiError("analysis.magnitude.prompts: the list is empty; give at least one template with {}")
-    for i, prompt in enumerate(prompts):
-        check_template(prompt, f"analysis.magnitude.prompts[{i}]")
-    seeds = [int(s) for s in config.get("seeds", (0,))]
-    if not seeds:
-        raise DtiError("analysis.magnitude.seeds: the list is empty")
+    prompts, seeds = analysis_prompts_and_seeds(config, "analysis.magnitude")
     return {"scales": sorted(set(scales)), "prompts": prompts, "seeds": seeds}
 
 
