@@ -50,6 +50,17 @@ def test_sd_file_loads_with_load_textual_inversion_and_reproduces_training(tiny_
     assert not torch.allclose(loaded, baseline, atol=1e-4)  # the learned rows matter to the output
 
 
+def _assert_sdxl_conditions_as_in_training(pipe, run):
+    """The SDXL pipeline's prompt embeddings (hidden states and pooled) with the loaded token equal the
+    conditioning the training run computed."""
+    with torch.no_grad():
+        hidden, _, pooled, _ = pipe.encode_prompt(PROMPT.format("<subject>"), device="cpu",
+                                                  do_classifier_free_guidance=False)
+    expected = _training_time_conditioning(run)
+    torch.testing.assert_close(hidden, expected["hidden"], atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(pooled, expected["pooled"], atol=1e-6, rtol=1e-5)
+
+
 def test_sdxl_files_load_per_encoder_and_reproduce_training(tiny_sdxl, trained_run):
     run = trained_run("sdxl", "dti")
     pipe = _fresh_pipeline("sdxl", tiny_sdxl)
@@ -57,12 +68,7 @@ def test_sdxl_files_load_per_encoder_and_reproduce_training(tiny_sdxl, trained_r
                                 text_encoder=pipe.text_encoder, tokenizer=pipe.tokenizer)
     pipe.load_textual_inversion(str(run.out_dir / "learned_embeds_2.safetensors"), token="<subject>",
                                 text_encoder=pipe.text_encoder_2, tokenizer=pipe.tokenizer_2)
-    with torch.no_grad():
-        hidden, _, pooled, _ = pipe.encode_prompt(PROMPT.format("<subject>"), device="cpu",
-                                                  do_classifier_free_guidance=False)
-    expected = _training_time_conditioning(run)
-    torch.testing.assert_close(hidden, expected["hidden"], atol=1e-6, rtol=1e-5)
-    torch.testing.assert_close(pooled, expected["pooled"], atol=1e-6, rtol=1e-5)
+    _assert_sdxl_conditions_as_in_training(pipe, run)
     # Each encoder got its own rows (different tables, different m).
     rows_l = load_file(str(run.out_dir / "learned_embeds.safetensors"))["<subject>"]
     rows_g = load_file(str(run.out_dir / "learned_embeds_2.safetensors"))["<subject>"]
@@ -82,12 +88,7 @@ def test_sdxl_single_file_loads_in_diffusers_as_the_readme_says(tiny_sdxl, train
                                 tokenizer=pipe.tokenizer)
     pipe.load_textual_inversion(state_dict["clip_g"], token="<subject>", text_encoder=pipe.text_encoder_2,
                                 tokenizer=pipe.tokenizer_2)
-    with torch.no_grad():
-        hidden, _, pooled, _ = pipe.encode_prompt(PROMPT.format("<subject>"), device="cpu",
-                                                  do_classifier_free_guidance=False)
-    expected = _training_time_conditioning(run)
-    torch.testing.assert_close(hidden, expected["hidden"], atol=1e-6, rtol=1e-5)
-    torch.testing.assert_close(pooled, expected["pooled"], atol=1e-6, rtol=1e-5)
+    _assert_sdxl_conditions_as_in_training(pipe, run)
 
 
 def test_a_capitalized_placeholder_gets_every_vector_in_diffusers(tiny_sd, subject_images, tmp_path):
