@@ -1,8 +1,10 @@
 """Scoring-model benchmark: the embedded default's metric models against the paper's, random weights.
 
-Both configurations build their encoders and encode the same images and prompts as one score job of the
+Three configurations build their encoders and encode the same images and prompts as one score job of the
 embedded default (64 px samples and subject photos, CLIP-T prompts), side by side in one process,
-interleaved over rounds; the script prints medians and their ratio. CPU, one thread, like a CI job.
+interleaved over rounds; the script prints medians and their ratios. CPU, one thread, like a CI job.
+The third is the embedded default with a random ViT-B/32 in place of its tiny CLIP (the default before
+the tiny CLIP): what the tiny CLIP saves each score job.
 
     python bench/metric_models.py [--rounds 3] [--images 12] [--texts 8]
 """
@@ -57,13 +59,15 @@ def main() -> None:
 
     default = yaml.safe_load((REPO / "config" / "config.yaml").read_text())["metrics"]
     paper = yaml.safe_load((REPO / "config" / "paper-sdxl.yaml").read_text())["metrics"]
-    configs = {"embedded default": default, "paper models, random weights": paper_models_at_random(paper)}
+    vit_b32 = {**default, "clip": {"backend": "open_clip", "model": "ViT-B-32", "pretrained": None}}
+    configs = {"embedded default": default, "paper models, random weights": paper_models_at_random(paper),
+               "default with ViT-B/32 CLIP": vit_b32}
     gen = torch.Generator().manual_seed(0)
     images = [Image.fromarray((torch.rand(64, 64, 3, generator=gen) * 255).byte().numpy())
               for _ in range(args.images)]
     texts = [f"a photo of sks dog number {i} on the beach" for i in range(args.texts)]
 
-    # The default's tiny transformers models (DINOv2, SigLIP) are folders a workflow rule builds once.
+    # The default's tiny models (DINOv2, CLIP, SigLIP) are folders a workflow rule builds once.
     tiny_root = Path(tempfile.mkdtemp(prefix="dti-bench-"))
     tiny_dirs = {key: write_tiny_metric_model(key, tiny_root / key) for key in tiny_families(default)}
 
@@ -77,8 +81,9 @@ def main() -> None:
     shutil.rmtree(tiny_root)
     for name, values in times.items():
         print(f"{name:30s} median {statistics.median(values):6.2f} s  rounds {[round(v, 2) for v in values]}")
-    ratio = statistics.median(times["paper models, random weights"]) / statistics.median(times["embedded default"])
-    print(f"paper models / embedded default: {ratio:.2f}x")
+    base = statistics.median(times["embedded default"])
+    for name in list(configs)[1:]:
+        print(f"{name} / embedded default: {statistics.median(times[name]) / base:.2f}x")
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ from dti.dti_prompts import reference as dti_prompt_reference
 from dti.errors import DtiError
 from dti.images import IMAGE_SUFFIXES
 from dti.methods import get_method
-from dti.metrics.spec import TINY_FAMILIES, tiny_families
+from dti.metrics.spec import tiny_families
 from dti.prompts import load_prompt_set
 from dti.subject_schema import subject_problem
 from dti.tables import TABLE_NAMES
@@ -129,7 +129,6 @@ wildcard_constraints:
     backbone=_alternatives(BACKBONES),
     method=_alternatives(set(METHODS) | set(TRAINED_METHODS)),
     family=_alternatives(family_names()),
-    metric_family=_alternatives(TINY_FAMILIES),
     step=r"\d+",
 
 
@@ -197,7 +196,7 @@ def sample_settings(wildcards):
 
 
 METRICS = canonical(config["metrics"])
-# Tiny random transformers metric models (`model: tiny`), built offline by the tiny_metric_model rule.
+# Tiny random metric models (`model: tiny`), built offline by the tiny_metric_models rule.
 TINY_METRICS = {key: f"resources/metrics/tiny/{key}" for key in tiny_families(METRICS)}
 
 

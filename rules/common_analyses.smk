@@ -32,7 +32,7 @@ def analysis_metrics():
 
 
 def analysis_tiny_metrics():
-    """The tiny random model folders (`model: tiny`) of those two, built by the tiny_metric_model rule."""
+    """The tiny random model folders (`model: tiny`) of those two, built by the tiny_metric_models rule."""
     return {key: path for key, path in TINY_METRICS.items() if key in analysis_metrics()}
 
 

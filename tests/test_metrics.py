@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 from dti.errors import DtiError
@@ -339,3 +340,72 @@ def test_needs_hub_names_exactly_the_models_the_login_node_must_fetch(tmp_path):
     }
     for (key, case), (raw, expected) in cases.items():
         assert parse_metric_spec(key, raw).needs_hub is expected, (key, case)
+
+
+# --- the embedded default's tiny CLIP: an open_clip model folder --------------------------------------
+@pytest.fixture(scope="module")
+def tiny_clip_dir(tmp_path_factory):
+    from dti.metrics.tiny import write_tiny_metric_model
+
+    return write_tiny_metric_model("clip", tmp_path_factory.mktemp("tiny") / "clip")
+
+
+def test_tiny_clip_loads_its_weights_through_open_clip(tiny_clip_dir, tmp_path, image_dir):
+    import open_clip
+    from safetensors.torch import load_file, save_file
+
+    # Shift every weight in a copy of the folder: the encoder must carry exactly the file's weights, which a
+    # loader that silently kept its (identically seeded) random init would not.
+    shifted = tmp_path / "clip"
+    shifted.mkdir()
+    (shifted / "open_clip_config.json").write_bytes((tiny_clip_dir / "open_clip_config.json").read_bytes())
+    state = {k: v + 0.01 for k, v in load_file(tiny_clip_dir / "open_clip_model.safetensors").items()}
+    save_file(state, shifted / "open_clip_model.safetensors")
+    spec = parse_metric_spec("clip", {"model": "tiny"}, {"clip": shifted})
+    assert (spec.backend, spec.metric_model, spec.needs_hub) == ("open_clip", "open_clip:tiny-clip@random", False)
+    encoder = OpenClipEncoder(spec)
+    loaded = encoder.model.state_dict()
+    assert loaded.keys() == state.keys() and all(torch.equal(loaded[k], state[k]) for k in state)
+    # Scores as open_clip computes them, with the real CLIP BPE and OpenAI's image statistics at 64 px.
+    reference = open_clip.create_model_and_transforms(f"local-dir:{shifted}")[0].eval()
+    images = [Image.open(image_dir / name).convert("RGB") for name in ("same.png", "ramp.png")]
+    assert encoder.preprocess.transforms[0].size == 64
+    pixels = torch.stack([encoder.preprocess(im) for im in images])
+    with torch.no_grad():
+        want_images = F.normalize(reference.encode_image(pixels), dim=-1)
+        texts = ["a photo of a stuffed animal", "a dog"]
+        assert torch.equal(encoder.tokenizer(texts), open_clip.get_tokenizer("ViT-B-32")(texts))
+        want_texts = F.normalize(reference.encode_text(open_clip.get_tokenizer("ViT-B-32")(texts)), dim=-1)
+    torch.testing.assert_close(encoder.encode_images(images), want_images, rtol=0, atol=1e-6)
+    torch.testing.assert_close(encoder.encode_texts(texts), want_texts, rtol=0, atol=1e-6)
+
+
+def test_tiny_clip_is_rebuilt_identically_and_asked_for_plainly(tiny_clip_dir, tmp_path):
+    from safetensors.torch import load_file
+
+    from dti.metrics.spec import tiny_families
+    from dti.metrics.tiny import write_tiny_metric_models
+
+    with pytest.raises(DtiError, match="lpips"):  # checked before anything is written
+        write_tiny_metric_models({"clip": tmp_path / "clip", "lpips": tmp_path / "lpips"})
+    assert not (tmp_path / "clip").exists()
+    [again] = write_tiny_metric_models({"clip": tmp_path / "clip"})
+    first, second = (load_file(d / "open_clip_model.safetensors") for d in (tiny_clip_dir, again))
+    assert first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)
+    config = {"dino": {"model": "tiny"}, "clip": {"model": "tiny"}, "dinov2": {"backend": "transformers",
+              "model": "tiny"}, "siglip": {"backend": "transformers", "model": "tiny", "enabled": False}}
+    assert tiny_families(config) == ["clip", "dinov2"]  # dino has no tiny model; siglip is off
+
+
+@pytest.mark.parametrize(("key", "raw", "named"), [
+    ("clip", {"model": "tiny", "pretrained": "openai"}, "pretrained"),
+    ("clip", {"model": "tiny", "tokenizer": "/somewhere"}, "tokenizer"),
+    ("siglip", {"backend": "open_clip", "model": "tiny"}, "'transformers'"),
+    ("dino", {"backend": "timm", "model": "tiny"}, "no backend"),
+])
+def test_bad_tiny_specs_are_named(key, raw, named, tiny_clip_dir):
+    with pytest.raises(DtiError, match=f"metrics.{key}") as info:
+        parse_metric_spec(key, raw, {key: tiny_clip_dir})
+    assert named in str(info.value)
+    with pytest.raises(DtiError, match="folder of the tiny random clip"):
+        parse_metric_spec("clip", {"model": "tiny"})  # planned without the folder the rule builds

@@ -121,7 +121,7 @@ def test_every_rule_has_log_and_benchmark(default_run):
 
     logs = rules_under(default_run / "logs", ".log")
     benches = rules_under(default_run / "benchmarks", ".tsv")
-    expected = {"synthesize_subject", "tiny_model", "tiny_metric_model", "fetch_model", "fetch_metrics",
+    expected = {"synthesize_subject", "tiny_model", "tiny_metric_models", "fetch_model", "fetch_metrics",
                 "prepare_subject", "train", "sample", "score", "aggregate"}
     assert expected <= logs and expected <= benches
 

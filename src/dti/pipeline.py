@@ -42,11 +42,11 @@ def prepare(image_paths: list[str], out_json: str, *, name: str, class_noun: str
 # --- models -----------------------------------------------------------------------------------------
 def fetch_model(out_json: str, *, model: str, family: str, revision: str | None, tiny_dir: str | None) -> None:
     """Make the backbone available offline (login node) and record the folder GPU jobs load from."""
-    from dti.backbones.base import check_model_exists
-
     if tiny_dir is not None:
         path = str(Path(tiny_dir).resolve())
     elif Path(model).expanduser().exists() or model.startswith((".", "/", "~")):
+        from dti.backbones.base import check_model_exists  # imports torch: only where a folder is checked
+
         check_model_exists(model)
         path = str(Path(model).expanduser().resolve())
     else:

@@ -88,6 +88,11 @@ class TimmImageEncoder:
         return F.normalize(features.float(), dim=-1).cpu()
 
 
+def _open_clip_name(spec: MetricSpec) -> str:
+    """The name open_clip builds from: a registry name, or a model folder (the tiny one) by its schema."""
+    return f"local-dir:{spec.folder}" if spec.folder is not None else spec.model
+
+
 def _open_clip_tokenizer(spec: MetricSpec):
     if spec.tokenizer is not None:
         # Mirror open_clip.get_tokenizer, but read the Hugging Face tokenizer from a local folder.
@@ -104,7 +109,7 @@ def _open_clip_tokenizer(spec: MetricSpec):
                 f"metrics.{spec.key}.tokenizer: cannot load a tokenizer from {spec.tokenizer}: {err}"
             ) from err
     try:
-        return open_clip.get_tokenizer(spec.model)
+        return open_clip.get_tokenizer(_open_clip_name(spec))
     except Exception as err:  # SigLIP tokenizers come from the hub; CLIP's BPE ships with open_clip
         raise DtiError(
             f"metrics.{spec.key}: the tokenizer for {spec.model!r} is not available offline ({err}); "
@@ -135,7 +140,7 @@ class OpenClipEncoder:
         try:
             with _seeded_init():
                 model, _, preprocess = open_clip.create_model_and_transforms(
-                    spec.model, pretrained=pretrained, **kwargs
+                    _open_clip_name(spec), pretrained=pretrained, **kwargs
                 )
         except Exception as err:
             raise _load_error(spec, err) from err

@@ -5,8 +5,9 @@ the reference photos or the prompt, and how it scores); each family key maps to 
 names (the Scores contract), so tables can be built from the config alone. Model names are checked
 against the timm / open_clip registries here, before any (possibly slow) model is built. The
 transformers backend (DINOv2 and SigLIP as the DTI authors load them) takes a hub id (fetched on the
-login node), a local folder, or `tiny`: a tiny random model of the same class that the workflow builds
-offline.
+login node) or a local folder. `model: tiny` asks for a tiny random model that the workflow builds offline
+(dti.metrics.tiny) and loads through the same code as real weights: DINOv2 and SigLIP of the real
+transformers classes, CLIP as an open_clip model folder.
 """
 
 from __future__ import annotations
@@ -62,15 +63,16 @@ FAMILY_BACKENDS: dict[str, tuple[str, ...]] = {
     "siglip": ("open_clip", "transformers"),
 }
 
-# The families whose tiny random model (`model: tiny`) the workflow can build: those transformers computes.
-TINY_FAMILIES = tuple(key for key, backends in FAMILY_BACKENDS.items() if "transformers" in backends)
+# The families whose tiny random model (`model: tiny`) the workflow can build (dti.metrics.tiny), and the
+# backend that loads it: DINOv2 and SigLIP as the authors load them, CLIP through open_clip's folder loader.
+TINY_BACKENDS: dict[str, str] = {"dinov2": "transformers", "clip": "open_clip", "siglip": "transformers"}
 
 _ALLOWED_KEYS = {
     "timm": {"enabled", "backend", "model", "pretrained", "weights", "image_size"},
     "open_clip": {"enabled", "backend", "model", "pretrained", "weights", "tokenizer"},
     "transformers": {"enabled", "backend", "model", "revision"},
 }
-TINY = "tiny"  # transformers backend: a tiny random model, built offline into a folder
+TINY = "tiny"  # a tiny random model of the family (TINY_BACKENDS), built offline into a folder
 
 
 @dataclass(frozen=True)
@@ -87,7 +89,8 @@ class MetricSpec:
     image_size: int | None  # timm only; open_clip uses the model's own preprocessing
     tokenizer: Path | None  # open_clip only: a local Hugging Face tokenizer folder
     revision: str | None = None  # transformers only: the hub revision (None: the default branch)
-    folder: Path | None = None  # transformers only: the local folder it loads from (None: the hub cache)
+    # transformers: the local folder it loads from (None: the hub cache); open_clip: the tiny model's folder
+    folder: Path | None = None
 
     @property
     def metrics(self) -> tuple[str, ...]:
@@ -96,9 +99,9 @@ class MetricSpec:
     @property
     def source(self) -> str:
         """Where the weights come from: a local file, a hub tag, or a seeded random init."""
+        if self.model == TINY:
+            return "random"
         if self.backend == "transformers":
-            if self.model == TINY:
-                return "random"
             if self.folder is not None:
                 return "local"  # the model name is the folder
             return f"hub:{self.revision}" if self.revision else "hub"
@@ -112,7 +115,7 @@ class MetricSpec:
     def needs_hub(self) -> bool:
         """Whether building the model reads the hub: weights by tag (or timm's pretrained), or a SigLIP
         tokenizer without a local folder (CLIP's BPE ships with open_clip)."""
-        if self.backend == "transformers":
+        if self.backend == "transformers" or self.folder is not None:
             return self.folder is None
         hub_weights = self.weights is None and self.source != "random"
         return hub_weights or (self.key == "siglip" and self.tokenizer is None)
@@ -120,7 +123,7 @@ class MetricSpec:
     @property
     def metric_model(self) -> str:
         """The backbone label written into every Scores row (transformers encoders add their transform)."""
-        model = f"tiny-{self.key}" if self.backend == "transformers" and self.model == TINY else self.model
+        model = f"tiny-{self.key}" if self.model == TINY else self.model
         label = f"{self.backend}:{model}@{self.source}"
         if self.backend == "timm":
             label += f"/{self.image_size}px"
@@ -192,14 +195,22 @@ def _check_open_clip_model(key: str, model: str, tag: str | None) -> None:
         )
 
 
+def _tiny_folder(key: str, backend: str, tiny_dirs: dict) -> Path:
+    """Where the tiny random model of `key` was built; only its own backend can load it."""
+    if TINY_BACKENDS.get(key) != backend:
+        where = f"backend {TINY_BACKENDS[key]!r}" if key in TINY_BACKENDS else "no backend"
+        raise DtiError(f"metrics.{key}.model: there is no tiny {key} model for backend {backend!r} ({where} has one)")
+    if key not in tiny_dirs:
+        raise DtiError(f"metrics.{key}.model: 'tiny' needs the folder of the tiny random {key} model")
+    return Path(tiny_dirs[key])
+
+
 def _transformers_spec(key: str, model: str, raw: dict[str, Any], tiny_dirs: dict) -> MetricSpec:
     revision = raw.get("revision")
     if revision is not None and (not isinstance(revision, str) or not revision):
         raise DtiError(f"metrics.{key}.revision: expected a hub revision (branch, tag or commit), got {revision!r}")
     if model == TINY:
-        if key not in tiny_dirs:
-            raise DtiError(f"metrics.{key}.model: 'tiny' needs the folder of the tiny random {key} model")
-        folder = Path(tiny_dirs[key])
+        folder = _tiny_folder(key, "transformers", tiny_dirs)
     elif Path(model).expanduser().is_dir():
         folder = Path(model).expanduser()
     elif model.startswith((".", "/", "~")) or model.count("/") != 1:
@@ -233,6 +244,12 @@ def parse_metric_spec(key: str, raw: dict[str, Any], tiny_dirs: dict | None = No
         raise DtiError(f"metrics.{key}.model: expected a model name, got {model!r}")
     if backend == "transformers":
         return _transformers_spec(key, model, raw, tiny_dirs or {})
+    if model == TINY:
+        folder = _tiny_folder(key, backend, tiny_dirs or {})
+        extra = sorted(k for k in ("pretrained", "weights", "tokenizer", "image_size") if raw.get(k) not in (None, False))
+        if extra:
+            raise DtiError(f"metrics.{key}: the tiny model brings its own weights and tokenizer; remove {extra}")
+        return MetricSpec(key, backend, model, None, None, None, None, folder=folder)
     weights = _existing_path(key, "weights", raw.get("weights"), want_dir=False)
     pretrained = raw.get("pretrained")
 
@@ -273,6 +290,7 @@ def parse_metric_specs(config: dict[str, dict], tiny_dirs: dict | None = None) -
 
 
 def tiny_families(config: dict[str, dict]) -> list[str]:
-    """The enabled families that ask for a tiny random model (`backend: transformers, model: tiny`)."""
+    """The enabled families that ask for a tiny random model (`model: tiny`, with the backend that loads it)."""
     return [key for key, raw in config.items() if isinstance(raw, dict) and raw.get("enabled", True)
-            and raw.get("backend") == "transformers" and raw.get("model") == TINY]
+            and raw.get("model") == TINY and key in TINY_BACKENDS
+            and raw.get("backend", FAMILY_BACKENDS[key][0]) == TINY_BACKENDS[key]]

@@ -1,17 +1,22 @@
-"""Tiny random DINOv2 and SigLIP models of the real transformers classes, for offline runs and tests.
+"""Tiny random metric models written to disk, for offline runs and tests: DINOv2 and SigLIP of the real
+transformers classes, and a CLIP of open_clip's own class.
 
-Each is written with `save_pretrained` (model, image processor and, for SigLIP, a SentencePiece
-tokenizer of the real SiglipTokenizer class), so it loads through exactly the code that loads
-facebook/dinov2-base and google/siglip-base-patch16-512. The DINOv2 processor has the real model's
+DINOv2 and SigLIP are written with `save_pretrained` (model, image processor and, for SigLIP, a
+SentencePiece tokenizer of the real SiglipTokenizer class), so they load through exactly the code that
+loads facebook/dinov2-base and google/siglip-base-patch16-512. The DINOv2 processor has the real model's
 settings (shortest side 256, bicubic, centre crop 224, ImageNet statistics); the SigLIP one resizes
-to 64 px (the tiny samples' size) instead of 512. Weights are random under a fixed seed and the
-tokenizer is trained on a fixed corpus, so two builds are identical.
+to 64 px (the tiny samples' size) instead of 512. CLIP is an open_clip model folder (`open_clip_config.json`
+and `open_clip_model.safetensors`, as on the hub), loaded by open_clip's `local-dir:` loader with the real
+CLIP BPE tokenizer and OpenAI's image statistics at 64 px; a random ViT-B/32 would cost each score job
+about 1.5 CPU-s more for equally meaningless scores (bench/README.md). Weights are random under a fixed
+seed and the tokenizer is trained on a fixed corpus, so two builds are identical.
 """
 
 from __future__ import annotations
 
 import contextlib
 import io
+import json
 import math
 import os
 from pathlib import Path
@@ -83,13 +88,41 @@ def _write_dinov2(folder: Path) -> None:
     BitImageProcessor(**DINOV2_PROCESSOR).save_pretrained(folder)
 
 
-_WRITERS = {"dinov2": _write_dinov2, "siglip": _write_siglip}
+# ViT-B/32's layout at toy size: 64 px images in 16 px patches, 2 layers per tower, the real BPE vocabulary.
+CLIP_CONFIG = {
+    "embed_dim": 32,
+    "vision_cfg": {"image_size": 64, "patch_size": 16, "layers": 2, "width": 32, "head_width": 16},
+    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 2},
+}
+
+
+def _write_clip(folder: Path) -> None:
+    import open_clip
+    from safetensors.torch import save_file
+
+    with _seeded():
+        model = open_clip.model.CLIP(**CLIP_CONFIG)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, folder / "open_clip_model.safetensors")
+    preprocess = {"mean": list(open_clip.OPENAI_DATASET_MEAN), "std": list(open_clip.OPENAI_DATASET_STD)}
+    config = {"model_cfg": CLIP_CONFIG, "preprocess_cfg": preprocess}
+    (folder / "open_clip_config.json").write_text(json.dumps(config, indent=2) + "\n")
+
+
+_WRITERS = {"dinov2": _write_dinov2, "clip": _write_clip, "siglip": _write_siglip}
 
 
 def write_tiny_metric_model(family: str, out_dir: str | os.PathLike) -> Path:
-    """Write the tiny random model of `family` (dinov2 or siglip) to `out_dir`, atomically."""
+    """Write the tiny random model of `family` (dinov2, clip or siglip) to `out_dir`, atomically."""
     if family not in _WRITERS:
         raise DtiError(f"no tiny metric model for {family!r}; known: {sorted(_WRITERS)}")
     with atomic_dir(out_dir) as tmp:
         _WRITERS[family](Path(tmp))
     return Path(out_dir)
+
+
+def write_tiny_metric_models(folders: dict[str, str | os.PathLike]) -> list[Path]:
+    """Write the tiny random model of each family ({family: out_dir}), each folder atomically."""
+    unknown = sorted(set(folders) - set(_WRITERS))
+    if unknown:  # before anything is written
+        raise DtiError(f"no tiny metric model for {unknown}; known: {sorted(_WRITERS)}")
+    return [write_tiny_metric_model(family, folder) for family, folder in folders.items()]
