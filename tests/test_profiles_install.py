@@ -19,7 +19,8 @@ def install(home: Path, *args: str) -> subprocess.CompletedProcess:
 
 def test_profile_by_name_plans_after_install(tmp_path):
     env = {**{k: v for k, v in os.environ.items() if k != "XDG_CONFIG_HOME"}, "HOME": str(tmp_path)}
-    plan = [sys.executable, "-m", "snakemake", "--profile", "slurm", "-n", "--quiet", "rules"]
+    # --forceall: a developer's finished `make demo` in the checkout would otherwise leave nothing to plan
+    plan = [sys.executable, "-m", "snakemake", "--profile", "slurm", "-n", "--forceall", "--quiet", "rules"]
     before = subprocess.run(plan, cwd=REPO, capture_output=True, text=True, env=env)
     assert before.returncode != 0 and "slurm" in before.stderr  # the card's command fails without it
 
