@@ -115,7 +115,9 @@ class MetricSpec:
     def needs_hub(self) -> bool:
         """Whether building the model reads the hub: weights by tag (or timm's pretrained), or a SigLIP
         tokenizer without a local folder (CLIP's BPE ships with open_clip)."""
-        if self.backend == "transformers" or self.folder is not None:
+        if self.model == TINY:  # built by the workflow into a local folder
+            return False
+        if self.backend == "transformers":
             return self.folder is None
         hub_weights = self.weights is None and self.source != "random"
         return hub_weights or (self.key == "siglip" and self.tokenizer is None)
@@ -246,7 +248,7 @@ def parse_metric_spec(key: str, raw: dict[str, Any], tiny_dirs: dict | None = No
         return _transformers_spec(key, model, raw, tiny_dirs or {})
     if model == TINY:
         folder = _tiny_folder(key, backend, tiny_dirs or {})
-        extra = sorted(k for k in ("pretrained", "weights", "tokenizer", "image_size") if raw.get(k) not in (None, False))
+        extra = sorted(k for k in ("pretrained", "weights", "tokenizer") if raw.get(k) not in (None, False))
         if extra:
             raise DtiError(f"metrics.{key}: the tiny model brings its own weights and tokenizer; remove {extra}")
         return MetricSpec(key, backend, model, None, None, None, None, folder=folder)

@@ -8,7 +8,7 @@ settings (shortest side 256, bicubic, centre crop 224, ImageNet statistics); the
 to 64 px (the tiny samples' size) instead of 512. CLIP is an open_clip model folder (`open_clip_config.json`
 and `open_clip_model.safetensors`, as on the hub), loaded by open_clip's `local-dir:` loader with the real
 CLIP BPE tokenizer and OpenAI's image statistics at 64 px; a random ViT-B/32 would cost each score job
-about 1.5 CPU-s more for equally meaningless scores (bench/README.md). Weights are random under a fixed
+about 1.7 CPU-s more for equally meaningless scores (bench/README.md). Weights are random under a fixed
 seed and the tokenizer is trained on a fixed corpus, so two builds are identical.
 """
 
@@ -111,10 +111,15 @@ def _write_clip(folder: Path) -> None:
 _WRITERS = {"dinov2": _write_dinov2, "clip": _write_clip, "siglip": _write_siglip}
 
 
+def _check_known(families) -> None:
+    unknown = sorted(set(families) - set(_WRITERS))
+    if unknown:
+        raise DtiError(f"no tiny metric model for {', '.join(map(repr, unknown))}; known: {sorted(_WRITERS)}")
+
+
 def write_tiny_metric_model(family: str, out_dir: str | os.PathLike) -> Path:
     """Write the tiny random model of `family` (dinov2, clip or siglip) to `out_dir`, atomically."""
-    if family not in _WRITERS:
-        raise DtiError(f"no tiny metric model for {family!r}; known: {sorted(_WRITERS)}")
+    _check_known([family])
     with atomic_dir(out_dir) as tmp:
         _WRITERS[family](Path(tmp))
     return Path(out_dir)
@@ -122,7 +127,5 @@ def write_tiny_metric_model(family: str, out_dir: str | os.PathLike) -> Path:
 
 def write_tiny_metric_models(folders: dict[str, str | os.PathLike]) -> list[Path]:
     """Write the tiny random model of each family ({family: out_dir}), each folder atomically."""
-    unknown = sorted(set(folders) - set(_WRITERS))
-    if unknown:  # before anything is written
-        raise DtiError(f"no tiny metric model for {unknown}; known: {sorted(_WRITERS)}")
+    _check_known(folders)  # before anything is written
     return [write_tiny_metric_model(family, folder) for family, folder in folders.items()]
