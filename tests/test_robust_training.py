@@ -21,6 +21,7 @@ from safetensors.torch import save_file
 
 from dti import train as train_module
 from dti.backbones import load_backbone
+from dti.methods import get_method, trainable_methods
 from dti.model_files import weights_identity
 from dti.state import read_state, save_state
 from dti.tiny import write_tiny_model
@@ -147,15 +148,24 @@ def test_a_crash_at_every_write_point_reruns_to_the_identical_result(pristine, i
         _assert_same_result(out, reference)
 
 
-def test_resumed_adamw_state_gives_the_identical_result(pristine, images, tmp_path, crash_at, monkeypatch):
-    """TI's AdamW state (moments and a tensor step count) goes through the safetensors state file too."""
-    ti = dict(method="ti", beta=None, kappa=None)
-    _run(pristine, images, tmp_path / "straight", **ti)
+def _method_settings(name: str) -> dict:
+    """SETTINGS for method `name`: RSGD's beta > 0 and a prior where it takes them, else its defaults."""
+    accepts = get_method(name).accepts
+    return {"method": name, **{k: (v if k in accepts else None) for k, v in SETTINGS.items() if k in ("beta", "kappa")}}
+
+
+@pytest.mark.parametrize("method", trainable_methods())
+def test_every_method_resumes_to_the_identical_result(pristine, images, tmp_path, crash_at, monkeypatch, method):
+    """Every registered method's state (its trained tensors, its optimizer's own state: RSGD's averages,
+    AdamW's moments and tensor step count, a trained m) goes through the state file and resumes
+    byte-identically after a kill between its two saves."""
+    settings = _method_settings(method)
+    _run(pristine, images, tmp_path / "straight", **settings)
     crash_at(tmp_path / "resumed", log_line=3)
     with pytest.raises(Crash):
-        _run(pristine, images, tmp_path / "resumed", **ti)
+        _run(pristine, images, tmp_path / "resumed", **settings)
     monkeypatch.undo()
-    assert _run(pristine, images, tmp_path / "resumed", **ti)["resumed_from"] == 2
+    assert _run(pristine, images, tmp_path / "resumed", **settings)["resumed_from"] == 2
     _assert_same_result(tmp_path / "resumed", tmp_path / "straight")
 
 
@@ -215,7 +225,7 @@ def interrupted(pristine, images, tmp_path_factory) -> Path:
 
 def _reshaped_rows(state_path: Path) -> None:
     state = read_state(state_path)
-    state.rows = {slot: torch.zeros(rows.shape[0], rows.shape[1] + 1) for slot, rows in state.rows.items()}
+    state.parameters = {name: torch.zeros(t.shape[0], t.shape[1] + 1) for name, t in state.parameters.items()}
     save_state(state_path, state)
 
 
@@ -237,7 +247,7 @@ BROKEN = {  # case: (file, damage, resumed from)
     "empty state": (STATE, lambda p: p.write_bytes(b""), 0),
     "state of other shapes": (STATE, _reshaped_rows, 0),
     "state beyond the last step": (STATE, _step_beyond, 0),
-    "tensors without metadata": (STATE, lambda p: save_file({"rows.clip_l": torch.zeros(1, 32)}, str(p)), 0),
+    "tensors without metadata": (STATE, lambda p: save_file({"param.clip_l.rows": torch.zeros(1, 32)}, str(p)), 0),
     "log missing": ("train_log.jsonl", lambda p: p.unlink(), 0),
     "log garbled before the saved step": ("train_log.jsonl",
                                           lambda p: p.write_bytes(b"\xff\xfe{not json\n" + p.read_bytes()), 0),

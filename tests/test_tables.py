@@ -433,3 +433,36 @@ def test_write_tables_needs_a_caption_per_table(tmp_path):
     with pytest.raises(DtiError, match="per_prompt"):
         write_tables(tables, tmp_path, captions={n: "c" for n in tables if n != "per_prompt"})
     assert list(tmp_path.iterdir()) == []
+
+
+# --- the ablation table ---------------------------------------------------------------------------------
+def test_ablation_table_puts_dti_beside_its_ablations_with_the_norm_ratio():
+    scores = frame(*(rows("sdxl", m, s, v) for m, s, v in [
+        ("ti", "a", [0.9]), ("dti", "a", [0.5]), ("dti", "b", [0.7]), ("dti_m_max", "a", [0.2]),
+        ("dti_m_max", "b", [0.4, 0.6]), ("dti_init_random", "a", [0.3]), ("dti_init_random", "b", [0.3])]))
+    norms = frame(norm_rows("ti", "a", [2.0]), norm_rows("dti", "a", [0.4]), norm_rows("dti", "b", [0.4]),
+                  norm_rows("dti_m_max", "a", [0.8, 1.0]), norm_rows("dti_m_max", "b", [0.8]),
+                  norm_rows("dti_init_random", "a", [0.4]), norm_rows("dti_init_random", "b", [0.4]))
+    table = build_tables(scores, norms)["ablation"]
+    assert list(dict.fromkeys(table["method"])) == ["dti", "dti_init_random", "dti_m_max"]  # registry order, no TI
+    assert one(table, method="dti_m_max", metric="dino")["mean"] == pytest.approx(np.mean([0.2, 0.5]))
+    ratio = one(table, method="dti_m_max", metric="norm_ratio")
+    assert ratio["metric_model"] == "clip_l"
+    assert ratio["mean"] == pytest.approx(np.mean([0.9 / 0.4, 0.8 / 0.4]))  # per subject first, then over them
+    assert ratio["ci_low"] <= ratio["mean"] <= ratio["ci_high"]
+    assert one(table, method="dti", metric="norm_ratio")["mean"] == pytest.approx(1.0)
+    latex = to_latex(table, caption=caption_for(scores, "ablation", table=table), label="tab:ablation")
+    assert "Norm / m" in latex and "DTI (m = max)" in latex and "DTI (random init)" in latex
+    ratio_cells = [line.split("&")[-1] for line in latex.splitlines() if line.count("&") >= 5][1:]
+    assert ratio_cells and not any("textbf" in cell for cell in ratio_cells)  # a ratio is never "best"
+    assert r"\textbf{0.600" in latex  # DTI's DINO, the best score, is
+
+
+def test_no_ablation_table_without_ablations():
+    from dti.tables import TABLE_NAMES, table_names
+
+    scores = frame(rows("sdxl", "ti", "a", [0.9]), rows("sdxl", "dti", "a", [0.5]))
+    tables = build_tables(scores, frame(norm_rows("ti", "a", [2.0]), norm_rows("dti", "a", [0.4])))
+    assert "ablation" not in tables
+    assert table_names(["ti", "dti"]) == TABLE_NAMES
+    assert table_names(["dti", "dti_adamw"]) == (*TABLE_NAMES, "ablation")

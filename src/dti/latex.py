@@ -7,7 +7,7 @@ is half the width of the 95% bootstrap interval, (ci_high - ci_low) / 2; the int
 so the exact bounds stay in the Parquet file. Tables without an interval show the mean only. In each
 column, the best (highest, compared at the printed precision, ties all bold) mean among the methods of a
 block is bold; a block is the rows that share every key but the method (for the summary: one backbone).
-Blocks with a single method are not bolded; norm tables never are.
+Blocks with a single method are not bolded; norm tables and columns that are no score never are.
 """
 
 from __future__ import annotations
@@ -108,6 +108,9 @@ def _metric_table(table: pd.DataFrame, caption: str, label: str) -> str:
     others = [k for k in keys if k != "method"]
     block = shown.groupby(level=others, sort=False)
     bold = (shown == block.transform("max")) & (block.transform("count") > 1)
+    from dti.metrics.spec import METRICS
+
+    bold.loc[:, [c for c in columns if c[0] not in METRICS]] = False  # only scores have a better direction
 
     index = _row_index(rows, keys)
     return render(pd.DataFrame(text, index=index, columns=headers), caption=caption, label=label,

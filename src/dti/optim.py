@@ -1,4 +1,5 @@
-"""Riemannian SGD on the unit sphere with a von Mises-Fisher prior: DTI's optimizer (docs/method.md)."""
+"""DTI's optimizers (docs/method.md): Riemannian SGD on the unit sphere with a von Mises-Fisher prior, and
+AdamW retracted to the sphere (an ablation)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,9 @@ class RiemannianSGD(torch.optim.Optimizer):
         v   <- retract(v - lr * g_t / (sqrt(s_hat) + eps))
     With beta = 0 (all published runs) each step has length lr. Optimizer math runs in fp32 whatever the
     parameter's dtype, and the state is fp32.
+
+    A parameter group with `sphere: False` (a trained norm m) takes the same normalized step in flat space:
+    no prior, no tangent projection, no retraction (the product manifold sphere x R).
     """
 
     def __init__(self, params, lr: float, *, beta: float = 0.0, eps: float = 1e-8, kappa: float = 0.0,
@@ -27,7 +31,7 @@ class RiemannianSGD(torch.optim.Optimizer):
             raise ValueError(f"beta must be in [0, 1), got {beta}")
         if kappa < 0:
             raise ValueError(f"kappa must be >= 0, got {kappa}")
-        super().__init__(params, dict(lr=lr, beta=beta, eps=eps, kappa=kappa))
+        super().__init__(params, dict(lr=lr, beta=beta, eps=eps, kappa=kappa, sphere=True))
         params_flat = [p for group in self.param_groups for p in group["params"]]
         if prior_mu is None:
             prior_mu = [None] * len(params_flat)
@@ -49,9 +53,10 @@ class RiemannianSGD(torch.optim.Optimizer):
                 state = self.state[p]
                 v = p.float()
                 g = p.grad.float()
-                if state["mu"] is not None and group["kappa"] > 0:
+                on_sphere = group["sphere"]
+                if on_sphere and state["mu"] is not None and group["kappa"] > 0:
                     g = g + vmf_prior_grad(state["mu"].to(g.device), group["kappa"])
-                g_t = tangent_project(g, v)
+                g_t = tangent_project(g, v) if on_sphere else g
                 sq = g_t.pow(2).sum(dim=-1, keepdim=True)
                 if "sq_avg" not in state:
                     state["sq_avg"] = torch.zeros_like(sq)
@@ -61,5 +66,18 @@ class RiemannianSGD(torch.optim.Optimizer):
                 state["sq_avg"].mul_(beta).add_(sq, alpha=1 - beta)
                 s_hat = state["sq_avg"] / (1 - beta ** state["step"])
                 update = g_t / (s_hat.sqrt() + group["eps"])
-                p.copy_(retract(v - group["lr"] * update))
+                moved = v - group["lr"] * update
+                p.copy_(retract(moved) if on_sphere else moved)
+        return loss
+
+
+class RetractedAdamW(torch.optim.AdamW):
+    """AdamW whose parameters' rows are put back on the unit sphere after every step (projected AdamW)."""
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = super().step(closure)
+        for group in self.param_groups:
+            for p in group["params"]:
+                p.copy_(retract(p.float()))
         return loss

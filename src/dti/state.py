@@ -2,9 +2,9 @@
 
 No pickle: reading a state file can never run code, whoever wrote it (a crafted `state.pt` in an output
 folder used to run arbitrary code on the next rerun, and AUTOMATIC1111 unpickles such files too). The file
-holds the placeholder rows and the optimizer's per-parameter state:
+holds every tensor the method trains and the optimizer's per-parameter state:
 
-    tensors   rows.<slot>                  the trainable rows of each text encoder slot
+    tensors   param.<slot>.<name>          each trained tensor of each text encoder slot (rows; a trained m)
               optimizer.<index>.<key>      each tensor of the optimizer's state of parameter <index>
     metadata  dti.state = JSON {"format", "fingerprint", "step", "optimizer": {<index>: {<key>: value}}}
               (the optimizer's non-tensor state, e.g. RSGD's step count)
@@ -26,7 +26,7 @@ from safetensors.torch import save
 from dti.export import canonical_bytes
 from dti.io import atomic_path
 
-FORMAT = 1
+FORMAT = 2  # 1: rows.<slot> only (read as unreadable: training starts over)
 _META_KEY = "dti.state"
 
 
@@ -38,12 +38,12 @@ class UnreadableState(Exception):
 class TrainingState:
     fingerprint: str
     step: int
-    rows: dict[str, torch.Tensor]
+    parameters: dict[str, torch.Tensor]  # {"<slot>.<name>": tensor}
     optimizer_state: dict[int, dict]  # as in torch's Optimizer.state_dict()["state"]
 
 
 def save_state(path: Path, state: TrainingState) -> None:
-    tensors = {f"rows.{slot}": rows.detach().float().cpu().contiguous() for slot, rows in state.rows.items()}
+    tensors = {f"param.{name}": value.detach().float().cpu().contiguous() for name, value in state.parameters.items()}
     other: dict[str, dict] = {}
     for index, entries in state.optimizer_state.items():
         other[str(index)] = {}
@@ -78,18 +78,18 @@ def read_state(path: Path) -> TrainingState:
     if not isinstance(fingerprint, str) or isinstance(step, bool) or not isinstance(step, int) or step < 0 \
             or not isinstance(other, dict) or not all(isinstance(v, dict) for v in other.values()):
         raise UnreadableState(f"malformed {_META_KEY!r} metadata")
-    rows, optimizer_state = {}, {}
+    parameters, optimizer_state = {}, {}
     for index, entries in other.items():
         if not index.isdigit():
             raise UnreadableState(f"optimizer state index {index!r} is not a number")
         optimizer_state[int(index)] = dict(entries)
     for key, tensor in tensors.items():
         kind, _, rest = key.partition(".")
-        if kind == "rows" and rest:
-            rows[rest] = tensor
+        if kind == "param" and rest:
+            parameters[rest] = tensor
         elif kind == "optimizer" and "." in rest and rest.split(".", 1)[0] in other:
             index, name = rest.split(".", 1)
             optimizer_state[int(index)][name] = tensor
         else:
             raise UnreadableState(f"unexpected tensor {key!r}")
-    return TrainingState(fingerprint, step, rows, optimizer_state)
+    return TrainingState(fingerprint, step, parameters, optimizer_state)

@@ -17,6 +17,10 @@ Prompt sets and checkpoints are never pooled: sets of different sizes would weig
 mean over checkpoints is no checkpoint's score. The headline tables (summary, by_prompt_set, by_kind,
 per_subject, per_prompt) show one checkpoint per backbone, the `summary_step` (default: the last step
 scored); the summary shows one prompt set, which it names. `over_steps` gives every checkpoint.
+
+Where DTI's ablations were run (methods with `ablation_of`, dti.methods), the `ablation` table puts them
+beside the method they vary: the summary's rows for those methods, plus each text encoder's final norm
+over the vocabulary's mean norm (per-subject mean, then the mean over subjects, with the same interval).
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ import pandas as pd
 from dti.errors import DtiError
 from dti.io import write_parquet, write_text
 from dti.latex import to_latex
+from dti.methods import METHODS as _METHODS
 from dti.metrics.spec import METRICS, SCORE_COLUMNS
 from dti.terms import LIVE, SUBJECT_KINDS, display_name
 
@@ -47,6 +52,20 @@ _CI_TABLES = {
     "over_steps": ("backbone", "prompt_set", "method", "step"),
 }
 TABLE_NAMES = (*_CI_TABLES, "per_subject", "per_prompt", "norms")
+ABLATION = "ablation"
+NORM_RATIO = "norm_ratio"  # the ablation table's norm column: final norm / the vocabulary's mean norm
+
+
+def ablation_methods(methods) -> list[str]:
+    """Of `methods`, the ablations and the methods they vary, in registry order (empty without ablations)."""
+    given = {str(m) for m in methods}
+    bases = {_METHODS[m].ablation_of for m in given if m in _METHODS and _METHODS[m].ablation_of}
+    return [name for name, m in _METHODS.items() if name in given and (name in bases or m.ablation_of)]
+
+
+def table_names(methods) -> tuple[str, ...]:
+    """The tables a run of `methods` writes: TABLE_NAMES, and the ablation table where ablations run."""
+    return (*TABLE_NAMES, ABLATION) if ablation_methods(methods) else TABLE_NAMES
 
 # The same vocabulary gives the same statistics; a larger spread means runs of different
 # backbones/encoders were mixed into one group.
@@ -226,6 +245,26 @@ def _norms_table(norms: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=columns).astype({"n_subjects": "int64", "n_vectors": "int64"})
 
 
+def _ablation_table(summary: pd.DataFrame, norms: pd.DataFrame, *, n_boot: int, seed: int) -> pd.DataFrame | None:
+    """The summary's rows of DTI's ablations and the methods they vary, with the final norm ratio per encoder."""
+    rows = ablation_methods(summary["method"].unique())
+    if not rows:
+        return None
+    scores = summary[summary["method"].isin(rows)]
+    at = scores.drop_duplicates("backbone").set_index("backbone")[["prompt_set", "step"]]
+    norms = norms[norms["method"].isin(rows) & norms["backbone"].isin(at.index)]
+    per_subject = (norms.assign(ratio=norms["norm"] / norms["vocab_norm_mean"])
+                   .groupby(["backbone", "method", "subject", "encoder"], sort=True)
+                   .agg(mean=("ratio", "mean"), n_images=("ratio", "size")).reset_index()
+                   .rename(columns={"encoder": "metric_model"}).assign(metric=NORM_RATIO))
+    ratio = _over_subjects(per_subject, ["backbone", "method"], n_boot=n_boot, seed=seed)
+    ratio = ratio.join(at, on="backbone")
+    table = pd.concat([scores, ratio[scores.columns]], ignore_index=True)
+    rank = {m: i for i, m in enumerate(rows)}  # each method beside its ablations, in registry order
+    table = _sort(table.assign(_rank=table["method"].map(rank)), ["backbone", "prompt_set", "step", "_rank"])
+    return table.drop(columns="_rank")
+
+
 def _summary_prompt_set(scores: pd.DataFrame, prompt_set: str | None) -> str:
     present = sorted(scores["prompt_set"].unique())
     if prompt_set is None:
@@ -276,7 +315,11 @@ def build_tables(scores: pd.DataFrame, norms: pd.DataFrame | None, *, n_boot: in
     tables["per_subject"] = _per_subject_table(at_step)
     tables["per_prompt"] = _per_prompt_table(at_step)
     if norms is not None:
-        tables["norms"] = _norms_table(validate_norms(norms))
+        norms = validate_norms(norms)
+        tables["norms"] = _norms_table(norms)
+        ablation = _ablation_table(tables["summary"], norms, n_boot=int(n_boot), seed=int(seed))
+        if ablation is not None:
+            tables[ABLATION] = ablation
     return tables
 
 
@@ -306,6 +349,7 @@ _TITLES = {
     "per_subject": "Scores per subject.",
     "per_prompt": "Scores per prompt.",
     "norms": "Norms of the learned token embeddings.",
+    ABLATION: "DTI beside its ablations, each exchanging one part of DTI (its start, norm, optimizer or m).",
 }
 
 
@@ -342,7 +386,7 @@ def caption_for(scores: pd.DataFrame, table_name: str, *, n_boot: int = 1000,
     n_live = int((subjects["subject_kind"] == LIVE).sum())
     n_subjects = len(subjects)
     counts = f"{n_subjects} subjects in all: {n_subjects - n_live} object, {n_live} live"
-    if table_name in _CI_TABLES:
+    if table_name in (*_CI_TABLES, ABLATION):
         protocol = (f"Per-subject means, then the unweighted mean over subjects ({counts}); each cell is "
                     f"mean ± half-width of the 95% percentile bootstrap CI over subjects ({n_boot} "
                     "resamples; exact bounds in the Parquet file; a group with one subject has no "
@@ -353,8 +397,12 @@ def caption_for(scores: pd.DataFrame, table_name: str, *, n_boot: int = 1000,
         protocol = f"Per-subject means over seeds, then the unweighted mean over subjects ({counts})."
     best = {"summary": "per backbone", "by_prompt_set": "per backbone and prompt set",
             "by_kind": "per backbone, prompt set and subject kind", "over_steps": "per backbone, prompt set and step",
-            "per_subject": "per backbone and subject", "per_prompt": "per backbone and prompt"}[table_name]
+            "per_subject": "per backbone and subject", "per_prompt": "per backbone and prompt",
+            ABLATION: "per backbone"}[table_name]
     protocol += f" Higher is better; the best method {best} is in bold."
+    if table_name == ABLATION:
+        protocol += (" Norm / m: each text encoder's final learned norm over its vocabulary's mean norm (DTI's "
+                     "default m), averaged the same way; never bold.")
     seeds = _compact_ints(scores["seed"].unique())
     return (f"{_TITLES[table_name]} {_where(table)}{protocol} Seeds {seeds} per prompt. "
             f"Metric models: {_metric_models(scores)}.")

@@ -32,7 +32,8 @@ def display_names() -> dict[str, str]:
     from dti.methods import METHODS
     from dti.metrics.spec import METRICS
 
-    return {**{key: m.display for key, m in METHODS.items()}, **{key: m.display for key, m in METRICS.items()}}
+    return {**{key: m.display for key, m in METHODS.items()}, **{key: m.display for key, m in METRICS.items()},
+            "norm_ratio": "Norm / m"}
 
 
 def display_name(key: object) -> str:

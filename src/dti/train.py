@@ -1,4 +1,7 @@
-"""The training loop shared by DTI, TI and CrossInit (docs/method.md).
+"""The training loop every token-learning method shares (docs/method.md).
+
+What differs between methods (how rows start, what is trained, the optimizer, an extra loss) is the
+method's unit (dti.methods.units.TokenMethod); this loop calls its hooks and branches on no method.
 
 Reproducibility and resumption rest on one rule: every random choice of a training sample (image,
 crop, template, timestep, noise) comes from its own generator seeded by (seed, step, sample index).
@@ -8,6 +11,7 @@ run sees, and batch B x accumulation A draws the same B*A samples as batch B*A x
 
 from __future__ import annotations
 
+import copy
 import functools
 import hashlib
 import json
@@ -28,7 +32,8 @@ from dti.errors import DtiError
 from dti.export import save_diffusers, save_single_file
 from dti.io import atomic_path, write_json
 from dti.latents import CachedLatents, EncodeEveryStep
-from dti.methods import ResolvedMethod, make_optimizer, resolve_method
+from dti.methods import ResolvedMethod, resolve_method
+from dti.methods.units import SlotContext, Start, TokenMethod, trainable
 from dti.model_files import public_model, weights_identity
 from dti.names import check_name
 from dti.prompts import TRAINING_TEMPLATES, render
@@ -39,11 +44,7 @@ from dti.tokens import (
     Placeholder,
     PlaceholderEmbedding,
     add_placeholder,
-    contextual_init,
-    install,
     normalize_placeholder,
-    resolve_magnitude,
-    token_init,
     vocab_norm_stats,
 )
 
@@ -103,10 +104,18 @@ class SlotTokens:
 
     placeholder: Placeholder  # the k tokens standing for the subject, and their ids
     layer: PlaceholderEmbedding  # the encoder's token table with the trainable rows
-    init_rows: torch.Tensor  # the embedding rows training starts from
-    prior_mu: torch.Tensor  # unit directions of the initializer's vocabulary rows (the vMF prior's mean)
+    start: Start  # the rows training starts from, and the method's anchor (its initialization)
     vocab_stats: dict  # norm statistics of the encoder's vocabulary
-    magnitude: float | None  # DTI's fixed norm m; None where the rows are raw vectors
+    magnitude: float | None  # the norm m the rows start at where the method sets one; None for raw vectors
+
+    @property
+    def init_rows(self) -> torch.Tensor:
+        return self.start.rows
+
+    @property
+    def prior_mu(self) -> torch.Tensor:
+        """Unit directions of the anchor (the vMF prior's mean where the method has the prior)."""
+        return normalize(self.start.anchor)
 
 
 class TrainingInterrupted(Exception):
@@ -117,9 +126,18 @@ class TrainingDiverged(DtiError):
     """A non-finite loss or a non-finite or collapsed vector: stopping beats saving a wrong token."""
 
 
-def sample_generator(seed: int, step: int, index: int) -> torch.Generator:
-    digest = hashlib.sha256(f"{seed}:{step}:{index}".encode()).digest()
+def _generator(key: str) -> torch.Generator:
+    digest = hashlib.sha256(key.encode()).digest()
     return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & (2**63 - 1))
+
+
+def sample_generator(seed: int, step: int, index: int) -> torch.Generator:
+    return _generator(f"{seed}:{step}:{index}")
+
+
+def start_generator(seed: int, slot: str) -> torch.Generator:
+    """The generator of a method's random start in one slot (its own stream, apart from the samples')."""
+    return _generator(f"{seed}:start:{slot}")
 
 
 @contextmanager
@@ -146,6 +164,7 @@ class Trainer:
         self.backbone, self.settings, self.out_dir = backbone, settings, Path(out_dir)
         self.resolved = settings.resolve()
         self.method = self.resolved.method
+        self.unit: TokenMethod = self.method.unit_class()(self.hp)
         self.device = backbone.device
         self.images = images
         self.accelerator = self._make_accelerator()
@@ -153,8 +172,7 @@ class Trainer:
         self._setup_tokens()
         latent_cls = CachedLatents if settings.latent_cache else EncodeEveryStep
         self.latents = latent_cls(backbone, images, settings.resolution)
-        self.optimizer = make_optimizer(self.method, [t.layer.rows for t in self.slots.values()], self.hp,
-                                        [t.prior_mu for t in self.slots.values()])
+        self.optimizer = self.unit.make_optimizer(self.layers, self.starts)
         self.speedups = backbone.resolve_speedups(settings.speedups)
         backbone.apply_speedups(self.speedups, vae=False)  # the VAE only encodes, once: left as it is
         self.step = 0
@@ -166,15 +184,12 @@ class Trainer:
         for slot in self.backbone.slots:
             table = slot.encoder.get_input_embeddings().weight
             ph = add_placeholder(slot.tokenizer, slot.name, s.placeholder, s.initializer)
-            token_rows = token_init(table, ph.init_ids)
-            if self.method.init == "contextual":
-                init = contextual_init(slot.encoder, slot.tokenizer, s.initializer, self.device, slot.text_length)
-            else:
-                init = token_rows
-            m = resolve_magnitude(table, self.hp["magnitude"]) if self.method.on_sphere else None
-            layer = install(slot.encoder, ph, normalize(init) if m is not None else init, magnitude=m)
-            self.slots[slot.name] = SlotTokens(ph, layer, init.to(self.device), normalize(token_rows),
-                                               vocab_norm_stats(table), m)
+            ctx = SlotContext(slot.name, table, slot.encoder, slot.tokenizer, s.initializer, ph, self.device,
+                              slot.text_length, start_generator(s.seed, slot.name))
+            start = self.unit.start_rows(ctx)
+            start = Start(start.rows.float().to(self.device), start.anchor.float().to(self.device))
+            layer, m = self.unit.install(ctx, start)
+            self.slots[slot.name] = SlotTokens(ph, layer, start, vocab_norm_stats(table), m)
         texts = {self.backbone.prompt_text(t.placeholder.tokens) for t in self.slots.values()}
         if len(texts) != 1:
             raise DtiError(f"the text encoders split the initializer differently: {sorted(texts)}")
@@ -195,6 +210,16 @@ class Trainer:
     def init_rows(self) -> dict[str, torch.Tensor]:
         """{slot: the rows training started from}."""
         return {name: t.init_rows for name, t in self.slots.items()}
+
+    @property
+    def starts(self) -> dict[str, Start]:
+        """{slot: where its rows started, and the method's anchor}."""
+        return {name: t.start for name, t in self.slots.items()}
+
+    @property
+    def parameters(self) -> dict[str, torch.nn.Parameter]:
+        """{"<slot>.<name>": every tensor the method trains}, in the optimizer's order within each kind."""
+        return {f"{slot}.{name}": p for slot, layer in self.layers.items() for name, p in trainable(layer).items()}
 
     # --- one step -----------------------------------------------------------------------------------
     def _micro_batch(self, step: int, indices: range):
@@ -234,10 +259,8 @@ class Trainer:
         with self.accelerator.autocast():
             cond = self.backbone.encode_prompts(prompts)
             loss = self.backbone.denoising_loss(latents, cond, noise, timesteps, time_ids)
-        if self.hp.get("pull_weight"):
-            pull = sum(torch.nn.functional.mse_loss(self.layers[s].rows, self.init_rows[s]) for s in self.layers)
-            loss = loss + self.hp["pull_weight"] * pull
-        return loss.float()
+        extra = self.unit.extra_loss(self.layers, self.starts)
+        return loss.float() if extra is None else loss.float() + extra.float()
 
     def train_step(self) -> dict:
         step = self.step + 1
@@ -254,7 +277,7 @@ class Trainer:
         grad_norms = {slot: layer.rows.grad.norm(dim=-1).tolist() for slot, layer in self.layers.items()}
         try:
             self.optimizer.step()
-        except RuntimeError as err:  # e.g. AdamW's step size beyond fp32 for an absurd learning rate
+        except RuntimeError as err:  # e.g. an adaptive step beyond fp32 for an absurd learning rate
             if "overflow" not in str(err):
                 raise
             raise self._diverged(step, f"the optimizer step overflowed ({err})") from err
@@ -303,9 +326,7 @@ class Trainer:
         for slot, tokens in self.slots.items():
             if tokens.magnitude is not None:
                 meta[f"dti.magnitude.{slot}"] = tokens.magnitude
-        if "kappa" in self.hp:
-            meta["dti.kappa"] = self.hp["kappa"]
-        return meta
+        return {**meta, **self.unit.metadata()}
 
     def fingerprint(self) -> str:
         return self._fingerprint
@@ -329,9 +350,8 @@ class Trainer:
         return self.out_dir / "checkpoints" / "state.safetensors"
 
     def save_state(self) -> None:
-        save_state(self.state_path, TrainingState(
-            self.fingerprint(), self.step, {slot: layer.rows for slot, layer in self.layers.items()},
-            self.optimizer.state_dict()["state"]))
+        save_state(self.state_path, TrainingState(self.fingerprint(), self.step, self.parameters,
+                                                  self.optimizer.state_dict()["state"]))
 
     def read_state(self) -> TrainingState | None:
         """The saved state if it is whole and belongs to this very run; otherwise None, having said in one
@@ -356,31 +376,48 @@ class Trainer:
             return None
         return state
 
+    def _expected_optimizer_state(self) -> dict[int, dict]:
+        """The per-parameter state this run's optimizer keeps once it has stepped, whatever the optimizer:
+        read off a copy of it (with copies of the parameters) after one step with zero gradients."""
+        probe = copy.deepcopy(self.optimizer)
+        for group in probe.param_groups:
+            for p in group["params"]:
+                p.grad = torch.zeros_like(p)
+        probe.step()
+        return probe.state_dict()["state"]
+
     def _check_state(self, state: TrainingState) -> None:
         """Shapes and values a state of this run must have, so a damaged one cannot fail mid-training."""
         if not 0 < state.step <= self.settings.steps:
             raise UnreadableState(f"step {state.step} outside 1..{self.settings.steps}")
-        if set(state.rows) != set(self.layers):
-            raise UnreadableState(f"rows for {sorted(state.rows)}, this run trains {sorted(self.layers)}")
-        params = [layer.rows for layer in self.layers.values()]
-        if set(state.optimizer_state) != set(range(len(params))):
-            raise UnreadableState(f"optimizer state for parameters {sorted(state.optimizer_state)}")
-        for slot, rows in state.rows.items():
-            if rows.shape != self.layers[slot].rows.shape or not bool(torch.isfinite(rows).all()):
-                raise UnreadableState(f"rows.{slot} has shape {tuple(rows.shape)} or non-finite values")
+        params = self.parameters
+        if set(state.parameters) != set(params):
+            raise UnreadableState(f"parameters {sorted(state.parameters)}, this run trains {sorted(params)}")
+        for name, value in state.parameters.items():
+            if value.shape != params[name].shape or not bool(torch.isfinite(value).all()):
+                raise UnreadableState(f"{name} has shape {tuple(value.shape)} or non-finite values")
+        expected = self._expected_optimizer_state()
+        if set(state.optimizer_state) != set(expected):
+            raise UnreadableState(f"optimizer state for parameters {sorted(state.optimizer_state)}, "
+                                  f"this run's optimizer has {sorted(expected)}")
         for index, entries in state.optimizer_state.items():
-            shape = params[index].shape
-            expected = {"exp_avg": shape, "exp_avg_sq": shape, "max_exp_avg_sq": shape, "mu": shape,
-                        "sq_avg": shape[:-1] + (1,), "step": ()}
+            if set(entries) != set(expected[index]):
+                raise UnreadableState(f"optimizer.{index} holds {sorted(entries)}, expected {sorted(expected[index])}")
             for key, value in entries.items():
-                if isinstance(value, torch.Tensor) and (key not in expected or value.shape != expected[key]
-                                                        or not bool(torch.isfinite(value).all())):
-                    raise UnreadableState(f"optimizer.{index}.{key} has shape {tuple(value.shape)} or bad values")
+                want = expected[index][key]
+                if isinstance(want, torch.Tensor):
+                    ok = (isinstance(value, torch.Tensor) and value.shape == want.shape and value.dtype == want.dtype
+                          and bool(torch.isfinite(value).all()))
+                else:
+                    ok = type(value) is type(want)
+                if not ok:
+                    raise UnreadableState(f"optimizer.{index}.{key} has the wrong type, shape or bad values")
 
     def load_state(self, state: TrainingState) -> None:
+        params = self.parameters
         with torch.no_grad():
-            for slot, rows in state.rows.items():
-                self.layers[slot].rows.copy_(rows.to(self.device))
+            for name, value in state.parameters.items():
+                params[name].copy_(value.to(params[name].device))
         current = self.optimizer.state_dict()  # this run's param_groups; only the per-parameter state is saved
         self.optimizer.load_state_dict({**current, "state": state.optimizer_state})
         self.step = state.step

@@ -1,0 +1,79 @@
+"""Every hyper-parameter a method can take, with what a valid value is (torch-free: planning reads it).
+
+Each method declares the subset it takes (dti.methods.registry). The config schema (config/schema.yaml,
+`definitions.method_settings`) and `dti train`'s flags follow this table; a test checks the schema.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+
+def _number(value) -> float | None:
+    """`value` as a float if it is a real number (bools are not), else None."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value)
+
+
+def _positive(value) -> str | None:
+    x = _number(value)
+    return None if x is not None and math.isfinite(x) and x > 0 else "a positive finite number"
+
+
+def _non_negative(value) -> str | None:
+    x = _number(value)
+    return None if x is not None and math.isfinite(x) and x >= 0 else "a finite number >= 0"
+
+
+def _unit_interval(value) -> str | None:
+    x = _number(value)
+    return None if x is not None and 0 <= x < 1 else "a number in [0, 1)"
+
+
+def _magnitude(value) -> str | None:
+    if value in ("mean", "min", "max"):
+        return None
+    if isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            pass
+    return None if _positive(value) is None else "mean, min, max or a positive finite number"
+
+
+def _betas(value) -> str | None:
+    ok = isinstance(value, (list, tuple)) and len(value) == 2 and all(_unit_interval(b) is None for b in value)
+    return None if ok else "two numbers in [0, 1)"
+
+
+def _number_or_word(text: str) -> float | str:
+    """A command-line magnitude: a number if it reads as one, else the statistic's name."""
+    try:
+        return float(text)
+    except ValueError:
+        return text
+
+
+@dataclass(frozen=True)
+class HyperParameter:
+    check: Callable[[object], str | None]  # None if a value is valid, else what a valid value is
+    help: str
+    parse: Callable[[str], object] = float  # how the command line reads one value
+    nargs: int | None = None  # values it takes on the command line (None: one)
+
+
+HYPER_PARAMETERS: dict[str, HyperParameter] = {
+    "lr": HyperParameter(_positive, "EFFECTIVE learning rate (already x batch x accumulation)"),
+    "kappa": HyperParameter(_non_negative, "vMF prior concentration"),
+    "beta": HyperParameter(_unit_interval, "RSGD second-moment decay (0 = published)"),
+    "eps": HyperParameter(_positive, "RSGD denominator guard"),
+    "magnitude": HyperParameter(_magnitude, "the norm m: mean, min, max (of the vocabulary's norms) or a "
+                                "number", parse=_number_or_word),
+    "magnitude_lr": HyperParameter(_positive, "step of a trained norm m per update (the direction keeps lr)"),
+    "weight_decay": HyperParameter(_non_negative, "AdamW weight decay"),
+    "adam_betas": HyperParameter(_betas, "AdamW (beta1, beta2)", nargs=2),
+    "pull_weight": HyperParameter(_non_negative, "CrossInit's L2 pull towards the initialization"),
+}

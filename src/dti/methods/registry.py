@@ -1,0 +1,159 @@
+"""The registry of token-learning methods: one entry each, naming the class that holds its behaviour.
+
+An entry is data the workflow plans with (name, display name, the hyper-parameters it takes and their
+defaults, whether its norm is fixed): torch-free, so planning stays fast. Its behaviour (how its rows
+start, how they are parameterized, its optimizer, any extra loss) lives in its unit class, a
+`dti.methods.units.TokenMethod` subclass imported only when training asks for it. Adding a method is one
+module with its class plus one entry here (docs/method.md, "Adding a method"); `register` adds one from
+outside the library (a notebook, a test) without editing it.
+
+Defaults are those of the paper's official launchers, with EFFECTIVE learning rates (the launchers'
+--scale_lr multiplies the nominal rate by batch x accumulation; these numbers are already multiplied).
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+
+from dti.errors import DtiError
+from dti.methods.hyper_parameters import HYPER_PARAMETERS
+from dti.names import check_name
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str
+    display: str  # its name in tables and figures
+    description: str
+    unit: str | type | None  # its TokenMethod class, or "module:Class"; None for an evaluation-time variant
+    defaults: dict = field(default_factory=dict)
+    accepts: tuple[str, ...] = ()  # the hyper-parameters this method takes (keys of HYPER_PARAMETERS)
+    on_sphere: bool = False  # its embedding is m * v with m fixed: interpolation blends it by slerp at m
+    trained_as: str | None = None  # an evaluation-time variant reuses this method's trained vectors
+    rescale_to_magnitude: bool = False
+    ablation_of: str | None = None  # the method it varies in one part (rows of the ablation table)
+
+    def unit_class(self) -> type:
+        """Its TokenMethod class (importing its module, and so torch, on first use)."""
+        if self.unit is None:
+            raise DtiError(f"method {self.name!r} trains nothing of its own (it reuses {self.trained_as!r})")
+        if isinstance(self.unit, type):
+            return self.unit
+        module, _, attr = self.unit.partition(":")
+        return getattr(importlib.import_module(module), attr)
+
+
+_DTI_HP = ("lr", "kappa", "beta", "eps", "magnitude")
+_DTI_DEFAULTS = dict(lr=0.04, kappa=1e-4, beta=0.0, eps=1e-8, magnitude="mean")
+_ADAMW_HP = ("lr", "weight_decay", "adam_betas")
+_ADAMW_DEFAULTS = dict(lr=0.02, weight_decay=1e-2, adam_betas=(0.9, 0.999))
+_TI, _DTI = "dti.methods.textual_inversion", "dti.methods.directional"
+
+
+def _dti_ablation(name: str, display: str, description: str, unit: str = "DTI", *, accepts=_DTI_HP,
+                  on_sphere: bool = True, **defaults) -> Method:
+    """A DTI variant for the paper's ablations: DTI's defaults unless `defaults` says otherwise."""
+    base = {k: v for k, v in {**_DTI_DEFAULTS, **_ADAMW_DEFAULTS, "magnitude_lr": 1e-3}.items() if k in accepts}
+    return Method(name, display, description, f"{_DTI}:{unit}", {**base, **defaults}, accepts, on_sphere,
+                  ablation_of="dti")
+
+
+METHODS: dict[str, Method] = {m.name: m for m in [
+    Method("dti", "DTI", "Directional Textual Inversion: fixed norm m, direction by Riemannian SGD with a vMF prior",
+           f"{_DTI}:DTI", _DTI_DEFAULTS, _DTI_HP, on_sphere=True),
+    Method("ti", "TI", "Textual Inversion: raw vector, AdamW, no norm constraint", f"{_TI}:TextualInversion",
+           _ADAMW_DEFAULTS, _ADAMW_HP),
+    Method("crossinit", "CrossInit", "CrossInit: encoder-output initialization plus an L2 pull towards it",
+           f"{_TI}:CrossInit", {**_ADAMW_DEFAULTS, "pull_weight": 1e-5}, (*_ADAMW_HP, "pull_weight")),
+    Method("ti_rescaled", "TI-rescaled", "TI vectors rescaled to the vocabulary magnitude m at load time (ablation)",
+           None, dict(magnitude="mean"), ("magnitude",), trained_as="ti", rescale_to_magnitude=True),
+    # The paper's ablations (the authors' --init_method, --train_magnitude, --optimizer, --token_scale),
+    # each DTI with one part exchanged; docs/method.md says what each one changes and which choices are ours.
+    _dti_ablation("dti_init_random", "DTI (random init)", "DTI started from a random direction",
+                  "RandomStart"),
+    _dti_ablation("dti_init_mean", "DTI (mean init)", "DTI started from the vocabulary's mean direction",
+                  "MeanStart"),
+    _dti_ablation("dti_init_xinit", "DTI (CrossInit init)", "DTI started from CrossInit's encoder output",
+                  "EncoderOutputStart"),
+    _dti_ablation("dti_trained_norm", "DTI (trained m)", "DTI whose norm m is trained too (starting at m)",
+                  "TrainedNorm", accepts=(*_DTI_HP, "magnitude_lr"), on_sphere=False),
+    _dti_ablation("dti_adamw", "DTI (AdamW)", "DTI's m * v with v trained by AdamW and never renormalized "
+                  "(the authors' --optimizer adamw)", "AdamWDirection", accepts=("magnitude", *_ADAMW_HP),
+                  on_sphere=False),
+    _dti_ablation("dti_adamw_sphere", "DTI (AdamW + retraction)", "DTI with AdamW steps, each retracted to "
+                  "the sphere", "AdamWSphere", accepts=("magnitude", *_ADAMW_HP)),
+    _dti_ablation("dti_m_min", "DTI (m = min)", "DTI at the vocabulary's smallest norm", magnitude="min"),
+    _dti_ablation("dti_m_max", "DTI (m = max)", "DTI at the vocabulary's largest norm", magnitude="max"),
+    _dti_ablation("dti_m_1", "DTI (m = 1)", "DTI at norm 1 (also what the authors' TI with --optimizer rsgd "
+                  "trains: its retraction puts the raw vector on the unit sphere)", magnitude=1.0),
+]}
+
+
+def register(method: Method, *, replace: bool = False) -> Method:
+    """Add `method` to the registry (a DtiError for a taken name, a bad name or hyper-parameter, or an
+    unknown `trained_as`); `replace=True` overwrites an entry of the same name."""
+    check_name(method.name, "method name")
+    if method.name in METHODS and not replace:
+        raise DtiError(f"method {method.name!r} is registered already")
+    unknown = [key for key in method.accepts if key not in HYPER_PARAMETERS]
+    if unknown:
+        raise DtiError(f"method {method.name!r} accepts unknown hyper-parameter(s) {unknown}; known: "
+                       f"{sorted(HYPER_PARAMETERS)}")
+    if (method.unit is None) == (method.trained_as is None):
+        raise DtiError(f"method {method.name!r} needs either a unit class or trained_as, not both")
+    if method.trained_as is not None and method.trained_as not in METHODS:
+        raise DtiError(f"method {method.name!r} reuses unknown method {method.trained_as!r}")
+    _check_values(method.name, method.accepts, method.defaults)
+    METHODS[method.name] = method
+    return method
+
+
+def get_method(name: str) -> Method:
+    if name not in METHODS:
+        raise DtiError(f"unknown method {name!r}; known: {sorted(METHODS)}")
+    return METHODS[name]
+
+
+def trainable_methods() -> list[str]:
+    """The methods that train vectors of their own (evaluation-time variants reuse another's)."""
+    return [name for name, method in METHODS.items() if method.trained_as is None]
+
+
+def ablation_rows(method: str) -> list[str]:
+    """`method` and its registered ablations (the ablation table's rows), in registry order."""
+    return [name for name, m in METHODS.items() if name == method or m.ablation_of == method]
+
+
+@dataclass(frozen=True)
+class ResolvedMethod:
+    """A trainable method with every hyper-parameter it trains with: its defaults, overridden by the given."""
+
+    method: Method
+    hyper_parameters: dict
+
+
+def resolve_method(name: str, overrides: dict | None = None) -> ResolvedMethod:
+    """The method `name` resolved once: a DtiError for an unknown or evaluation-time method, or an override
+    it does not take or with an invalid value."""
+    method = get_method(name)
+    if method.trained_as:
+        raise DtiError(f"method {name!r} is an evaluation-time variant of {method.trained_as!r}; "
+                       f"train {method.trained_as!r} instead")
+    return ResolvedMethod(method, {**method.defaults, **check_hyper_parameters(name, dict(overrides or {}))})
+
+
+def check_hyper_parameters(method: str, given: dict) -> dict:
+    """Return `given` if every key is one `method` takes and every value is valid; else a DtiError naming
+    the method, the key and the value (a setting of another method must not pass silently)."""
+    _check_values(method, get_method(method).accepts, given)
+    return given
+
+
+def _check_values(method: str, accepts: tuple[str, ...], given: dict) -> None:
+    for key, value in given.items():
+        if key not in accepts:
+            raise DtiError(f"method {method!r} takes no hyper-parameter {key!r} (it takes: {', '.join(accepts)})")
+        problem = HYPER_PARAMETERS[key].check(value)
+        if problem is not None:
+            raise DtiError(f"method {method!r}: {key} must be {problem}, got {value!r}")
