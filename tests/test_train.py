@@ -261,3 +261,69 @@ def test_latent_cache_matches_encoding_and_crops(tiny_sd, subject_images):
 def test_bad_settings_are_dti_errors(tiny_sd, subject_images, tmp_path, overrides, culprit):
     with pytest.raises(DtiError, match=culprit):
         Trainer(fresh_backbone(tiny_sd), subject_images, fast_settings(**overrides), tmp_path)
+
+
+# --- zero-pad training (the authors' SANA augmentation) ------------------------------------------------
+def test_zero_pad_count_follows_the_authors_distribution():
+    from dti.train import zero_pad_count
+
+    counts = torch.tensor([zero_pad_count(sample_generator(0, step, 0)) for step in range(20000)])
+    assert counts.min() == 0 and counts.max() <= 15
+    # n = floor(min(X, 15)), X ~ Exponential(scale 2): P(n > 0) = exp(-1/2); E[n] = sum_k=1..15 exp(-k/2).
+    assert (counts > 0).float().mean().item() == pytest.approx(0.6065, abs=0.012)
+    expected_mean = sum(torch.exp(torch.tensor(-k / 2)).item() for k in range(1, 16))
+    assert counts.float().mean().item() == pytest.approx(expected_mean, abs=0.04)
+    for k in (1, 2, 4):  # the tail: P(n >= k) = exp(-k/2)
+        assert (counts >= k).float().mean().item() == pytest.approx(torch.exp(torch.tensor(-k / 2)).item(), abs=0.012)
+
+
+@pytest.mark.parametrize("family", ["sd", "sana"])
+def test_zero_pad_rows_stay_zero_and_untrained_while_the_token_learns(tiny_models, subject_images, tmp_path, family,
+                                                                      monkeypatch):
+    from dti.tokens import ZERO_PAD
+
+    trainer = Trainer(fresh_backbone(tiny_models[family]), subject_images, fast_settings(zero_pad=True, batch_size=4),
+                      tmp_path)
+    slot = trainer.backbone.slots[0]
+    layer = trainer.layers[slot.name]
+    pad_id = slot.tokenizer.convert_tokens_to_ids(ZERO_PAD)
+    assert layer.zero_rows == 1 and pad_id == layer.first_id + layer.rows.shape[0]
+    assert all(name == "rows" for name, p in layer.named_parameters() if p.requires_grad)  # the pad is no parameter
+
+    drawn = []  # the counts the samples' generators gave, in order
+
+    def recording(gen):
+        drawn.append(real_count(gen))
+        return drawn[-1]
+
+    import dti.train
+
+    real_count = dti.train.zero_pad_count
+    monkeypatch.setattr(dti.train, "zero_pad_count", recording)
+    prompts = trainer._micro_batch(1, range(4))[0]
+    again = Trainer._micro_batch(trainer, 1, range(4))[0]
+    assert prompts == again and drawn[:4] == drawn[4:]  # seeded per sample
+    joiner = trainer.backbone.placeholder_joiner
+    for n, prompt in zip(drawn, prompts, strict=False):
+        assert prompt.count(ZERO_PAD) == n
+        assert prompt.startswith(joiner.join([ZERO_PAD] * n + [""])) if n else not prompt.startswith(ZERO_PAD)
+    padded = next(p for p in (trainer._micro_batch(step, range(4))[0] for step in range(1, 20)) for p in p if ZERO_PAD in p)
+    ids = slot.tokenizer(padded, return_tensors="pt").input_ids
+    assert (ids == pad_id).sum().item() == padded.count(ZERO_PAD)  # one token per pad, as written
+
+    before = layer.rows.detach().clone()
+    for _ in range(2):
+        trainer.train_step()
+        assert layer.rows.grad is not None and layer.rows.grad.abs().sum() > 0  # the learned rows get gradient
+        looked_up = layer(torch.tensor([[pad_id]]))
+        assert torch.count_nonzero(looked_up) == 0
+    assert not torch.equal(layer.rows.detach(), before)
+    finish(trainer, tmp_path, 0, 0.0)
+    saved = load_file(str(tmp_path / "learned_embeds.safetensors"))
+    assert list(saved) == ["<subject>"] and saved["<subject>"].shape[0] == layer.rows.shape[0]  # no pad exported
+
+
+def test_zero_pad_off_leaves_prompts_and_the_sample_stream_alone(tiny_sd, subject_images, tmp_path):
+    plain = Trainer(fresh_backbone(tiny_sd), subject_images, fast_settings(), tmp_path)
+    assert plain.layers["clip_l"].zero_rows == 0
+    assert not any("<zero-pad>" in p for p in plain._micro_batch(1, range(8))[0])

@@ -17,6 +17,7 @@ from torch import nn
 from dti.errors import DtiError
 
 MAGNITUDE_STATS = ("mean", "min", "max")
+ZERO_PAD = "<zero-pad>"  # the padding token of zero-pad training: an all-zero row, never trained
 
 
 class PlaceholderEmbedding(nn.Module):
@@ -37,15 +38,16 @@ class PlaceholderEmbedding(nn.Module):
         # the new rows the same way, so a placeholder row and a vocabulary row of equal norm enter the
         # model alike: norms and m are those of the table's rows, before the scale.
         self.output_scale = getattr(frozen, "embed_scale", None)
+        self.zero_rows = 0  # constant all-zero rows after `rows` (zero-pad tokens): looked up, never trained
 
     @property
     def weight(self) -> torch.Tensor:
         """The full table (frozen rows + current new rows); read-only view for inspection."""
-        return torch.cat([self.frozen.weight, self.embedding_rows().to(self.frozen.weight.dtype)])
+        return torch.cat([self.frozen.weight, self._lookup_rows().to(self.frozen.weight.dtype)])
 
     @property
     def num_embeddings(self) -> int:
-        return self.first_id + self.rows.shape[0]
+        return self.first_id + self.rows.shape[0] + self.zero_rows
 
     @property
     def embedding_dim(self) -> int:
@@ -59,15 +61,20 @@ class PlaceholderEmbedding(nn.Module):
     def embedding_rows(self) -> torch.Tensor:
         return self.rows if self.magnitude is None else self.magnitude * self.rows
 
+    def _lookup_rows(self) -> torch.Tensor:
+        rows = self.embedding_rows()
+        return torch.cat([rows, rows.new_zeros(self.zero_rows, rows.shape[1])]) if self.zero_rows else rows
+
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         is_new = ids >= self.vocab_size
         base = self.frozen(ids.clamp(max=self.vocab_size - 1))
         if not bool(is_new.any()):
             return base
         offset = ids - self.first_id
-        if bool(((offset < 0) | (offset >= self.rows.shape[0]))[is_new].any()):
+        rows = self._lookup_rows()
+        if bool(((offset < 0) | (offset >= rows.shape[0]))[is_new].any()):
             raise ValueError("prompt uses added tokens that have no rows in this embedding")
-        new = self.embedding_rows()[offset.clamp(0, self.rows.shape[0] - 1)].to(base.dtype)
+        new = rows[offset.clamp(0, rows.shape[0] - 1)].to(base.dtype)
         if self.output_scale is not None:
             new = new * self.output_scale.to(base.dtype)
         return torch.where(is_new.unsqueeze(-1), new, base)
@@ -169,6 +176,15 @@ def install(encoder: nn.Module, placeholder: Placeholder, init_rows: torch.Tenso
     layer = PlaceholderEmbedding(frozen, init_rows.to(frozen.weight.device), magnitude, first_id=ids[0])
     encoder.set_input_embeddings(layer)
     return layer
+
+
+def add_zero_pad(tokenizer, layer: PlaceholderEmbedding, slot: str) -> None:
+    """Add ZERO_PAD to the tokenizer as an all-zero row of `layer`, right after its placeholder rows."""
+    if ZERO_PAD in tokenizer.get_vocab():
+        raise DtiError(f"the {slot} tokenizer already has a {ZERO_PAD} token")
+    if tokenizer.add_tokens([ZERO_PAD]) != 1 or tokenizer.convert_tokens_to_ids(ZERO_PAD) != layer.num_embeddings:
+        raise DtiError(f"could not add {ZERO_PAD} to the {slot} tokenizer right after the placeholder's tokens")
+    layer.zero_rows += 1
 
 
 def install_rows(tokenizer, encoder: nn.Module, placeholder: str, rows: torch.Tensor) -> tuple[str, ...]:

@@ -41,9 +41,11 @@ from dti.speedups import Speedups, attention_backend
 from dti.sphere import angle, normalize
 from dti.state import TrainingState, UnreadableState, read_state, save_state
 from dti.tokens import (
+    ZERO_PAD,
     Placeholder,
     PlaceholderEmbedding,
     add_placeholder,
+    add_zero_pad,
     normalize_placeholder,
     vocab_norm_stats,
 )
@@ -70,6 +72,9 @@ class TrainSettings:
     save_every: int = 50
     mixed_precision: str = "auto"  # auto: bf16 on CUDA, fp32 on CPU
     latent_cache: bool = True
+    # The DTI authors' SANA augmentation: n all-zero padding tokens before each training prompt,
+    # n = floor(min(X, 15)) with X exponential of scale 2, drawn per sample (docs/method.md).
+    zero_pad: bool = False
     name: str | None = None  # the single file's name, its trigger word; default: {method}-{placeholder w/o <>}
     speedups: Speedups = field(default_factory=Speedups)  # GPU switches (dti.speedups); None = device default
 
@@ -92,6 +97,8 @@ class TrainSettings:
         for key in ("steps", "batch_size", "grad_accum", "resolution", "save_every"):
             if int(getattr(self, key)) < 1:
                 raise DtiError(f"{key} must be a positive integer, got {getattr(self, key)}")
+        if not isinstance(self.zero_pad, bool):
+            raise DtiError(f"zero_pad must be true or false, got {self.zero_pad!r}")
         if self.mixed_precision not in ("auto", "no", "bf16"):
             raise DtiError(f"mixed_precision must be auto, no or bf16, got {self.mixed_precision!r}")
         check_name(self.export_name, "export file name" + ("" if self.name else " (from the placeholder; set name)"))
@@ -133,6 +140,11 @@ def _generator(key: str) -> torch.Generator:
 
 def sample_generator(seed: int, step: int, index: int) -> torch.Generator:
     return _generator(f"{seed}:{step}:{index}")
+
+
+def zero_pad_count(gen: torch.Generator) -> int:
+    """floor(min(X, 15)) with X exponential of scale 2 (mean 2): 0 for about 39% of prompts."""
+    return int(min(torch.empty(()).exponential_(0.5, generator=gen).item(), 15.0))
 
 
 def start_generator(seed: int, slot: str) -> torch.Generator:
@@ -189,6 +201,8 @@ class Trainer:
             start = self.unit.start_rows(ctx)
             start = Start(start.rows.float().to(self.device), start.anchor.float().to(self.device))
             layer, m = self.unit.install(ctx, start)
+            if s.zero_pad:
+                add_zero_pad(slot.tokenizer, layer, slot.name)
             self.slots[slot.name] = SlotTokens(ph, layer, start, vocab_norm_stats(table), m)
         texts = {self.backbone.prompt_text(t.placeholder.tokens) for t in self.slots.values()}
         if len(texts) != 1:
@@ -228,7 +242,7 @@ class Trainer:
             gen = sample_generator(self.settings.seed, step, j)
             crop = self.latents.random_crop(gen, len(self.images))
             template = TRAINING_TEMPLATES[int(torch.randint(len(TRAINING_TEMPLATES), (1,), generator=gen))]
-            prompts.append(render(template, self.prompt_token))
+            prompts.append(self._padded(render(template, self.prompt_token), gen))
             shape = self.latents.shape
             latents.append(self.latents.sample(crop, torch.randn(shape, generator=gen)))
             noise.append(torch.randn(shape, generator=gen))
@@ -237,6 +251,15 @@ class Trainer:
         dev = self.device
         return (prompts, torch.stack(latents).to(dev), torch.stack(noise).to(dev),
                 torch.tensor(timesteps, device=dev), torch.tensor(time_ids, device=dev, dtype=torch.float32))
+
+    def _padded(self, prompt: str, gen: torch.Generator) -> str:
+        """With zero_pad, `prompt` behind n zero-pad tokens (n drawn from the sample's generator), written as
+        the family writes a k-vector placeholder (SD/SDXL space-separated, SANA and Wan joined)."""
+        if not self.settings.zero_pad:
+            return prompt
+        n = zero_pad_count(gen)
+        joiner = self.backbone.placeholder_joiner
+        return joiner.join([ZERO_PAD] * n + [prompt]) if n else prompt
 
     def _make_accelerator(self):
         """accelerate handles autocast and the backward pass; it must agree with where the backbone lives."""
