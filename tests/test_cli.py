@@ -74,6 +74,17 @@ def test_hyper_parameter_flags_travel_as_one_dict(tiny_sd, subject_dir, tmp_path
     assert run["hyper_parameters"] == {**METHODS["ti"].defaults, **given}
 
 
+def test_an_ablation_with_its_own_flag_and_zero_pad_trains_from_the_cli(tiny_sd, subject_dir, tmp_path):
+    out = tmp_path / "trained-norm"
+    assert main(_train_args(tiny_sd, subject_dir, out, method="dti_trained_norm", **{"magnitude-lr": 0.01})
+                + ["--zero-pad"]) == 0
+    run = json.loads((out / "run.json").read_text())
+    assert run["method"] == "dti_trained_norm" and run["settings"]["zero_pad"] is True
+    assert run["hyper_parameters"]["magnitude_lr"] == 0.01 and run["hyper_parameters"]["kappa"] == 1e-4
+    # A flag of another method is refused, naming it.
+    assert main(_train_args(tiny_sd, subject_dir, tmp_path / "x", method="dti", **{"magnitude-lr": 0.01})) == 2
+
+
 def _corrupt_folder(subject_dir, tmp_path):
     folder = tmp_path / "corrupt"
     shutil.copytree(subject_dir, folder)

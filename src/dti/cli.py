@@ -41,7 +41,7 @@ def cmd_train(args) -> None:
         method=args.method, hyper_parameters=given, placeholder=args.placeholder, initializer=args.initializer,
         steps=args.steps, batch_size=args.batch_size, grad_accum=args.grad_accum, resolution=args.resolution,
         seed=args.seed, save_every=args.save_every, mixed_precision=args.mixed_precision,
-        latent_cache=not args.no_latent_cache, name=name)
+        latent_cache=not args.no_latent_cache, name=name, zero_pad=args.zero_pad)
     settings.validate()  # bad settings fail before any image or model is loaded
     images = [load_image(p) for p in list_images(args.images)]
     device = args.device or default_device()
@@ -117,7 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="frozen weights' dtype (auto: bf16 on CUDA, fp32 on CPU)")
         p.add_argument("--quiet", action="store_true")
 
-    p = sub.add_parser("train", help="learn a subject token with DTI, TI or CrossInit")
+    p = sub.add_parser("train", help="learn a subject token with DTI, TI, CrossInit or one of DTI's ablations")
     model_args(p)
     p.add_argument("--images", required=True, help="folder of subject photos")
     p.add_argument("--initializer", required=True, help="words to start from, e.g. the class noun")
@@ -135,6 +135,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--save-every", type=int, default=50)
     p.add_argument("--mixed-precision", choices=["auto", "no", "bf16"], default="auto")
     p.add_argument("--no-latent-cache", action="store_true", help="re-encode images every step (slower)")
+    p.add_argument("--zero-pad", action="store_true", help="prepend 0-15 all-zero padding tokens to each training "
+                   "prompt (the DTI authors' SANA runs; docs/method.md)")
     group = p.add_argument_group("hyper-parameters", "default: the method's published value; giving a method "
                                  "one it does not take is an error")
     for key, hp in HYPER_PARAMETERS.items():
