@@ -3,7 +3,9 @@
 The reference is a picture of flat colour tiles (and grey tiles for grey modes) with opaque, half and fully
 transparent columns. Each case writes it in one mode and format, with the mode's own encoding computed here
 in numpy (not by Pillow's converters), and the decoded RGB must match what a viewer shows: the colours,
-composited onto white where transparent.
+composited onto white where transparent. Photo files (JPEG, PNG, WebP) go through load_image; modes only
+other formats carry (TIFF, GIF, BMP, PGM) are decoded by Pillow here and go through to_rgb, because
+load_image refuses those formats (tests/test_hardening.py).
 """
 
 from __future__ import annotations
@@ -59,9 +61,18 @@ def _png16(array: np.ndarray, colour_type: int, trns: bytes | None = None) -> by
             + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
 
 
-def _write(tmp: Path, name: str, data: bytes) -> Path:
+def _write(tmp: Path, name: str, data: bytes) -> Path | Image.Image:
     (tmp / name).write_bytes(data)
-    return tmp / name
+    return _photo_or_decoded(tmp / name)
+
+
+def _photo_or_decoded(path: Path) -> Path | Image.Image:
+    """A photo's path for load_image, or another format's image decoded in memory for to_rgb."""
+    if path.suffix in (".jpeg", ".png", ".webp"):
+        return path
+    with Image.open(path) as img:
+        img.load()
+        return img.copy()
 
 
 def _palette_image(transparency=None) -> Image.Image:
@@ -123,10 +134,10 @@ def _lab_to_rgb(lab8: np.ndarray) -> np.ndarray:
     return np.rint(c * 255).astype(np.uint8)
 
 
-def _save(img: Image.Image, tmp: Path, fmt: str, **options) -> Path:
+def _save(img: Image.Image, tmp: Path, fmt: str, **options) -> Path | Image.Image:
     path = tmp / f"case.{fmt.lower()}"
     img.save(path, fmt, **options)
-    return path
+    return _photo_or_decoded(path)
 
 
 LOSSLESS, JPEG = (1, 0.5), (60, 4.0)  # tolerance: (max, mean) absolute difference per channel value

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import re
 import sys
 from pathlib import Path
 
@@ -11,6 +12,70 @@ from dti.devices import DTYPE_NAMES, default_device, weights_dtype
 from dti.errors import DtiError
 from dti.methods import HYPER_PARAMETERS, METHODS, trainable_methods
 from dti.names import safe_name
+from dti.terminal import visible
+
+SEED_MAX = 2**63 - 1  # torch generators take 64-bit seeds; a signed 63-bit one means the same everywhere
+
+
+class Bounded:
+    """An argparse `type`: a number of one kind (int or float) in a declared range, so each flag's range sits
+    next to it. A float must be finite too. Anything else is a one-line error naming the flag and the value
+    (`_Parser.error`); `minimum` and `maximum` stay readable for the test that every numeric flag has one."""
+
+    def __init__(self, kind: type, minimum: float | None = None, maximum: float | None = None,
+                 what: str | None = None):
+        self.kind, self.minimum, self.maximum = kind, minimum, maximum
+        self.what = what or self._describe()
+        self.__name__ = kind.__name__  # argparse names a type by it
+
+    def _describe(self) -> str:
+        noun = "an integer" if self.kind is int else "a finite number"
+        if self.maximum is not None:
+            return f"{noun} in [{self.minimum}, {self.maximum}]"
+        if self.kind is int and self.minimum == 1:
+            return "a positive integer"
+        return f"{noun} >= {self.minimum}"
+
+    def __call__(self, text: str):
+        try:
+            value = self.kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be {self.what}, got {text!r}") from None
+        if ((self.kind is float and not math.isfinite(value))
+                or (self.minimum is not None and value < self.minimum)
+                or (self.maximum is not None and value > self.maximum)):
+            raise argparse.ArgumentTypeError(f"must be {self.what}, got {value}")
+        return value
+
+    def __repr__(self) -> str:
+        return f"Bounded({self.kind.__name__}, {self.minimum}, {self.maximum})"
+
+
+def bounded(kind: type, minimum: float | None = None, maximum: float | None = None, what: str | None = None):
+    return Bounded(kind, minimum, maximum, what)
+
+
+class HyperParameterFlag(argparse.Action):
+    """A hyper-parameter's flag: its value (a list for nargs) must pass the check dti.methods declares for it
+    (HYPER_PARAMETERS[key].check, the range config files get too), worded as TrainSettings.validate words it."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        problem = HYPER_PARAMETERS[self.dest].check(values)
+        if problem:
+            raise argparse.ArgumentError(self, f"{self.dest} must be {problem}, got {values!r}")
+        setattr(namespace, self.dest, values)
+
+
+class _Parser(argparse.ArgumentParser):
+    """Every command-line error in one line, `dti: error: ...`, exit code 2 (subcommands too: argparse makes
+    them of the parent's class)."""
+
+    def error(self, message: str):
+        # "argument --steps: must be ..." (Bounded's message) reads "--steps must be ..."
+        match = re.fullmatch(r"argument (-[^\s:]+): (must be .*)", message, flags=re.S)
+        if match:
+            message = f"{match[1]} {match[2]}"
+        self.exit(2, f"dti: error: {visible(message)}\n")
 
 
 def cmd_tiny_model(args) -> None:
@@ -53,17 +118,9 @@ def cmd_train(args) -> None:
 
 
 def _check_sample_args(args) -> None:
+    """What the flags' types cannot say alone (their ranges are declared with them, in build_parser)."""
     if "{}" not in args.prompt:
         raise DtiError(f"--prompt must contain {{}} where the learned token goes, got {args.prompt!r}")
-    for flag, value in (("--steps", args.steps), ("--batch-size", args.batch_size), ("--resolution", args.resolution),
-                        ("--width", 1 if args.width is None else args.width)):
-        if value < 1:
-            raise DtiError(f"{flag} must be a positive integer, got {value}")
-    if not (math.isfinite(args.guidance_scale) and args.guidance_scale >= 0):
-        raise DtiError(f"--guidance-scale must be a finite number >= 0, got {args.guidance_scale}")
-    for seed in args.seeds:
-        if not 0 <= seed < 2**63:
-            raise DtiError(f"--seeds must be integers in [0, 2^63), got {seed}")
     if not Path(args.embeds).is_dir():
         raise DtiError(f"--embeds {args.embeds} is not a folder (give the folder holding learned_embeds.safetensors)")
 
@@ -99,13 +156,13 @@ def build_parser() -> argparse.ArgumentParser:
     from dti.backbones.registry import family_names
 
     families = family_names()
-    parser = argparse.ArgumentParser(prog="dti", description=__doc__)
+    parser = _Parser(prog="dti", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("tiny-model", help="write a tiny random pipeline of a family (small random weights, offline)")
     p.add_argument("--family", choices=families, required=True)
     p.add_argument("--out", required=True)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=bounded(int, 0, SEED_MAX, "an integer in [0, 2^63)"), default=0)
     p.set_defaults(func=cmd_tiny_model)
 
     def model_args(p):
@@ -127,12 +184,13 @@ def build_parser() -> argparse.ArgumentParser:
                    "case: CLIP tokenizers lower-case prompts)")
     p.add_argument("--name", help="name of the single-file export, its trigger word in AUTOMATIC1111, Forge and "
                    "SD.Next (default: METHOD-FOLDER, the --out folder's name, e.g. dti-bear)")
-    p.add_argument("--steps", type=int, default=400)
-    p.add_argument("--batch-size", type=int, default=4)
-    p.add_argument("--grad-accum", type=int, default=1)
-    p.add_argument("--resolution", type=int, default=768)
-    p.add_argument("--seed", type=int, default=42)
-    p.add_argument("--save-every", type=int, default=50)
+    p.add_argument("--steps", type=bounded(int, 1), default=400)
+    p.add_argument("--batch-size", type=bounded(int, 1), default=4)
+    p.add_argument("--grad-accum", type=bounded(int, 1), default=1)
+    # The backbone checks the multiple of its latent grid; the photos are reduced to 4096 px at most.
+    p.add_argument("--resolution", type=bounded(int, 1, 4096), default=768)
+    p.add_argument("--seed", type=bounded(int, 0, SEED_MAX, "an integer in [0, 2^63)"), default=42)
+    p.add_argument("--save-every", type=bounded(int, 1), default=50, help="write learned_embeds-steps-N every N steps")
     p.add_argument("--mixed-precision", choices=["auto", "no", "bf16"], default="auto")
     p.add_argument("--no-latent-cache", action="store_true", help="re-encode images every step (slower)")
     p.add_argument("--zero-pad", action="store_true", help="prepend 0-15 all-zero padding tokens to each training "
@@ -142,20 +200,23 @@ def build_parser() -> argparse.ArgumentParser:
     for key, hp in HYPER_PARAMETERS.items():
         takers = ", ".join(m for m in trainable_methods() if key in METHODS[m].accepts)
         group.add_argument(f"--{key.replace('_', '-')}", dest=key, type=hp.parse, nargs=hp.nargs,
-                           help=f"{hp.help} [{takers}]")
+                           action=HyperParameterFlag, help=f"{hp.help} [{takers}]")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("sample", help="generate images with a learned token")
     model_args(p)
     p.add_argument("--embeds", required=True, help="folder with learned_embeds*.safetensors")
     p.add_argument("--prompt", required=True, help="with {} where the token goes, e.g. 'a {} in the snow'")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3])
+    p.add_argument("--seeds", type=bounded(int, 0, SEED_MAX, "integers in [0, 2^63)"), nargs="+",
+                   default=[0, 1, 2, 3])
     p.add_argument("--out", required=True)
-    p.add_argument("--steps", type=int, default=50)
-    p.add_argument("--guidance-scale", type=float, default=5.0)
-    p.add_argument("--resolution", type=int, default=1024, help="image height (and width unless --width)")
-    p.add_argument("--width", type=int, help="image width (default: --resolution)")
-    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--steps", type=bounded(int, 1), default=50)
+    p.add_argument("--guidance-scale", type=bounded(float, 0), default=5.0)
+    # The backbone checks the multiple of its latent grid once the model is loaded.
+    p.add_argument("--resolution", type=bounded(int, 1, 8192), default=1024,
+                   help="image height (and width unless --width)")
+    p.add_argument("--width", type=bounded(int, 1, 8192), help="image width (default: --resolution)")
+    p.add_argument("--batch-size", type=bounded(int, 1), default=4)
     p.add_argument("--rescale-to", help="TI-rescaled: set each row's norm to this vocabulary statistic")
     p.set_defaults(func=cmd_sample)
 
@@ -163,7 +224,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file", help="a .safetensors embedding (pickle formats are refused, never unpickled)")
     p.add_argument("--model", help="HF hub id or local diffusers folder: compare with its vocabulary")
     p.add_argument("--revision")
-    p.add_argument("--top", type=int, default=5, help="nearest vocabulary tokens to list per vector")
+    p.add_argument("--top", type=bounded(int, 1, 1000), default=5, help="nearest vocabulary tokens to list per "
+                   "vector (1 to 1000)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_inspect)
     return parser
@@ -173,14 +235,18 @@ def main(argv: list[str] | None = None) -> int:
     from dti.jobs import lighten_gc
 
     lighten_gc()
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:  # a bad flag (one line from _Parser.error: code 2) or --help (0)
+        return exc.code if isinstance(exc.code, int) else 0
+    # Messages may quote text from files (a tensor name, a file name): dti.terminal.visible keeps each one line.
     try:
         args.func(args)
     except DtiError as exc:
-        print(f"dti: error: {exc}", file=sys.stderr)
+        print(f"dti: error: {visible(exc)}", file=sys.stderr)
         return 2
     except OSError as exc:  # the OS's message names the file (permissions, a folder where a file should be)
-        print(f"dti: error: {exc}", file=sys.stderr)
+        print(f"dti: error: {visible(exc)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
@@ -188,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
         from dti.train import TrainingInterrupted
 
         if isinstance(exc, TrainingInterrupted):
-            print(f"dti: {exc}", file=sys.stderr)
+            print(f"dti: {visible(exc)}", file=sys.stderr)
             return 143
         raise
     return 0

@@ -1,10 +1,16 @@
 """Reading subject images: upright, fully decoded 8-bit RGB, or a DtiError that names the file.
 
-Whatever Pillow opens decodes to the picture a viewer shows:
+A photo is JPEG, PNG or WebP (README, "Photos"), told by its bytes, never by its name: load_image opens
+files with those Pillow plugins only (PHOTO_FORMATS), so a file named x.png that is really a TIFF, a GIF
+or an EPS is refused, and no other plugin ever parses a user's file (the EPS one runs Ghostscript).
+
+Whatever is opened decodes to the picture a viewer shows:
 - transparency (an alpha band, a palette's alpha, a tRNS colour key) is composited onto white;
-- 16-bit data (I;16, I;16B, I;16L, 16-bit PNGs) is scaled to 8 bits, not clipped (clipping turns
-  everything above 255 of 65535 white); mode I, which older decoders use for 16-bit data, is read as
-  16-bit; mode F (floating point) as 0..1;
+- wide grey data (16-bit PNGs: I;16, I;16B, I;16L; mode I, 32-bit integers; mode F, floating point) is
+  mapped to 8 bits, never clipped: integer grey within 0..65535 on the 16-bit scale (divided by 257, as a
+  viewer shows it); integers beyond it by their own range (the brightest value present becomes 255); a
+  float image within [0, 1] reads as 0..1, any other by its own range; negative values shift the range
+  down; NaN or infinite values are refused;
 - CMYK, YCbCr and HSV are converted to RGB; LAB (D50, as in TIFF) exactly, through LittleCMS.
 Time and memory stay bounded whatever the file claims: sizes are checked from the header before any
 decoding, an image with more than MAX_PIXELS or an aspect ratio beyond MAX_ASPECT is refused, and one
@@ -20,11 +26,13 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from dti.errors import DtiError
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp"})
+# The Pillow plugins a photo may be opened with, whatever its name (JPEG includes phones' MPO pictures).
+PHOTO_FORMATS = ("JPEG", "PNG", "WEBP")
 MAX_SIDE = 4096  # longer side kept; training crops at most ~1024 px, DreamBooth's photos are <= 2048
 MAX_PIXELS = 1 << 26  # 67 megapixels decoded at most (about 200 MB as RGB)
 MAX_ASPECT = 4.0  # a longer side beyond 4x the shorter leaves the subject a sliver of every square crop
@@ -50,7 +58,7 @@ def load_image(path: str | os.PathLike) -> Image.Image:
         with warnings.catch_warnings():
             # Pillow warns above its own pixel limit; ours is lower and refuses with a clear message.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            opened = Image.open(path)
+            opened = Image.open(path, formats=PHOTO_FORMATS)
         with opened:
             _check_shape(path, opened.size)
             factor = _factor(opened.size)
@@ -64,9 +72,12 @@ def load_image(path: str | os.PathLike) -> Image.Image:
     except Image.DecompressionBombError as err:  # beyond Pillow's own limit, far beyond ours
         raise DtiError(f"image {path} has more than the {MAX_PIXELS / 1e6:.0f} megapixels this tool decodes ({err}); "
                        "downscale it") from err
+    except UnidentifiedImageError as err:  # not JPEG, PNG or WebP by its bytes (or no image at all)
+        raise DtiError(f"cannot read image {path}: not a JPEG, PNG or WebP file (the formats photos may be); "
+                       "convert it to one of them") from err
     except (OSError, SyntaxError, ValueError) as err:
-        # UnidentifiedImageError and "image file is truncated" are both OSErrors.
-        raise DtiError(f"cannot read image {path}: {err}") from err
+        # "image file is truncated" is an OSError too.
+        raise DtiError(f"cannot read image {path}: {' '.join(str(err).split())}") from err
 
 
 def _check_shape(path: Path, size: tuple[int, int]) -> None:
@@ -118,11 +129,20 @@ def _lab_to_srgb():
 
 
 def _to_eight_bit(img: Image.Image) -> Image.Image:
-    """16-bit and 32-bit integer grey (read as 16-bit data) and float grey (read as 0..1) as 8-bit L; a
-    tRNS colour key becomes an alpha band."""
+    """Wide grey (16-bit and 32-bit integer, float) as 8-bit L, by the image's own range (module docstring);
+    a tRNS colour key becomes an alpha band. ValueError (named by load_image) for NaN or infinite values."""
     raw = np.asarray(img)
-    scale = 255.0 if img.mode == "F" else 1 / 257  # 65535 / 257 = 255
-    grey = Image.fromarray(np.clip(np.rint(raw.astype(np.float64) * scale), 0, 255).astype(np.uint8))
+    values = raw.astype(np.float64)
+    if not np.isfinite(values).all():
+        raise ValueError(f"a {img.mode} image with NaN or infinite values has no picture to show")
+    black = min(0.0, float(values.min()))
+    white = float(values.max())
+    if img.mode == "F" and black == 0 and white <= 1:  # a float picture's white is 1.0
+        white = 1.0
+    elif img.mode != "F" and black == 0:  # integer grey within 16 bits: 65535 is white, as a viewer shows it
+        white = max(white, 65535.0)
+    scale = 255 / (white - black) if white > black else 0.0
+    grey = Image.fromarray(np.rint((values - black) * scale).astype(np.uint8))
     key = img.info.get("transparency")
     if isinstance(key, int) and img.mode != "F":
         alpha = Image.fromarray(np.where(raw == key, 0, 255).astype(np.uint8))

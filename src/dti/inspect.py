@@ -16,12 +16,14 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from dti.errors import DtiError
+from dti.terminal import LIMIT, visible
 from dti.vocab import Vocabulary, readable
 
 PICKLE_SUFFIXES = frozenset({".pt", ".pth", ".bin", ".ckpt", ".pkl", ".pickle"})
@@ -34,6 +36,26 @@ STANDARD_TARGETS: dict[str, dict[str, int]] = {
     "SDXL": {"clip_l": 768, "clip_g": 1280},
 }
 _SLOT_BY_WIDTH = {768: "clip_l", 1024: "clip_h", 1280: "clip_g"}
+_SLOT_NAME = re.compile(r"[A-Za-z0-9_]{1,32}")  # an encoder's name in dti.slot (clip_l, clip_g, umt5, ...)
+
+# What a header may declare. Real embeddings are [k, d] with a handful of vectors and d a text encoder's
+# width (a few thousand at most); these bounds refuse a file declaring more before anything is allocated,
+# and a header longer than any embedding's metadata needs is not parsed.
+MAX_HEADER_BYTES = 100 * 2**20
+MAX_VECTORS = 1024
+MAX_WIDTH = 16384
+_NUMPY = {"F64": "<f8", "F32": "<f4", "F16": "<f2"}
+_ITEM_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "F8_E4M3": 1, "F8_E5M2": 1}
+
+
+@dataclass(frozen=True)
+class _Tensor:
+    """A header entry that passed _check_entry: its dtype, its shape as [k, d], its bytes in the data section."""
+
+    dtype: str
+    shape: tuple[int, int]
+    begin: int
+    end: int
 
 
 @dataclass
@@ -73,70 +95,142 @@ def _refuse_pickle(path: Path) -> None:
                        "(loading a pickle runs any code it carries). Ask for a .safetensors version")
 
 
-def _read_tensors(path: Path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
-    from safetensors import safe_open
+def _quoted(text: str) -> str:
+    """A name from the file, for a message: quoted, escaped and capped (dti.terminal)."""
+    return f"'{visible(text, LIMIT)}'"
 
-    def read(framework: str):
-        with safe_open(str(path), framework=framework) as handle:
-            tensors = {key: handle.get_tensor(key) for key in handle.keys()}
-            return tensors, dict(handle.metadata() or {})
 
+def _bad(path: Path, why: str) -> DtiError:
+    return DtiError(f"{path}: not a readable safetensors file ({why})")
+
+
+def _read_header(path: Path, handle, size: int) -> tuple[dict[str, _Tensor], dict[str, str], int]:
+    """The tensors the header declares, its metadata and where the data section starts, all checked against
+    the file's size before a byte of tensor data is read."""
+    prefix = handle.read(8)
+    if len(prefix) < 8:
+        raise _bad(path, f"{size} bytes, fewer than the 8 of a header length")
+    length = int.from_bytes(prefix, "little")
+    if length > MAX_HEADER_BYTES:
+        raise _bad(path, f"its header declares {length} bytes, more than the {MAX_HEADER_BYTES} bytes read at most")
+    if 8 + length > size:
+        raise _bad(path, f"its header declares {length} bytes but the file has {size}")
     try:
-        try:
-            tensors, metadata = read("numpy")
-        except TypeError:  # bfloat16 has no numpy dtype: read it through torch
-            tensors, metadata = read("pt")
-            tensors = {k: v.float().numpy() for k, v in tensors.items()}
-    except Exception as err:  # a truncated file or a bad header: say which file and why, in one line
-        raise DtiError(f"{path}: not a readable safetensors file ({_one_line(err)})") from err
-    return {k: np.asarray(v, dtype=np.float32) for k, v in tensors.items()}, metadata
+        header = json.loads(handle.read(length))
+    except ValueError as err:  # UnicodeDecodeError is a ValueError too
+        raise _bad(path, f"its header is not JSON: {_one_line(err)}") from err
+    if not isinstance(header, dict):
+        raise _bad(path, "its header is not a JSON object")
+    metadata = header.pop("__metadata__", None) or {}
+    if not (isinstance(metadata, dict) and all(isinstance(v, str) for v in metadata.values())):
+        raise _bad(path, "its __metadata__ is not a map of strings to strings")
+    data_size = size - 8 - length
+    return {key: _check_entry(path, key, entry, data_size) for key, entry in header.items()}, metadata, 8 + length
 
 
-def _rows(path: Path, key: str, tensor: np.ndarray) -> np.ndarray:
-    if tensor.ndim == 1:
-        return tensor[None, :]
-    if tensor.ndim != 2 or tensor.shape[0] < 1:
-        raise DtiError(f"{path}: tensor {key!r} has shape {list(tensor.shape)}; expected [vectors, width]")
-    return tensor
+def _is_count(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
-def _single_slot(key: str, width: int, metadata: dict[str, str]) -> str:
+def _check_entry(path: Path, key: str, entry, data_size: int) -> _Tensor:
+    """One header entry: a known floating-point dtype, the shape of an embedding ([k, d] or [d], within
+    MAX_VECTORS x MAX_WIDTH) and a byte range inside the data section that holds exactly dtype x shape."""
+    name = _quoted(key)
+    if not (isinstance(entry, dict) and isinstance(entry.get("dtype"), str) and isinstance(entry.get("shape"), list)
+            and all(_is_count(n) for n in entry["shape"]) and isinstance(entry.get("data_offsets"), list)
+            and len(entry["data_offsets"]) == 2 and all(_is_count(n) for n in entry["data_offsets"])):
+        raise _bad(path, f"tensor {name} has no valid dtype, shape and data_offsets")
+    dtype, shape, (begin, end) = entry["dtype"], entry["shape"], entry["data_offsets"]
+    if dtype not in _ITEM_BYTES:
+        raise DtiError(f"{path}: tensor {name} is {visible(dtype, 20)}; an embedding is floating point "
+                       f"({', '.join(_ITEM_BYTES)})")
+    if len(shape) not in (1, 2) or min(shape) < 1:
+        raise DtiError(f"{path}: tensor {name} has shape {shape}; expected [vectors, width]")
+    vectors, width = (1, shape[0]) if len(shape) == 1 else shape
+    if vectors > MAX_VECTORS or width > MAX_WIDTH:
+        raise DtiError(f"{path}: tensor {name} declares shape {shape} ({dtype}); an embedding has at most "
+                       f"{MAX_VECTORS} vectors of width at most {MAX_WIDTH}")
+    if not begin <= end <= data_size:
+        raise _bad(path, f"tensor {name} declares bytes [{begin}, {end}) of a data section of {data_size} bytes")
+    need = vectors * width * _ITEM_BYTES[dtype]
+    if end - begin != need:
+        raise _bad(path, f"tensor {name} of shape {shape} ({dtype}) needs {need} bytes but declares {end - begin}")
+    return _Tensor(dtype, (vectors, width), begin, end)
+
+
+def _decode(raw: bytes, tensor: _Tensor) -> np.ndarray:
+    if tensor.dtype == "BF16":  # the upper half of a float32
+        values = (np.frombuffer(raw, "<u2").astype(np.uint32) << 16).view(np.float32)
+    elif tensor.dtype.startswith("F8_"):
+        import torch
+
+        kind = {"F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2}[tensor.dtype]
+        values = torch.frombuffer(bytearray(raw), dtype=kind).float().numpy()
+    else:
+        values = np.frombuffer(raw, _NUMPY[tensor.dtype])
+    return values.astype(np.float32).reshape(tensor.shape)
+
+
+def _read_tensor(path: Path, handle, start: int, key: str, tensor: _Tensor) -> np.ndarray:
+    """The declared byte range of one checked tensor (at most MAX_VECTORS x MAX_WIDTH values), as float32."""
+    handle.seek(start + tensor.begin)
+    raw = handle.read(tensor.end - tensor.begin)
+    if len(raw) != tensor.end - tensor.begin:
+        raise _bad(path, f"tensor {_quoted(key)} is cut short: the file changed while it was read")
+    return _decode(raw, tensor)
+
+
+def _check_layout(path: Path, keys: list[str]) -> None:
+    """One tensor, or clip_l and clip_g: checked on the header's names, before any tensor is read."""
+    if {"clip_l", "clip_g"} <= set(keys) and len(keys) > 2:
+        extra = ", ".join(_quoted(k) for k in keys if k not in ("clip_l", "clip_g"))
+        raise DtiError(f"{path}: SDXL layout with extra tensors [{extra}]")
+    if len(keys) != 1 and set(keys) != {"clip_l", "clip_g"}:
+        shown = ", ".join(_quoted(k) for k in keys[:5]) + (", ..." if len(keys) > 5 else "")
+        raise DtiError(f"{path}: {len(keys)} tensors [{shown}]; a textual-inversion file holds one tensor, or "
+                       "clip_l and clip_g (SDXL)")
+
+
+def _single_slot(path: Path, key: str, width: int, metadata: dict[str, str]) -> str:
     if metadata.get("dti.slot"):
-        return metadata["dti.slot"]
+        slot = metadata["dti.slot"]
+        if not _SLOT_NAME.fullmatch(slot):
+            raise DtiError(f"{path}: metadata dti.slot {_quoted(slot)} is not an encoder's name")
+        return slot
     if key in ("clip_l", "clip_g"):
         return key
     return _SLOT_BY_WIDTH.get(width, "text_encoder")
 
 
 def read_embedding_file(path: str | Path) -> EmbeddingFile:
-    """Read one textual-inversion safetensors file; DtiError (naming the file) for anything else."""
+    """Read one textual-inversion safetensors file; DtiError (naming the file) for anything else.
+
+    The header is checked against the file before any tensor is read (dti.inspect._check_entry), so a small
+    file declaring a huge tensor is refused without allocating it."""
     path = Path(path)
     if not path.is_file():
         raise DtiError(f"{path}: no such file")
     _refuse_pickle(path)
-    tensors, metadata = _read_tensors(path)
-    keys = sorted(tensors)
-    if {"clip_l", "clip_g"} <= set(keys):
-        if len(keys) > 2:
-            raise DtiError(f"{path}: SDXL layout with extra tensors {[k for k in keys if k not in ('clip_l', 'clip_g')]}")
-        vectors = {slot: _rows(path, slot, tensors[slot]) for slot in ("clip_l", "clip_g")}
+    with open(path, "rb") as handle:
+        entries, metadata, start = _read_header(path, handle, path.stat().st_size)
+        keys = sorted(entries)
+        _check_layout(path, keys)
+        tensors = {key: _read_tensor(path, handle, start, key, entries[key]) for key in keys}
+    if len(keys) == 2:  # clip_l and clip_g
+        vectors = {slot: tensors[slot] for slot in ("clip_l", "clip_g")}
         if vectors["clip_l"].shape[0] != vectors["clip_g"].shape[0]:
             raise DtiError(f"{path}: clip_l has {vectors['clip_l'].shape[0]} vectors but clip_g has "
                            f"{vectors['clip_g'].shape[0]}")
         return EmbeddingFile(path, "sdxl", None, vectors, metadata)
-    if len(keys) != 1:
-        shown = keys[:5] + (["..."] if len(keys) > 5 else [])
-        raise DtiError(f"{path}: {len(keys)} tensors {shown}; a textual-inversion file holds one tensor, or "
-                       "clip_l and clip_g (SDXL)")
     (key,) = keys
-    rows = _rows(path, key, tensors[key])
+    rows = tensors[key]
     if key == "emb_params":
         layout, token = "emb_params", None
     elif key.startswith("string_to_param."):
         layout, token = "string_to_param", None
     else:
         layout, token = "diffusers", key
-    return EmbeddingFile(path, layout, token, {_single_slot(key, rows.shape[1], metadata): rows}, metadata)
+    return EmbeddingFile(path, layout, token, {_single_slot(path, key, rows.shape[1], metadata): rows}, metadata)
 
 
 # --- which tools load it ---------------------------------------------------------------------------
@@ -246,6 +340,8 @@ def nearest_tokens(rows: np.ndarray, vocab: Vocabulary, top: int) -> list[list[t
 def inspect_file(path: str | Path, vocabularies: dict[str, Vocabulary] | None = None, *, model: str | None = None,
                  family: str | None = None, top: int = 5) -> dict:
     """Everything `dti inspect` prints, as a JSON-ready dict (`family`: the model's, when one is given)."""
+    if isinstance(top, bool) or not isinstance(top, int) or top < 1:
+        raise DtiError(f"top must be a positive integer (nearest tokens per vector), got {top!r}")
     emb = read_embedding_file(path)
     encoders = []
     for slot, rows in emb.vectors.items():
@@ -281,12 +377,18 @@ def inspect_file(path: str | Path, vocabularies: dict[str, Vocabulary] | None = 
 
 
 def format_report(info: dict) -> str:
-    """The human-readable form of `inspect_file`'s result."""
-    lines = [f"{info['file']}", f"  layout: {info['layout']}" + (f", token {info['token']!r}" if info["token"] else "")]
+    """The human-readable form of `inspect_file`'s result. Whatever came from a file (its name, tensor names,
+    metadata, tokens) is shown through dti.terminal.visible: control and format characters escaped, so a
+    value cannot start a line of its own or drive the terminal, and each value capped at LIMIT characters."""
+    def shown(text) -> str:
+        return visible(text, LIMIT)
+
+    token = f", token '{shown(info['token'])}'" if info["token"] else ""
+    lines = [f"{info['file']}", f"  layout: {info['layout']}{token}"]
     meta = {k.removeprefix("dti."): v for k, v in info["metadata"].items() if k.startswith("dti.")}
     if meta:
-        shown = ", ".join(f"{k}={meta[k]}" for k in ("method", "base_model", "steps", "kappa") if k in meta)
-        lines.append(f"  trained by dti: {shown}")
+        fields = ", ".join(f"{k}={shown(meta[k])}" for k in ("method", "base_model", "steps", "kappa") if k in meta)
+        lines.append(f"  trained by dti: {fields}")
     for enc in info["encoders"]:
         head = f"  {enc['encoder']}: {enc['vectors']} vector(s) of width {enc['width']}"
         if "vocab_norm_mean" in enc:
@@ -297,7 +399,7 @@ def format_report(info: dict) -> str:
         for row in enc["rows"]:
             text = f"    [{row['vector']}] norm {row['norm']:.4f}"
             if "ratio_to_vocab_mean" in row:
-                near = ", ".join(f"{n['token']} {n['cosine']:.2f}" for n in row["nearest"])
+                near = ", ".join(f"{shown(n['token'])} {n['cosine']:.2f}" for n in row["nearest"])
                 text += (f" = {row['ratio_to_vocab_mean']:.2f} x vocabulary mean; nearest: {near}; "
                          f"angle to nearest {row['angle_to_nearest_deg']:.1f} deg")
             lines.append(text)
@@ -305,7 +407,9 @@ def format_report(info: dict) -> str:
     for model in dict.fromkeys(c["model"] for c in info["clients"]):
         parts = [f"{c['client']} {c['loads']} ({c['note']})" for c in info["clients"] if c["model"] == model]
         lines.append(f"    {model}: " + "; ".join(parts))
-    return "\n".join(lines)
+    # Each line escaped as a whole too (idempotent on the fields above): nothing else printed here, a file
+    # name, a model name or a note quoting either, can break a line.
+    return "\n".join(visible(line) for line in lines)
 
 
 def run_inspect(path: str, *, model: str | None = None, revision: str | None = None, as_json: bool = False,
