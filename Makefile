@@ -33,7 +33,7 @@ demo: $(STAMP)
 	# No GPU on a laptop: the GPU rules run on the CPU, as many at a time as there are cores.
 	$(BIN)/snakemake --profile profiles/local --cores $(CORES) --resources gpu=$(CORES)
 	$(BIN)/snakemake --report report.html
-	@echo "Tables: results/tables/*.parquet and *.tex; figures: results/analysis, results/interpolation"
+	@echo "Tables: results/runs/demo/tables/*.parquet and *.tex; figures: results/runs/demo/analysis, results/runs/demo/interpolation"
 	@echo "Report: report.html (open it in a browser)"
 
 test: $(STAMP)
@@ -49,7 +49,7 @@ profiles:
 	$(PYTHON) tools/install_profiles.py
 
 dry-run-paper: $(STAMP)
-	$(BIN)/snakemake -n --quiet rules --configfile config/paper-sdxl.yaml
+	$(BIN)/snakemake -n --quiet rules --configfile config/paper.yaml
 
 bench: $(STAMP)
 	$(BIN)/python bench/train_step.py

@@ -1,6 +1,7 @@
 # The dti benchmark: subjects -> train (DTI, TI, CrossInit) -> sample -> score -> tables.
 #   snakemake --cores 2                          # the embedded default (tiny models, CPU)
-#   snakemake --configfile config/paper-sdxl.yaml --profile slurm
+#   snakemake --configfile config/paper.yaml --profile slurm                         # SDXL, SANA and Wan
+#   snakemake --configfile config/paper-sdxl.yaml --profile slurm   # SDXL alone (extends config/paper.yaml)
 import os
 
 from snakemake.utils import min_version, validate
@@ -13,6 +14,9 @@ min_version("9.0")
 from dti.jobs import lighten_gc
 
 lighten_gc()
+
+from dti.config_layers import resolve_extends
+from dti.errors import DtiError
 
 # `snakemake --lint` asks for a conda environment or container on every rule. Neither applies here: the
 # software is the pinned Python stack that `make demo` installs into .venv (requirements.lock.txt), the
@@ -27,6 +31,14 @@ if not workflow.overwrite_configfiles:
     configfile: os.path.join(workflow.basedir, "config", "config.yaml")
 
 
+# A config may build on another (`extends: PATH`): config/paper-sdxl.yaml is config/paper.yaml with its own
+# run name and only_backbones. The chain is merged here, as Snakemake merges --configfile files.
+try:
+    _resolved = resolve_extends(config, workflow.basedir)
+except DtiError as exc:
+    raise WorkflowError(f"config error: {exc}")
+config.clear()
+config.update(_resolved)
 validate(config, "config/schema.yaml")
 
 

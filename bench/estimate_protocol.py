@@ -21,28 +21,29 @@ import subprocess
 import sys
 from pathlib import Path
 
-import yaml
+from dti.benchmark_config import enabled_backbones, load_config_files
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def planned_jobs(configfile: str) -> dict[str, int]:
-    out = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--quiet", "rules", "--configfile", configfile],
+def planned_jobs(configfiles: list[str]) -> dict[str, int]:
+    out = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--quiet", "rules", "--configfile", *configfiles],
                          cwd=REPO, capture_output=True, text=True, check=True).stdout
     return {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)$", out, re.M)}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--configfile", required=True)
+    parser.add_argument("--configfile", required=True, nargs="+",
+                        help="config files as snakemake takes them")
     parser.add_argument("--sample-json", required=True)
     parser.add_argument("--train-json", required=True)
     parser.add_argument("--family", default="sdxl")
     parser.add_argument("--images-per-sample-job", type=int, required=True)
     args = parser.parse_args()
 
-    config = yaml.safe_load(Path(args.configfile).read_text())
-    backbone = next(b for b in config["backbones"].values() if b["family"] == args.family)
+    config = load_config_files(args.configfile)
+    backbone = next(b for b in enabled_backbones(config).values() if b["family"] == args.family)
     steps = backbone["train"]["steps"]
     sample = json.loads(Path(args.sample_json).read_text())["families"][args.family]
     train = json.loads(Path(args.train_json).read_text())["families"][args.family]

@@ -58,7 +58,7 @@ def main() -> None:
     torch.set_num_threads(1)
 
     default = yaml.safe_load((REPO / "config" / "config.yaml").read_text())["metrics"]
-    paper = yaml.safe_load((REPO / "config" / "paper-sdxl.yaml").read_text())["metrics"]
+    paper = yaml.safe_load((REPO / "config" / "paper.yaml").read_text())["metrics"]
     vit_b32 = {**default, "clip": {"backend": "open_clip", "model": "ViT-B-32", "pretrained": None}}
     configs = {"embedded default": default, "paper models, random weights": paper_models_at_random(paper),
                "default with ViT-B/32 CLIP": vit_b32}

@@ -33,7 +33,7 @@ rule magnitude_sweep:
         subjects=list(subject_files(SUBJECTS).values()),
         model=model_json,
     output:
-        manifest="results/magnitude/{backbone}/manifest.parquet",
+        manifest=run_path("magnitude/{backbone}/manifest.parquet"),
     log:
         "logs/magnitude_sweep/{backbone}.log",
     benchmark:
@@ -55,12 +55,12 @@ rule magnitude_sweep:
 
 rule score_magnitude_sweep:
     input:
-        manifest="results/magnitude/{backbone}/manifest.parquet",
+        manifest=run_path("magnitude/{backbone}/manifest.parquet"),
         subjects=list(subject_files(SUBJECTS).values()),
         metrics="resources/metrics.json",
         tiny_metrics=lambda wc: list(analysis_tiny_metrics().values()),
     output:
-        "results/magnitude/{backbone}/fidelity.parquet",
+        run_path("magnitude/{backbone}/fidelity.parquet"),
     log:
         "logs/score_magnitude_sweep/{backbone}.log",
     benchmark:
@@ -80,7 +80,7 @@ rule score_magnitude_sweep:
 
 rule magnitude_outputs:
     input:
-        [f"results/magnitude/{b}/fidelity.parquet" for b in SWEEP_BACKBONES],
+        [run_path(f"magnitude/{b}/fidelity.parquet") for b in SWEEP_BACKBONES],
     output:
         figures=analysis_reports("magnitude", "magnitude", "Magnitude sweep", SWEEP_BACKBONES),
         other=[f for f in magnitude_files() if not f.endswith(".png")],
@@ -89,7 +89,7 @@ rule magnitude_outputs:
     benchmark:
         "benchmarks/magnitude_outputs.tsv"
     params:
-        scores={b: f"results/magnitude/{b}/fidelity.parquet" for b in SWEEP_BACKBONES},
+        scores={b: run_path(f"magnitude/{b}/fidelity.parquet") for b in SWEEP_BACKBONES},
         out_dir=lambda wildcards, output: os.path.dirname(output.figures[0]),
         code_version=CODE_VERSION,
     script:

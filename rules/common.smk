@@ -1,5 +1,7 @@
 # Subjects, methods and backbones from the config; wildcard constraints built from them; the helpers
-# the rules call. Every job receives only its own subject's and method's settings through params.
+# the rules call. Every job receives only its own subject's, backbone's and method's settings through
+# params. Per-subject outputs live in results/{backbone}/{method}/{subject}/; what depends on the config as
+# a whole (tables, analyses, report files) in the run's own folder, results/runs/{run_name}/ (run_path).
 import functools
 import os
 import re
@@ -7,7 +9,18 @@ from pathlib import Path
 
 import dti
 from dti.backbones.registry import family_names
-from dti.benchmark_config import check_config, prompt_set_key, subject_rows
+from dti.benchmark_config import (
+    backbone_methods,
+    check_config,
+    enabled_backbones,
+    eval_steps,
+    initializers,
+    prompt_set_key,
+    run_dir,
+    subject_rows,
+    summary_steps,
+    trained_methods,
+)
 from dti.dti_prompts import is_dti_prompt_set, read_prompts_file
 from dti.dti_prompts import reference as dti_prompt_reference
 from dti.errors import DtiError
@@ -38,23 +51,28 @@ def _config_error(message):
 
 def _subject_rows():
     """The subjects, each valid against config/subject.schema.yaml: the inline list was validated with the
-    config; a TSV's rows are validated here, one by one, so the error names the row."""
+    config; a TSV's rows are validated here, one by one, so the error names the row. (dti.subject_schema
+    validates with the same schema, read once: Snakemake's validate would read it again for every row.)"""
     rows = subject_rows(config, workflow.basedir)
     if config.get("subject_table"):
         for where, row in rows:
-            try:
-                validate(row, "../config/subject.schema.yaml")
-            except WorkflowError:
-                _config_error(f"{where}: {subject_problem(row)}")
+            problem = subject_problem(row)
+            if problem is not None:
+                _config_error(f"{where}: {problem}")
     return rows
 
 
-try:  # the subject table, names, per-method hyper-parameters, prompt set names, metrics, model families
+try:  # the subject table, names, per-method and per-backbone settings, prompt sets, metrics, model families
     SUBJECTS = check_config(config, _subject_rows())
+    BACKBONES = enabled_backbones(config)  # only_backbones, or all
+    # {backbone: {method: hyper-parameters}}: the global `methods` with each backbone's own entries merged in.
+    BACKBONE_METHODS = {b: backbone_methods(config, b) for b in BACKBONES}
+    EVAL_STEPS = {b: eval_steps(config, b) for b in BACKBONES}
+    INITIALIZERS = initializers(config, SUBJECTS)  # {backbone: {trained method: {subject: words}}}
+    RUN_DIR = run_dir(config)
 except DtiError as exc:
     _config_error(str(exc))
-BACKBONES = config["backbones"]
-METHODS = config["methods"]
+METHODS = config["methods"]  # the methods that run, on every backbone
 PROMPT_SETS = config["prompt_sets"]
 SEEDS = config["seeds"]
 
@@ -78,33 +96,10 @@ for _name, _spec in SUBJECTS.items():
         _config_error(f"subject {_name} has source 'folder' but data.images_dir is not set")
 
 
-def _checkpoints(backbone):
-    """The training steps of `backbone` to sample and score: eval_steps (default: the last step). Each
-    must be a step that training saves, so no checkpoint is ever made up or retrained."""
-    train = BACKBONES[backbone]["train"]
-    last, every = train["steps"], train["save_every"]
-    steps = sorted(set(config.get("eval_steps") or [last]))
-    for step in steps:
-        if step > last or (step % every and step != last):
-            _config_error(
-                f"eval_steps: {step} is not a checkpoint of backbone {backbone} (training saves "
-                f"every {every} steps and the last step, {last})"
-            )
-    return steps
-
-
-EVAL_STEPS = {b: _checkpoints(b) for b in BACKBONES}
-
-
-def _summary_steps():
-    wanted = config["aggregate"].get("summary_step")
-    for backbone, steps in EVAL_STEPS.items():
-        if wanted is not None and wanted not in steps:
-            _config_error(
-                f"aggregate.summary_step: {wanted} is not among the steps scored for backbone "
-                f"{backbone} ({steps}); add it to eval_steps"
-            )
-    return {b: wanted if wanted is not None else steps[-1] for b, steps in EVAL_STEPS.items()}
+def run_path(path):
+    """`path` in this config's own folder, results/runs/{run_name}/: the outputs that depend on the config
+    as a whole (tables, analyses, report files), so two configs in one working folder keep theirs apart."""
+    return f"{RUN_DIR}/{path}"
 
 
 def _summary_prompt_set():
@@ -115,9 +110,12 @@ def _summary_prompt_set():
     return wanted or labels[0]
 
 
-SUMMARY = {"prompt_set": _summary_prompt_set(), "step": _summary_steps()}
+try:  # the headline tables' checkpoint per backbone (aggregate.summary_step, or each one's last)
+    SUMMARY = {"prompt_set": _summary_prompt_set(), "step": summary_steps(config)}
+except DtiError as exc:
+    _config_error(str(exc))
 
-TRAINED_METHODS = sorted({get_method(m).trained_as or m for m in METHODS})
+TRAINED_METHODS = trained_methods(METHODS)
 
 
 def _alternatives(names):
@@ -142,10 +140,20 @@ def dreambooth_dir():
     return config["data"].get("dreambooth") or "resources/dreambooth"
 
 
-def dreambooth_files(subject):
+@functools.lru_cache(maxsize=None)
+def _dreambooth_manifest():
+    """The pinned DreamBooth file list, read once per planning (every subject's input function asks)."""
     from dti.dreambooth import read_manifest
 
-    return [str(Path(dreambooth_dir()) / e.path) for e in read_manifest() if e.path.startswith(f"{subject}/")]
+    return tuple(read_manifest())
+
+
+def dreambooth_files(subject):
+    return [
+        str(Path(dreambooth_dir()) / e.path)
+        for e in _dreambooth_manifest()
+        if e.path.startswith(f"{subject}/")
+    ]
 
 
 def folder_images(subject):
@@ -184,7 +192,15 @@ def tiny_model_dir(wildcards):
 
 
 def method_hp(wildcards):
-    return canonical(METHODS.get(wildcards.method) or {})
+    """The method's hyper-parameters on this backbone (global, with the backbone's own merged in): a
+    change on one backbone reruns only that backbone's jobs."""
+    return canonical(BACKBONE_METHODS[wildcards.backbone].get(wildcards.method) or {})
+
+
+def initializer(wildcards):
+    """The words this (backbone, trained method, subject) starts from: the subject field the backbone's
+    `initializer_from` names for the method (default: the subject's initializer, its class noun)."""
+    return INITIALIZERS[wildcards.backbone][wildcards.method][wildcards.subject]
 
 
 def train_settings(wildcards):
@@ -232,8 +248,9 @@ def trained_run(wildcards):
 
 
 def rescale_to(wildcards):
-    method = get_method(wildcards.method)
-    return (METHODS[wildcards.method] or {}).get("magnitude", "mean") if method.rescale_to_magnitude else None
+    if not get_method(wildcards.method).rescale_to_magnitude:
+        return None
+    return BACKBONE_METHODS[wildcards.backbone][wildcards.method].get("magnitude", "mean")
 
 
 def prompt_sets_for(wildcards):
@@ -276,7 +293,7 @@ def run_records():
 
 
 def table_files():
-    return [f"results/tables/{name}.{ext}" for name in TABLE_NAMES for ext in ("parquet", "tex")]
+    return [run_path(f"tables/{name}.{ext}") for name in TABLE_NAMES for ext in ("parquet", "tex")]
 
 
 def gpu_runtime(base_minutes):
@@ -285,6 +302,4 @@ def gpu_runtime(base_minutes):
 
 
 def dreambooth_files_all():
-    from dti.dreambooth import read_manifest
-
-    return [f"resources/dreambooth/{e.path}" for e in read_manifest()]
+    return [f"resources/dreambooth/{e.path}" for e in _dreambooth_manifest()]

@@ -1,18 +1,26 @@
 # The analyses' settings, checked at planning time (errors name the key), and the helpers their rules call
-# (rules/interpolation.smk, analysis.smk, report.smk). Definitions: docs/analysis.md.
+# (rules/interpolation.smk, analysis.smk, report.smk). Definitions: docs/analysis.md. Every output here
+# depends on the config as a whole, so it lives in the run's folder (run_path: results/runs/{run_name}/).
 from dti.analysis import pick_backbones
 from dti.analysis.fidelity import pick_metrics
 from dti.analysis.magnitude import check_sweep
 from dti.interpolation import parse_interpolation, schemes_for
 
+
+def _analysis_backbones(value, where):
+    """The backbones an analysis runs on: named among all of `backbones` (null: all), planned on those that
+    only_backbones keeps (so a layer such as config/paper-sana.yaml may leave an analysis none)."""
+    return [b for b in pick_backbones(value, config["backbones"], where) if b in BACKBONES]
+
+
 try:
     INTERPOLATION = parse_interpolation(config.get("interpolation"), SUBJECTS, TRAINED_METHODS)
     _sweep = (config.get("analysis") or {}).get("magnitude") or {}
     MAGNITUDE = check_sweep(_sweep) if _sweep.get("enabled", True) else None
-    INTERPOLATION_BACKBONES = pick_backbones(
-        (config.get("interpolation") or {}).get("backbones"), BACKBONES, "interpolation.backbones"
+    INTERPOLATION_BACKBONES = _analysis_backbones(
+        (config.get("interpolation") or {}).get("backbones"), "interpolation.backbones"
     )
-    SWEEP_BACKBONES = pick_backbones(_sweep.get("backbones"), BACKBONES, "analysis.magnitude.backbones")
+    SWEEP_BACKBONES = _analysis_backbones(_sweep.get("backbones"), "analysis.magnitude.backbones")
     if INTERPOLATION.pairs or MAGNITUDE:
         pick_metrics(config["metrics"])
 except DtiError as exc:
@@ -72,18 +80,20 @@ def pair_subject(end):
 
 
 def interpolation_fidelity_files():
-    return [f"results/interpolation/{b}/{p}/fidelity.parquet" for b in INTERPOLATION_BACKBONES for p in PAIRS]
+    return [
+        run_path(f"interpolation/{b}/{p}/fidelity.parquet") for b in INTERPOLATION_BACKBONES for p in PAIRS
+    ]
 
 
 def interpolation_figures(kind, ext):
-    return [f"results/interpolation/{b}/{p}/{kind}.{ext}" for b in INTERPOLATION_BACKBONES for p in PAIRS]
+    return [run_path(f"interpolation/{b}/{p}/{kind}.{ext}") for b in INTERPOLATION_BACKBONES for p in PAIRS]
 
 
 def interpolation_reports(kind):
     """The PNG figures of one kind, marked for the report (labels: backbone and pair)."""
     return [
         reported(
-            f"results/interpolation/{b}/{p}/{kind}.png",
+            run_path(f"interpolation/{b}/{p}/{kind}.png"),
             f"interpolation_{kind}",
             category="Interpolation",
             subcategory={"strip": "Strips", "curves": "Curves"}[kind],
@@ -94,11 +104,11 @@ def interpolation_reports(kind):
     ]
 
 
-INTERPOLATION_TABLES = [f"results/interpolation/{name}.parquet" for name in ("summary", "paths", "per_t")]
+INTERPOLATION_TABLES = [run_path(f"interpolation/{name}.parquet") for name in ("summary", "paths", "per_t")]
 
 
 def interpolation_files():
-    if not PAIRS:
+    if not PAIRS or not INTERPOLATION_BACKBONES:
         return []
     figures = [
         f
@@ -106,7 +116,7 @@ def interpolation_files():
         for ext in ("png", "pdf", "parquet")
         for f in interpolation_figures(kind, ext)
     ]
-    return [*INTERPOLATION_TABLES, "results/interpolation/summary.tex", *figures]
+    return [*INTERPOLATION_TABLES, run_path("interpolation/summary.tex"), *figures]
 
 
 # --- norm analysis and magnitude sweep --------------------------------------------------------------------
@@ -120,7 +130,7 @@ def sweep_runs(wildcards):
 
 def norm_analysis_files():
     return [
-        f"results/analysis/{kind}/{b}.{ext}"
+        run_path(f"analysis/{kind}/{b}.{ext}")
         for kind in ("norm_curves", "vocab_norms")
         for b in BACKBONES
         for ext in ("png", "pdf", "parquet")
@@ -131,7 +141,9 @@ def magnitude_files():
     if not MAGNITUDE:
         return []
     return [
-        f"results/analysis/magnitude/{b}.{ext}" for b in SWEEP_BACKBONES for ext in ("png", "pdf", "parquet")
+        run_path(f"analysis/magnitude/{b}.{ext}")
+        for b in SWEEP_BACKBONES
+        for ext in ("png", "pdf", "parquet")
     ]
 
 
@@ -142,7 +154,7 @@ def analysis_files():
 def analysis_reports(kind, caption, subcategory, backbones=BACKBONES):
     return [
         reported(
-            f"results/analysis/{kind}/{b}.png",
+            run_path(f"analysis/{kind}/{b}.png"),
             caption,
             category="Norms and directions",
             subcategory=subcategory,
@@ -169,13 +181,13 @@ def sample_manifests():
 
 
 def grid_files(ext):
-    return [f"results/report/grids/{b}/{s}.{ext}" for b in BACKBONES for s in SUBJECTS]
+    return [run_path(f"report/grids/{b}/{s}.{ext}") for b in BACKBONES for s in SUBJECTS]
 
 
 def grid_reports():
     return [
         reported(
-            f"results/report/grids/{b}/{s}.png",
+            run_path(f"report/grids/{b}/{s}.png"),
             "sample_grid",
             category="Samples",
             subcategory=b,
@@ -188,22 +200,27 @@ def grid_reports():
 
 def table_pages():
     """{page name: Parquet file} of every table the report shows."""
-    pages = {name: f"results/tables/{name}.parquet" for name in TABLE_NAMES}
-    if PAIRS:
-        pages["interpolation"] = "results/interpolation/summary.parquet"
+    pages = {name: run_path(f"tables/{name}.parquet") for name in TABLE_NAMES}
+    if PAIRS and INTERPOLATION_BACKBONES:
+        pages["interpolation"] = run_path("interpolation/summary.parquet")
     return pages
 
 
 TABLE_NOTES = {
     "interpolation": "Smoothness of concept interpolation per method and path (docs/analysis.md); "
-    "LaTeX: results/interpolation/summary.tex.",
+    f"LaTeX: {run_path('interpolation/summary.tex')}.",
 }
+
+
+def report_table_pages():
+    """The report's HTML page of each table."""
+    return [run_path(f"report/tables/{n}.html") for n in table_pages()]
 
 
 def report_files():
     return [
         *grid_files("png"),
         *grid_files("pdf"),
-        *[f"results/report/tables/{n}.html" for n in table_pages()],
-        *[f"results/analysis/checkpoints.{ext}" for ext in ("png", "pdf")],
+        *report_table_pages(),
+        *[run_path(f"analysis/checkpoints.{ext}") for ext in ("png", "pdf")],
     ]

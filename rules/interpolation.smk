@@ -10,7 +10,7 @@ rule interpolate:
         runs=pair_run_files,
         model=model_json,
     output:
-        manifest="results/interpolation/{backbone}/{pair}/manifest.parquet",
+        manifest=run_path("interpolation/{backbone}/{pair}/manifest.parquet"),
     log:
         "logs/interpolate/{backbone}/{pair}.log",
     benchmark:
@@ -35,13 +35,13 @@ rule interpolate:
 
 rule score_interpolation:
     input:
-        manifest="results/interpolation/{backbone}/{pair}/manifest.parquet",
+        manifest=run_path("interpolation/{backbone}/{pair}/manifest.parquet"),
         a=pair_subject("a"),
         b=pair_subject("b"),
         metrics="resources/metrics.json",
         tiny_metrics=lambda wc: list(analysis_tiny_metrics().values()),
     output:
-        "results/interpolation/{backbone}/{pair}/fidelity.parquet",
+        run_path("interpolation/{backbone}/{pair}/fidelity.parquet"),
     log:
         "logs/score_interpolation/{backbone}/{pair}.log",
     benchmark:
@@ -64,7 +64,7 @@ rule interpolation_outputs:
         subjects=list(subject_files(sorted({s for p in PAIRS.values() for s in (p.a, p.b)})).values()),
     output:
         tables=INTERPOLATION_TABLES,
-        tex="results/interpolation/summary.tex",
+        tex=run_path("interpolation/summary.tex"),
         strips=interpolation_reports("strip"),
         curves=interpolation_reports("curves"),
         other=[

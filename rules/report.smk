@@ -35,7 +35,7 @@ rule report_tables:
     output:
         [
             report(
-                f"results/report/tables/{name}.html",
+                run_path(f"report/tables/{name}.html"),
                 caption="../workflow/report/tables.rst",
                 category="Tables",
                 labels={"table": name},
@@ -58,15 +58,15 @@ rule report_tables:
 # The figure reads aggregate's over_steps table, the one home of the scores over checkpoints.
 rule checkpoint_sweep:
     input:
-        "results/tables/over_steps.parquet",
+        run_path("tables/over_steps.parquet"),
     output:
         figure=report(
-            "results/analysis/checkpoints.png",
+            run_path("analysis/checkpoints.png"),
             caption="../workflow/report/checkpoints.rst",
             category="Checkpoints",
             labels={"figure": "scores over training steps"},
         ),
-        pdf="results/analysis/checkpoints.pdf",
+        pdf=run_path("analysis/checkpoints.pdf"),
     log:
         "logs/checkpoint_sweep.log",
     benchmark:

@@ -22,7 +22,7 @@ rule train:
         train=train_settings,
         seed=config["training"]["seed"],
         placeholder=placeholder,
-        initializer=lambda wc: SUBJECTS[wc.subject]["initializer"],
+        initializer=initializer,
         code_version=CODE_VERSION,
     script:
         "../workflow/scripts/train.py"

@@ -13,12 +13,14 @@ import torch
 import yaml
 from workflow_run import REPO, planned_jobs, snakemake
 
+from dti.benchmark_config import load_config_files
 from dti.export import load_diffusers
 from dti.inspect import read_embedding_file
 from dti.interpolation import schemes_for, t_label
 from dti.methods import get_method
 
 DEFAULT = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+RUN = f"results/runs/{DEFAULT['run_name']}"  # the run's tables, analyses and report files
 BACKBONES = sorted(DEFAULT["backbones"])
 SUBJECTS = sorted(s["name"] for s in DEFAULT["subjects"])
 TRAINED = sorted({get_method(m).trained_as or m for m in DEFAULT["methods"]})
@@ -46,14 +48,14 @@ def variants():
 
 
 def test_every_analysis_output_is_written(default_run):
-    files = [f"results/analysis/{kind}/{b}.{ext}" for kind in ("norm_curves", "vocab_norms") for b in BACKBONES
+    files = [f"{RUN}/analysis/{kind}/{b}.{ext}" for kind in ("norm_curves", "vocab_norms") for b in BACKBONES
              for ext in ("png", "pdf", "parquet")]
-    files += [f"results/analysis/magnitude/{b}.{ext}" for b in SWEEP_BACKBONES for ext in ("png", "pdf", "parquet")]
-    files += [f"results/interpolation/{b}/{a}+{c}/{kind}.{ext}" for b in INTERP_BACKBONES for a, c in PAIRS
+    files += [f"{RUN}/analysis/magnitude/{b}.{ext}" for b in SWEEP_BACKBONES for ext in ("png", "pdf", "parquet")]
+    files += [f"{RUN}/interpolation/{b}/{a}+{c}/{kind}.{ext}" for b in INTERP_BACKBONES for a, c in PAIRS
               for kind in ("curves", "strip") for ext in ("png", "pdf", "parquet")]
-    files += [f"results/interpolation/{n}" for n in ("summary.parquet", "summary.tex", "paths.parquet", "per_t.parquet")]
-    files += [f"results/report/grids/{b}/{s}.{ext}" for b in BACKBONES for s in SUBJECTS for ext in ("png", "pdf")]
-    files += [f"results/analysis/checkpoints.{ext}" for ext in ("png", "pdf")]  # its numbers: over_steps.parquet
+    files += [f"{RUN}/interpolation/{n}" for n in ("summary.parquet", "summary.tex", "paths.parquet", "per_t.parquet")]
+    files += [f"{RUN}/report/grids/{b}/{s}.{ext}" for b in BACKBONES for s in SUBJECTS for ext in ("png", "pdf")]
+    files += [f"{RUN}/analysis/checkpoints.{ext}" for ext in ("png", "pdf")]  # its numbers: over_steps.parquet
     missing = [f for f in files if not (default_run / f).is_file() or (default_run / f).stat().st_size == 0]
     assert not missing
     for rule in ANALYSIS_RULES:
@@ -63,7 +65,7 @@ def test_every_analysis_output_is_written(default_run):
 
 def test_training_curves_hold_dti_at_m_and_show_ti_inflating(default_run):
     for backbone in BACKBONES:
-        curves = pd.read_parquet(default_run / f"results/analysis/norm_curves/{backbone}.parquet")
+        curves = pd.read_parquet(default_run / f"{RUN}/analysis/norm_curves/{backbone}.parquet")
         steps = DEFAULT["backbones"][backbone]["train"]["steps"]
         assert len(curves[curves["method"] == "dti"]) == steps * sum(
             len(json.loads((default_run / f"results/{backbone}/dti/{s}/run.json").read_text())["norms"])
@@ -72,7 +74,7 @@ def test_training_curves_hold_dti_at_m_and_show_ti_inflating(default_run):
         assert ((dti["norm"] / dti["vocab_norm_mean"] - 1).abs() < 1e-5).all()
         last = curves[(curves["method"] == "ti") & (curves["step"] == steps)]
         assert (last["norm"] / last["vocab_norm_mean"] > 1.5).all()  # as the norms table shows
-        hist = pd.read_parquet(default_run / f"results/analysis/vocab_norms/{backbone}.parquet")
+        hist = pd.read_parquet(default_run / f"{RUN}/analysis/vocab_norms/{backbone}.parquet")
         assert sorted(hist.loc[hist["kind"] == "learned", "method"].unique()) == TRAINED
 
 
@@ -80,7 +82,7 @@ def test_interpolated_embeddings_are_loadable_files(default_run):
     family = {b: DEFAULT["backbones"][b]["family"] for b in BACKBONES}
     for backbone in INTERP_BACKBONES:
         for a, b in PAIRS:
-            folder = default_run / f"results/interpolation/{backbone}/{a}+{b}/embeddings"
+            folder = default_run / f"{RUN}/interpolation/{backbone}/{a}+{b}/embeddings"
             for method, scheme in variants():
                 for t in INTERP["t"]:
                     here = folder / f"{method}-{scheme}" / t_label(t)
@@ -99,7 +101,7 @@ def test_interpolated_embeddings_are_loadable_files(default_run):
 
 
 def test_interpolation_table_covers_every_method_and_path(default_run):
-    summary = pd.read_parquet(default_run / "results/interpolation/summary.parquet")
+    summary = pd.read_parquet(default_run / f"{RUN}/interpolation/summary.parquet")
     expected = {(b, m, s) for b in INTERP_BACKBONES for m, s in variants()}
     assert set(zip(summary["backbone"], summary["method"], summary["scheme"], strict=True)) == expected
     assert (summary["n_paths"] == len(PAIRS) * len(INTERP["prompts"]) * len(INTERP["seeds"])).all()
@@ -107,18 +109,18 @@ def test_interpolation_table_covers_every_method_and_path(default_run):
     dti = summary[summary["method"] == "dti"]
     assert ((dti["norm_mid"] - 1).abs() < 1e-5).all()  # DTI's path never leaves the norm m
     assert summary["max_jump"].between(1 / (len(INTERP["t"]) - 1) - 1e-9, 1).all()
-    tex = (default_run / "results/interpolation/summary.tex").read_text()
+    tex = (default_run / f"{RUN}/interpolation/summary.tex").read_text()
     assert "\\toprule" in tex and "\\bottomrule" in tex
 
 
 def test_magnitude_sweep_covers_every_token_and_scale(default_run):
-    assert sorted(p.stem for p in (default_run / "results/analysis/magnitude").glob("*.png")) == sorted(SWEEP_BACKBONES)
+    assert sorted(p.stem for p in (default_run / f"{RUN}/analysis/magnitude").glob("*.png")) == sorted(SWEEP_BACKBONES)
     for backbone in SWEEP_BACKBONES:
-        scores = pd.read_parquet(default_run / f"results/magnitude/{backbone}/fidelity.parquet")
+        scores = pd.read_parquet(default_run / f"{RUN}/magnitude/{backbone}/fidelity.parquet")
         assert len(scores) == len(TRAINED) * len(SUBJECTS) * len(SWEEP["scales"]) * len(SWEEP["prompts"]) * len(
             SWEEP["seeds"])
         assert scores[["subject_fidelity", "text_fidelity"]].notna().all().all()
-        table = pd.read_parquet(default_run / f"results/analysis/magnitude/{backbone}.parquet")
+        table = pd.read_parquet(default_run / f"{RUN}/analysis/magnitude/{backbone}.parquet")
         assert len(table) == len(TRAINED) * len(SWEEP["scales"])
         assert (table["n_subjects"] == len(SUBJECTS)).all()
 
@@ -140,12 +142,12 @@ def test_a_pair_of_different_lengths_fails_naming_it_and_writes_nothing(default_
     a, b = min(lengths, key=lengths.get), max(lengths, key=lengths.get)
     assert lengths[a] != lengths[b]  # the embedded default has a two-token initializer
     config = write_config(tmp_path / "c.yaml", lambda c: c["interpolation"].update(pairs=[{"a": a, "b": b}]))
-    target = f"results/interpolation/{backbone}/{a}+{b}/manifest.parquet"
+    target = f"{RUN}/interpolation/{backbone}/{a}+{b}/manifest.parquet"
     result = snakemake(work, target, "--cores", "1", "--configfile", str(config), check=False)
     assert result.returncode != 0
     log = (work / f"logs/interpolate/{backbone}/{a}+{b}.log").read_text()
     assert f"interpolation pair {a}+{b}" in log and "different numbers of vectors" in log
-    assert not [p for p in (work / "results/interpolation").rglob("*") if f"{a}+{b}" in str(p) and p.is_file()]
+    assert not [p for p in (work / f"{RUN}/interpolation").rglob("*") if f"{a}+{b}" in str(p) and p.is_file()]
 
 
 @pytest.mark.parametrize(("change", "needle"), [
@@ -168,13 +170,17 @@ def test_bad_analysis_config_stops_with_one_line_naming_it(tmp_path, change, nee
     assert not (tmp_path / "results").exists()
 
 
-@pytest.mark.parametrize("config", ["paper-sdxl.yaml", "paper-sd15.yaml"])
-def test_paper_configs_plan_the_analyses_and_the_report(tmp_path, config):
-    paper = yaml.safe_load((REPO / "config" / config).read_text())
+@pytest.mark.parametrize(("config", "interpolated", "swept"), [
+    ("paper-sdxl.yaml", 1, 1),  # SDXL alone (extends config/paper.yaml)
+    ("paper-sana.yaml", 0, 1),  # the paper's interpolation runs on SDXL only
+    ("paper-sd15.yaml", 1, 1),
+])
+def test_paper_configs_plan_the_analyses_and_the_report(tmp_path, config, interpolated, swept):
+    paper = load_config_files([REPO / "config" / config])
     counts = Counter(rule for rule, _ in planned_jobs(tmp_path, "--configfile", str(REPO / "config" / config)))
-    n_backbones, n_pairs = len(paper["backbones"]), len(paper["interpolation"]["pairs"])
-    assert counts["interpolate"] == counts["score_interpolation"] == n_backbones * n_pairs
-    assert counts["magnitude_sweep"] == counts["score_magnitude_sweep"] == n_backbones  # no `backbones`: all
-    for rule in ("interpolation_outputs", "norm_analysis", "magnitude_outputs", "sample_grids", "report_tables",
-                 "checkpoint_sweep"):
+    n_pairs = len(paper["interpolation"]["pairs"])
+    assert counts["interpolate"] == counts["score_interpolation"] == interpolated * n_pairs
+    assert counts["interpolation_outputs"] == min(interpolated, 1)
+    assert counts["magnitude_sweep"] == counts["score_magnitude_sweep"] == swept  # no `backbones`: all kept
+    for rule in ("norm_analysis", "magnitude_outputs", "sample_grids", "report_tables", "checkpoint_sweep"):
         assert counts[rule] == 1, rule

@@ -26,7 +26,7 @@ from workflow_run import REPO, snakemake
 
 from dti import io as dti_io
 from dti import train as train_module
-from dti.benchmark_config import check_config, subject_rows
+from dti.benchmark_config import check_config, load_config_files, subject_rows
 from dti.cli import main
 from dti.errors import DtiError
 from dti.methods import HYPER_PARAMETERS
@@ -266,8 +266,15 @@ def test_the_schema_states_the_library_rule():
     assert schema["definitions"]["name"]["pattern"] == NAME_PATTERN
     for key in ("backbones", "methods"):
         assert schema["properties"][key]["propertyNames"] == {"$ref": "#/definitions/name"}
-    method = schema["properties"]["methods"]["additionalProperties"]
+    # One definition of a method's hyper-parameters, for `methods` and each backbone's `methods`.
+    hyper_parameters = {"$ref": "#/definitions/hyper_parameters"}
+    assert schema["properties"]["methods"]["additionalProperties"] == hyper_parameters
+    backbone = schema["properties"]["backbones"]["additionalProperties"]["properties"]
+    assert backbone["methods"]["additionalProperties"] == hyper_parameters
+    assert backbone["methods"]["propertyNames"] == {"$ref": "#/definitions/name"}
+    method = schema["definitions"]["hyper_parameters"]
     assert set(method["properties"]) == set(HYPER_PARAMETERS)  # every hyper-parameter, and nothing else
+    assert schema["properties"]["run_name"]["$ref"] == "#/definitions/name"
     subject = yaml.safe_load(SUBJECT_SCHEMA.read_text())
     assert schema["properties"]["subjects"]["items"] == {"$ref": SUBJECT_SCHEMA.name}
     assert subject["properties"]["name"] == {"$ref": f"{SCHEMA.name}#/definitions/name"}
@@ -374,6 +381,16 @@ CONFIG_CASES = {  # case: (change(config, tmp, models), culprit named in the mes
         resolution=70), "70 is not a multiple of 8"),
     "photo file name not UTF-8": (_folder_subject, "not valid UTF-8 ('IMG_\\udcff.png')"),
     "placeholder with a space": (_set("training", {"placeholder": "<{subject} x>"}), "one word without spaces"),
+    "a backbone's entry for a method that does not run": (
+        _set("backbones.tiny_sd.methods", {"ti_rescaled": {"magnitude": "mean"}}),
+        "backbones.tiny_sd.methods.ti_rescaled: 'ti_rescaled' is not one of `methods`"),
+    "kappa under ti on one backbone": (_set("backbones.tiny_sdxl.methods", {"ti": {"kappa": 0.1}}),
+                                       "backbones.tiny_sdxl.methods.ti: method 'ti' takes no hyper-parameter"),
+    "a run name escaping": (_set("run_name", "../other"), "'../other'"),
+    "no run name": (lambda c, t, m: c.pop("run_name"), "run_name: missing"),
+    "blank authors_initialization in a TSV": (_set("subject_table", lambda t, m: _tsv(
+        t, ["rex\tdog\tlive\tsynthetic\t "], "name\tclass\tkind\tsource\tauthors_initialization")),
+        "row 2: authors_initialization must be a non-blank text, got ' '"),
 }
 
 
@@ -415,15 +432,17 @@ def test_a_family_the_model_contradicts_is_refused_when_fetching_and_loading(tin
 
 
 def test_the_default_and_paper_configs_plan_cleanly():
-    for name in ("config.yaml", "paper-sdxl.yaml", "paper-sd15.yaml"):
-        config = yaml.safe_load((REPO / "config" / name).read_text())
-        assert _plan(config), name
+    for names in (["config.yaml"], ["paper.yaml"], ["paper-sdxl.yaml"], ["paper-sana.yaml"], ["paper-wan.yaml"],
+                  ["paper.yaml", "paper-wan.yaml"], ["paper-sd15.yaml"], ["paper-sd21.yaml"]):
+        config = load_config_files([REPO / "config" / name for name in names])
+        assert _plan(config), names
 
 
 @pytest.mark.parametrize(("case", "needle"), [
     ("subject name from a TSV escaping", "subject name '../../../../victim'"),  # rules/common.smk
     ("backbone key escaping", "'../evil'"),  # config/schema.yaml
     ("pull_weight under dti", "method 'dti' takes no hyper-parameter 'pull_weight'"),
+    ("kappa under ti on one backbone", "backbones.tiny_sdxl.methods.ti: method 'ti' takes no hyper-parameter"),
 ])
 def test_snakemake_plans_nothing_for_a_bad_config(tiny_models, tmp_path, case, needle):
     config = copy.deepcopy(DEFAULT)

@@ -33,18 +33,19 @@ def _find_authors_copy(name: str) -> Path | None:
 
 
 AUTHORS_PROMPTS = _find_authors_copy("prompts.py")
-AUTHORS_SUBJECTS = _find_authors_copy("dreambooth.json")
+AUTHORS_SUBJECTS = Path(__file__).parent / "fixtures" / "kunheek-dti" / "dreambooth.json"  # their data/dreambooth.json
 needs_copy = pytest.mark.skipif(AUTHORS_PROMPTS is None, reason="the authors' prompts.py copy is not here")
 
 
-@pytest.mark.skipif(AUTHORS_SUBJECTS is None, reason="the authors' dreambooth.json copy is not here")
-def test_paper_subject_table_has_the_authors_class_words():
+def test_paper_subject_table_has_the_authors_class_words_and_initializations():
     authors = json.loads(AUTHORS_SUBJECTS.read_text())
     with open(REPO / "config" / "subjects" / "dreambooth.tsv") as handle:
         table = {row["name"]: row for row in csv.DictReader(handle, delimiter="\t")}
     assert {name: row["class"] for name, row in table.items()} == {n: s["class"] for n, s in authors.items()}
     assert table["pink_sunglasses"]["class"] == "sunglasses"
     assert all(not row["initializer"] for row in table.values())  # so the initializer is the class word
+    assert {name: row["authors_initialization"] for name, row in table.items()} == {
+        n: s["initialization"] for n, s in authors.items()}
 
 
 @needs_copy

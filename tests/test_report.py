@@ -27,6 +27,7 @@ from workflow_run import REPO, snakemake
 pytestmark = pytest.mark.slow
 
 DEFAULT = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+RUN = f"results/runs/{DEFAULT['run_name']}"  # the run's tables, analyses and report files
 SECTIONS = ["Checkpoints", "Interpolation", "Norms and directions", "Samples", "Tables"]
 # What headless Chromium needs in a container: no sandbox (root), no GPU, and nothing that phones home.
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -86,13 +87,13 @@ def expected_results(run_dir: Path) -> set[str]:
     pairs = [f"{p['a']}+{p['b']}" for p in DEFAULT["interpolation"]["pairs"]]
     interpolated = DEFAULT["interpolation"].get("backbones") or backbones
     swept = DEFAULT["analysis"]["magnitude"].get("backbones") or backbones
-    files = {f"results/analysis/{kind}/{b}.png" for kind in ("norm_curves", "vocab_norms") for b in backbones}
-    files |= {f"results/analysis/magnitude/{b}.png" for b in swept}
-    files |= {f"results/interpolation/{b}/{p}/{kind}.png" for b in interpolated for p in pairs
+    files = {f"{RUN}/analysis/{kind}/{b}.png" for kind in ("norm_curves", "vocab_norms") for b in backbones}
+    files |= {f"{RUN}/analysis/magnitude/{b}.png" for b in swept}
+    files |= {f"{RUN}/interpolation/{b}/{p}/{kind}.png" for b in interpolated for p in pairs
               for kind in ("curves", "strip")}
-    files |= {f"results/report/grids/{b}/{s}.png" for b in backbones for s in subjects}
-    files |= {f"results/report/tables/{p.stem}.html" for p in (run_dir / "results/tables").glob("*.parquet")}
-    files |= {"results/report/tables/interpolation.html", "results/analysis/checkpoints.png"}
+    files |= {f"{RUN}/report/grids/{b}/{s}.png" for b in backbones for s in subjects}
+    files |= {f"{RUN}/report/tables/{p.stem}.html" for p in (run_dir / f"{RUN}/tables").glob("*.parquet")}
+    files |= {f"{RUN}/report/tables/interpolation.html", f"{RUN}/analysis/checkpoints.png"}
     assert all((run_dir / f).is_file() for f in files), sorted(f for f in files if not (run_dir / f).is_file())
     return files
 

@@ -17,6 +17,7 @@ from dti.tables import TABLE_NAMES
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 _DEFAULT = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+RUN = f"results/runs/{_DEFAULT['run_name']}"  # the run's tables
 ANALYSIS_SUBMISSIONS = (len(_DEFAULT["interpolation"].get("backbones") or _DEFAULT["backbones"])
                         * len(_DEFAULT["interpolation"]["pairs"])
                         + len(_DEFAULT["analysis"]["magnitude"].get("backbones") or _DEFAULT["backbones"]))
@@ -37,8 +38,8 @@ def test_embedded_default_on_slurm_matches_the_local_run(slurm_run, default_run)
     assert not [c for c in calls if " --gpus" not in c and re.search(r"rule_(train|sample|score)\b", c)]
 
     for name in TABLE_NAMES:
-        local = pd.read_parquet(default_run / f"results/tables/{name}.parquet")
-        remote = pd.read_parquet(work / f"results/tables/{name}.parquet")
+        local = pd.read_parquet(default_run / f"{RUN}/tables/{name}.parquet")
+        remote = pd.read_parquet(work / f"{RUN}/tables/{name}.parquet")
         pd.testing.assert_frame_equal(remote, local, check_exact=True)
     # Every GPU job left its log where the README says.
     assert len(list(work.glob("logs/train/*/*/*.log"))) == 18

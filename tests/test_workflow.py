@@ -19,6 +19,7 @@ from PIL import Image
 from workflow_run import REPO, planned_jobs, snakemake
 
 DEFAULT = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+RUN = f"results/runs/{DEFAULT['run_name']}"  # the run's tables, analyses and report files
 BACKBONES = sorted(DEFAULT["backbones"])
 METHODS = sorted(DEFAULT["methods"])
 SUBJECTS = sorted(s["name"] for s in DEFAULT["subjects"])
@@ -81,7 +82,7 @@ def test_tables_cover_the_whole_grid(default_run):
     assert labels["siglip_t"] == ["transformers:tiny-siglip@random/64x64-bicubic-norm-0.5/text64"]
 
     # The headline tables: the first prompt set (never pooled with the other) at the last step.
-    summary = pd.read_parquet(default_run / "results/tables/summary.parquet")
+    summary = pd.read_parquet(default_run / f"{RUN}/tables/summary.parquet")
     grid = {(b, m, x) for b in BACKBONES for m in METHODS for x in metrics}
     assert set(zip(summary["backbone"], summary["method"], summary["metric"], strict=True)) == grid
     assert set(summary["prompt_set"]) == {PROMPT_SETS[0]} and set(summary["step"]) == {max(STEPS)}
@@ -89,19 +90,19 @@ def test_tables_cover_the_whole_grid(default_run):
     assert (summary["n_images"] == len(SUBJECTS) * PROMPTS_PER_SET * len(SEEDS)).all()
     assert (summary["ci_low"] <= summary["mean"]).all() and (summary["mean"] <= summary["ci_high"]).all()
 
-    by_set = pd.read_parquet(default_run / "results/tables/by_prompt_set.parquet")
+    by_set = pd.read_parquet(default_run / f"{RUN}/tables/by_prompt_set.parquet")
     assert sorted(by_set["prompt_set"].unique()) == sorted(PROMPT_SETS)
-    by_kind = pd.read_parquet(default_run / "results/tables/by_kind.parquet")
+    by_kind = pd.read_parquet(default_run / f"{RUN}/tables/by_kind.parquet")
     assert sorted(by_kind["subject_kind"].unique()) == ["live", "object"]
-    per_subject = pd.read_parquet(default_run / "results/tables/per_subject.parquet")
+    per_subject = pd.read_parquet(default_run / f"{RUN}/tables/per_subject.parquet")
     assert len(per_subject) == CHAINS * len(PROMPT_SETS) * len(metrics)
-    over_steps = pd.read_parquet(default_run / "results/tables/over_steps.parquet")
+    over_steps = pd.read_parquet(default_run / f"{RUN}/tables/over_steps.parquet")
     assert len(over_steps) == len(BACKBONES) * len(PROMPT_SETS) * len(METHODS) * len(STEPS) * len(metrics)
-    assert "Step" in (default_run / "results/tables/over_steps.tex").read_text()
+    assert "Step" in (default_run / f"{RUN}/tables/over_steps.tex").read_text()
 
 
 def test_learned_norms_sit_next_to_the_vocabulary(default_run):
-    norms = pd.read_parquet(default_run / "results/tables/norms.parquet")
+    norms = pd.read_parquet(default_run / f"{RUN}/tables/norms.parquet")
     dti = norms[norms["method"] == "dti"]
     assert len(dti) == 3  # tiny_sd: clip_l; tiny_sdxl: clip_l and clip_g
     assert (dti["ratio"] - 1).abs().max() < 1e-5  # DTI keeps the vocabulary's mean norm exactly
@@ -110,7 +111,7 @@ def test_learned_norms_sit_next_to_the_vocabulary(default_run):
 
 
 def test_latex_tables_are_written(default_run):
-    tex = (default_run / "results/tables/summary.tex").read_text()
+    tex = (default_run / f"{RUN}/tables/summary.tex").read_text()
     assert "\\toprule" in tex and "\\bottomrule" in tex and "\\textbf{" in tex
     assert "vit\\_small\\_patch16\\_224.dino" in tex  # the caption names the metric models
 
@@ -187,6 +188,35 @@ def test_new_learning_rate_reruns_only_that_method(default_run, tmp_path):
     assert {wc["method"] for rule, wc in jobs if rule in ("train", "sample", "score")} == {"dti"}
 
 
+def test_a_setting_under_one_backbone_reruns_only_that_backbones_jobs(default_run, tmp_path):
+    work = copy_run(default_run, tmp_path / "run")
+    backbone = BACKBONES[0]
+    change = lambda c: c["backbones"][backbone].update(methods={"dti": {"kappa": 2e-4}})  # noqa: E731
+    jobs = planned_jobs(work, "--configfile", str(write_config(tmp_path / "c.yaml", change)))
+    assert {(wc["backbone"], wc["method"]) for rule, wc in jobs if rule in ("train", "sample", "score")} == {
+        (backbone, "dti")}
+    assert jobs_by_rule(jobs)["train"] == len(SUBJECTS)
+
+
+def test_a_backbone_starting_from_the_authors_phrase_retrains_only_what_it_changes(default_run, tmp_path):
+    """The subjects give an authors_initialization; one backbone's DTI starts from it: only the subject whose
+    phrase differs from its initializer retrains, on that backbone, for DTI."""
+    work = copy_run(default_run, tmp_path / "run")
+    backbone = BACKBONES[-1]
+
+    def change(config):
+        for subject in config["subjects"]:
+            subject["authors_initialization"] = subject.get("initializer", subject["class"])
+            if subject["name"] == "spotted_pup":
+                subject["authors_initialization"] = "puppy"
+        config["backbones"][backbone]["initializer_from"] = {"dti": "authors_initialization"}
+
+    jobs = planned_jobs(work, "--configfile", str(write_config(tmp_path / "c.yaml", change)))
+    assert {(wc["backbone"], wc["method"], wc["subject"]) for rule, wc in jobs if rule in ("train", "sample", "score")
+            } == {(backbone, "dti", "spotted_pup")}
+    assert jobs_by_rule(jobs)["train"] == 1 and "prepare_subject" not in jobs_by_rule(jobs)
+
+
 def test_a_new_eval_step_samples_and_scores_only_that_checkpoint(default_run, tmp_path):
     saved = set(range(SAVE_EVERY, LAST_STEP + 1, SAVE_EVERY)) | {LAST_STEP}
     new_step = max(saved - set(STEPS))  # a checkpoint training wrote but the default does not score
@@ -209,17 +239,21 @@ def test_a_new_eval_step_samples_and_scores_only_that_checkpoint(default_run, tm
 
 # --- planning the paper grid ------------------------------------------------------------------------
 def test_paper_config_plans_the_whole_grid_without_downloading(tmp_path):
-    paper = yaml.safe_load((REPO / "config/paper-sdxl.yaml").read_text())
+    paper = yaml.safe_load((REPO / "config/paper.yaml").read_text())
     assert paper["prompt_sets"] == ["dti_simple"] and paper["seeds"] == [0, 1, 2, 3]
-    assert paper["eval_steps"] == list(range(50, 401, 50))  # every checkpoint the launchers save
+    checkpoints = {b: spec["eval_steps"] for b, spec in paper["backbones"].items()}
+    assert checkpoints == {"sdxl": list(range(50, 401, 50)),  # every checkpoint the SDXL launchers save
+                           "sana": [100, 200, 300, 400, 500], "wan": [100, 200, 300, 400, 500]}
     assert {k: v["model"] for k, v in paper["metrics"].items() if v["backend"] == "transformers"} == {
         "dinov2": "facebook/dinov2-base", "siglip": "google/siglip-base-patch16-512"}
-    jobs = planned_jobs(tmp_path, "--configfile", str(REPO / "config/paper-sdxl.yaml"))
+    jobs = planned_jobs(tmp_path, "--configfile", str(REPO / "config/paper.yaml"))
     counts = jobs_by_rule(jobs)
-    assert counts["prepare_subject"] == 30
-    assert counts["train"] == 30 * 3  # the authors' three methods: ti, crossinit, dti
-    assert counts["sample"] == counts["score"] == 30 * 3 * 8
-    assert counts["fetch_dti_prompts"] == counts["fetch_metrics"] == 1
+    assert counts["prepare_subject"] == 30 and counts["fetch_model"] == 3
+    assert counts["train"] == 3 * 30 * 3  # three backbones, the authors' three methods: ti, crossinit, dti
+    assert counts["sample"] == counts["score"] == 30 * 3 * (8 + 5 + 5)
+    for backbone, steps in checkpoints.items():
+        assert {int(wc["step"]) for rule, wc in jobs if rule == "sample" and wc["backbone"] == backbone} == set(steps)
+    assert counts["fetch_dti_prompts"] == counts["fetch_metrics"] == counts["aggregate"] == 1
     assert not any(tmp_path.joinpath(p).exists() for p in ("resources", "results"))
 
 

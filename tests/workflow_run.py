@@ -105,3 +105,18 @@ def planned_jobs(workdir: Path, *args: str) -> list[tuple[str, dict]]:
             pairs = line.strip()[len("wildcards:"):].split(",")
             jobs[-1] = (rule, dict(p.strip().split("=", 1) for p in pairs if "=" in p))
     return jobs
+
+
+def planned_outputs(workdir: Path, *args: str) -> dict[str, set[str]]:
+    """{rule: the output files of all its jobs} that a dry run would write."""
+    out = snakemake(workdir, "-n", *args).stdout
+    outputs: dict[str, set[str]] = {}
+    rule = None
+    for line in out.splitlines():
+        match = re.match(r"^(?:local)?rule (\w+):$", line.strip())
+        if match:
+            rule = match.group(1)
+            outputs.setdefault(rule, set())
+        elif rule and line.strip().startswith("output:"):
+            outputs[rule] |= {p.strip() for p in line.strip()[len("output:"):].split(",") if p.strip()}
+    return outputs

@@ -1,14 +1,19 @@
-"""Checks of the benchmark configuration beyond what its JSON schemas express, made while planning.
+"""Checks of the benchmark configuration beyond what its JSON schemas express, made while planning, and
+the per-backbone views the rules plan with.
 
 config/schema.yaml checks keys, types and ranges, and config/subject.schema.yaml each subject (the entries
 of the inline `subjects` list with the config; the rows of a `subject_table` TSV, which `subject_rows`
 reads, in rules/common.smk). Here, before any job starts: subject names that appear twice, an empty
 subject table, one naming rule (dti.names) for every other name that becomes a path or a wildcard
-(backbones, methods, prompt sets), each method's own hyper-parameters, that no two prompt sets share a
-name, that some metric is enabled, photo file names that are text, and each backbone's family: a
-registered one (dti.backbones.registry), and the one the model's own model_index.json declares where the
-model is already on this machine. Torch-free, so planning stays fast; every error is a DtiError naming the
-config key, file or value.
+(the run, backbones, methods, prompt sets), each method's own hyper-parameters (the global `methods` and,
+merged over them, each backbone's `methods`), each backbone's checkpoints and the subject field its
+tokens start from, `only_backbones`, that no two prompt sets share a name, that some metric is enabled,
+photo file names that are text, and each backbone's family: a registered one (dti.backbones.registry),
+and the one the model's own model_index.json declares where the model is already on this machine.
+Torch-free, so planning stays fast; every error is a DtiError naming the config key, file or value.
+
+The views (`enabled_backbones`, `backbone_methods`, `eval_steps`, `initializers`) are what the rules
+give each job, so a job receives only its own backbone's settings.
 """
 
 from __future__ import annotations
@@ -18,12 +23,20 @@ import os
 from pathlib import Path
 
 from dti.backbones.registry import check_family
+from dti.config_layers import merged, resolve_extends
 from dti.errors import DtiError
-from dti.methods import check_hyper_parameters
+from dti.methods import check_hyper_parameters, get_method
 from dti.model_files import check_declared_family
 from dti.names import check_name
 
-TABLE_COLUMNS = ("name", "class", "kind", "source")  # and, optionally, initializer
+TABLE_COLUMNS = ("name", "class", "kind", "source")  # and, optionally, initializer and authors_initialization
+# The subject fields a backbone's tokens can start from (`backbones.<name>.initializer_from`): the subject's
+# `initializer` (its class noun unless given) or the DTI authors' `initialization` phrase.
+INITIALIZER_FIELDS = ("initializer", "authors_initialization")
+WORKFLOW_DIR = Path(__file__).resolve().parents[2]  # the Snakefile's folder, as in dti.subject_schema
+RUNS_DIR = "results/runs"  # results/runs/{run_name}/: one config's tables, analyses and report files
+# results/{backbone}/ holds the per-subject outputs, so no backbone may take the runs' folder name.
+RESERVED_BACKBONE_NAMES = ("runs",)
 
 
 def check_config(config: dict, subjects: list[tuple[str, dict]]) -> dict[str, dict]:
@@ -32,9 +45,18 @@ def check_config(config: dict, subjects: list[tuple[str, dict]]) -> dict[str, di
     `subjects`: the subject rows (`subject_rows`), each already valid against config/subject.schema.yaml.
     """
     table = subject_table(subjects, "subject_table" if config.get("subject_table") else "subjects")
+    check_run_name(config)
     for key in config["backbones"]:
         check_name(key, "backbones: backbone name")
+        if key in RESERVED_BACKBONE_NAMES:
+            raise DtiError(f"backbones: the name {key!r} is reserved ({RUNS_DIR}/ holds each run's tables); "
+                           "rename the backbone")
+    enabled_backbones(config)
     check_methods(config["methods"])
+    for key in config["backbones"]:  # every backbone, also those only_backbones leaves out
+        backbone_methods(config, key)
+        eval_steps(config, key)
+    initializers(config, table)
     check_prompt_set_names(config["prompt_sets"])
     check_metrics(config["metrics"])
     check_backbone_families(config["backbones"])
@@ -95,6 +117,144 @@ def subject_table(subjects: list[tuple[str, dict]], where: str) -> dict[str, dic
             raise DtiError(f"{label}: subject {row['name']!r} appears twice")
         table[row["name"]] = {**row, "initializer": row.get("initializer", row["class"])}
     return table
+
+
+def load_config_files(paths, basedir: str | os.PathLike = WORKFLOW_DIR) -> dict:
+    """The config the workflow plans with for `snakemake --configfile A B ...`: the files merged in order as
+    Snakemake merges them (a later file's keys win; mappings merge key by key, lists and values are
+    replaced), then its `extends` chain merged in as the Snakefile does (dti.config_layers)."""
+    import yaml
+
+    config: dict = {}
+    for path in paths:
+        try:
+            with open(path, encoding="utf-8") as handle:
+                layer = yaml.safe_load(handle) or {}
+        except (OSError, yaml.YAMLError) as err:
+            raise DtiError(f"config file {path}: cannot read: {str(err).splitlines()[0]}") from err
+        if not isinstance(layer, dict):
+            raise DtiError(f"config file {path}: expected a mapping of keys, got {type(layer).__name__}")
+        config = merged(config, layer)
+    return resolve_extends(config, basedir)
+
+
+def check_run_name(config: dict) -> str:
+    """The run's name: the folder results/runs/{run_name}/ of this config's tables, analyses and report, so
+    two configs run in one working folder never overwrite each other's."""
+    name = config.get("run_name")
+    if name is None:
+        raise DtiError("run_name: missing; name this config's run (e.g. `run_name: my-run`): its tables and "
+                       f"report go to {RUNS_DIR}/<run_name>/, apart from every other config's")
+    return check_name(name, "run_name")
+
+
+def run_dir(config: dict) -> str:
+    """results/runs/{run_name}: where this config's tables, analyses and report files live."""
+    return f"{RUNS_DIR}/{check_run_name(config)}"
+
+
+def enabled_backbones(config: dict) -> dict[str, dict]:
+    """{name: spec} of the backbones this run plans: `only_backbones` (each one of `backbones`; a layer such
+    as config/paper-sdxl.yaml sets it), in the order of `backbones`; every one when it is null."""
+    backbones = config["backbones"]
+    only = config.get("only_backbones")
+    if only is None:
+        return dict(backbones)
+    for i, name in enumerate(only):
+        if name not in backbones:
+            raise DtiError(f"only_backbones[{i}]: unknown backbone {name!r}; backbones: {sorted(backbones)}")
+    return {name: spec for name, spec in backbones.items() if name in only}
+
+
+def trained_methods(methods) -> list[str]:
+    """The methods that train, for `methods`: an evaluation-time variant trains as the method it reuses."""
+    return sorted({get_method(m).trained_as or m for m in methods})
+
+
+def backbone_methods(config: dict, backbone: str) -> dict[str, dict]:
+    """{method: hyper-parameters} on `backbone`: each global `methods` entry with the backbone's own
+    `methods` entry for it merged over it, key by key. The methods that run are the global ones: a
+    backbone entry for another method is an error, as is a merged setting the method does not take."""
+    methods = config["methods"]
+    overrides = config["backbones"][backbone].get("methods") or {}
+    where = f"backbones.{backbone}.methods"
+    for name in overrides:
+        if name not in methods:
+            raise DtiError(f"{where}.{name}: {name!r} is not one of `methods` ({', '.join(methods)}); the "
+                           "methods that run are the global ones, a backbone only changes their settings")
+    settings = {name: {**(hp or {}), **(overrides.get(name) or {})} for name, hp in methods.items()}
+    for name in overrides:
+        try:
+            check_hyper_parameters(name, settings[name])
+        except DtiError as err:
+            raise DtiError(f"{where}.{name}: {err}") from err
+    return settings
+
+
+def eval_steps(config: dict, backbone: str) -> list[int]:
+    """The training steps of `backbone` to sample and score: its own `eval_steps`, else the global one,
+    else its last step. Each must be a step training saves, so no checkpoint is made up or retrained."""
+    spec = config["backbones"][backbone]
+    train = spec["train"]
+    last, every = train["steps"], train["save_every"]
+    key = f"backbones.{backbone}.eval_steps" if spec.get("eval_steps") else "eval_steps"
+    steps = sorted(set(spec.get("eval_steps") or config.get("eval_steps") or [last]))
+    for step in steps:
+        if step > last or (step % every and step != last):
+            raise DtiError(f"{key}: {step} is not a checkpoint of backbone {backbone} (training saves every "
+                           f"{every} steps and the last step, {last})")
+    return steps
+
+
+def summary_steps(config: dict) -> dict[str, int]:
+    """{backbone: the checkpoint of its headline tables} for the backbones this run plans:
+    `aggregate.summary_step`, which every one of them must score, or else each one's last scored step."""
+    wanted = (config.get("aggregate") or {}).get("summary_step")
+    steps = {}
+    for backbone in enabled_backbones(config):
+        scored = eval_steps(config, backbone)
+        if wanted is not None and wanted not in scored:
+            raise DtiError(f"aggregate.summary_step: {wanted} is not among the steps scored for backbone "
+                           f"{backbone} ({scored}); add it to its eval_steps, or leave summary_step null for "
+                           "each backbone's last scored step")
+        steps[backbone] = scored[-1] if wanted is None else wanted
+    return steps
+
+
+def initializer_field(config: dict, backbone: str, method: str) -> str:
+    """The subject field `method`'s tokens start from on `backbone` (`backbones.<name>.initializer_from`:
+    one field for every method, or {method: field} with `initializer` for the methods it leaves out)."""
+    chosen = config["backbones"][backbone].get("initializer_from") or "initializer"
+    if isinstance(chosen, dict):
+        chosen = chosen.get(method) or "initializer"
+    return chosen
+
+
+def initializers(config: dict, subjects: dict[str, dict]) -> dict[str, dict[str, dict[str, str]]]:
+    """{backbone: {trained method: {subject: initializer}}}: the words each training job starts from, for
+    every backbone of the config (also those only_backbones leaves out)."""
+    trained = trained_methods(config["methods"])
+    planned = {}
+    for backbone, spec in config["backbones"].items():
+        where = f"backbones.{backbone}.initializer_from"
+        chosen = spec.get("initializer_from") or "initializer"
+        named = chosen if isinstance(chosen, dict) else {}
+        for method in named:
+            if method not in trained:
+                raise DtiError(f"{where}.{method}: {method!r} is not a method this config trains "
+                               f"({', '.join(trained)})")
+        for field in [chosen] if isinstance(chosen, str) else list(named.values()):
+            if field not in INITIALIZER_FIELDS:
+                raise DtiError(f"{where}: unknown subject field {field!r}; one of {list(INITIALIZER_FIELDS)}")
+        planned[backbone] = {}
+        for method in trained:
+            field = initializer_field(config, backbone, method)
+            missing = [name for name, row in subjects.items() if not row.get(field)]
+            if missing:
+                raise DtiError(f"{where}: subject {missing[0]!r} has no {field} (it starts {method} tokens "
+                               f"on {backbone}); give it in the subject table or choose `initializer`")
+            planned[backbone][method] = {name: row[field] for name, row in subjects.items()}
+    return planned
 
 
 def check_methods(methods: dict) -> None:

@@ -56,7 +56,7 @@ def write_sample_grids(manifests: list[dict], subject_jsons: dict[str, str], out
 # --- checkpoints --------------------------------------------------------------------------------------------
 def write_checkpoint_sweep(over_steps: str, out_stem: str) -> None:
     """The figure of the scores over training checkpoints, out_stem.png and .pdf, drawn from aggregate's
-    over_steps table (results/tables/over_steps.parquet), which holds its numbers."""
+    over_steps table (the run's tables/over_steps.parquet), which holds its numbers."""
     from dti.figures import save_figure
     from dti.figures.report import checkpoint_figure
 
