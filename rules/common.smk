@@ -21,6 +21,7 @@ from dti.benchmark_config import (
     summary_steps,
     trained_methods,
 )
+from dti.benchmark_config import train_settings as train_settings_for
 from dti.dti_prompts import is_dti_prompt_set, read_prompts_file
 from dti.dti_prompts import reference as dti_prompt_reference
 from dti.errors import DtiError
@@ -29,7 +30,7 @@ from dti.methods import get_method
 from dti.metrics.spec import tiny_families
 from dti.prompts import load_prompt_set
 from dti.subject_schema import subject_problem
-from dti.tables import TABLE_NAMES
+from dti.tables import table_names
 
 PROMPTS_DIR = Path(workflow.basedir) / "config" / "prompts"
 CODE_VERSION = dti.__version__
@@ -70,6 +71,9 @@ try:  # the subject table, names, per-method and per-backbone settings, prompt s
     EVAL_STEPS = {b: eval_steps(config, b) for b in BACKBONES}
     INITIALIZERS = initializers(config, SUBJECTS)  # {backbone: {trained method: {subject: words}}}
     RUN_DIR = run_dir(config)
+    TRAIN_SETTINGS = {  # {backbone: {trained method: its train settings}}: zero_pad can differ per method
+        b: {m: train_settings_for(config, b, m) for m in trained_methods(config["methods"])} for b in BACKBONES
+    }
 except DtiError as exc:
     _config_error(str(exc))
 METHODS = config["methods"]  # the methods that run, on every backbone
@@ -204,7 +208,7 @@ def initializer(wildcards):
 
 
 def train_settings(wildcards):
-    return canonical(BACKBONES[wildcards.backbone].get("train", {}))
+    return canonical(TRAIN_SETTINGS[wildcards.backbone][wildcards.method])
 
 
 def sample_settings(wildcards):
@@ -293,7 +297,7 @@ def run_records():
 
 
 def table_files():
-    return [run_path(f"tables/{name}.{ext}") for name in TABLE_NAMES for ext in ("parquet", "tex")]
+    return [run_path(f"tables/{name}.{ext}") for name in table_names(METHODS) for ext in ("parquet", "tex")]
 
 
 def gpu_runtime(base_minutes):

@@ -200,7 +200,7 @@ def grid_reports():
 
 def table_pages():
     """{page name: Parquet file} of every table the report shows."""
-    pages = {name: run_path(f"tables/{name}.parquet") for name in TABLE_NAMES}
+    pages = {name: run_path(f"tables/{name}.parquet") for name in table_names(METHODS)}
     if PAIRS and INTERPOLATION_BACKBONES:
         pages["interpolation"] = run_path("interpolation/summary.parquet")
     return pages

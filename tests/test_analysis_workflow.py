@@ -3,6 +3,7 @@ wrote, how they rerun, the paper configs' plans, and bad input."""
 
 from __future__ import annotations
 
+import copy
 import json
 import shutil
 from collections import Counter
@@ -11,7 +12,7 @@ import pandas as pd
 import pytest
 import torch
 import yaml
-from workflow_run import REPO, planned_jobs, snakemake
+from workflow_run import REPO, SHARED, planned_jobs, snakemake
 
 from dti.benchmark_config import load_config_files
 from dti.export import load_diffusers
@@ -19,7 +20,7 @@ from dti.inspect import read_embedding_file
 from dti.interpolation import schemes_for, t_label
 from dti.methods import get_method
 
-DEFAULT = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+DEFAULT = copy.deepcopy(SHARED)  # the shared run's config (tests/shared_run.yaml)
 RUN = f"results/runs/{DEFAULT['run_name']}"  # the run's tables, analyses and report files
 BACKBONES = sorted(DEFAULT["backbones"])
 SUBJECTS = sorted(s["name"] for s in DEFAULT["subjects"])
@@ -37,7 +38,7 @@ pytestmark = pytest.mark.slow
 
 
 def write_config(path, change):
-    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    config = copy.deepcopy(SHARED)  # the shared run's config, changed: a whole config, no layer
     change(config)
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     return path
@@ -93,11 +94,17 @@ def test_interpolated_embeddings_are_loadable_files(default_run):
                         single.vectors.values()))}  # SD: one unnamed tensor (emb_params)
                     for slot in rows:
                         torch.testing.assert_close(torch.from_numpy(singles[slot]), rows[slot])
+                    _, start = load_diffusers(default_run / f"results/{backbone}/{method}/{a}", SLOTS[family[backbone]])
+                    _, end = load_diffusers(default_run / f"results/{backbone}/{method}/{b}", SLOTS[family[backbone]])
                     if t == 0 and scheme == "lerp":  # the path starts at A's learned rows, exactly
-                        _, start = load_diffusers(default_run / f"results/{backbone}/{method}/{a}",
-                                                  SLOTS[family[backbone]])
                         for slot in rows:
                             torch.testing.assert_close(rows[slot], start[slot])
+                    if scheme == "slerp":  # at the fixed m (DTI), else the norm blended linearly (a trained m too)
+                        for slot in rows:
+                            norm = (1 - t) * start[slot].norm(dim=-1) + t * end[slot].norm(dim=-1)
+                            if get_method(method).on_sphere:
+                                norm = start[slot].norm(dim=-1)
+                            torch.testing.assert_close(rows[slot].norm(dim=-1), norm, rtol=1e-5, atol=1e-6)
 
 
 def test_interpolation_table_covers_every_method_and_path(default_run):

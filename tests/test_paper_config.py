@@ -246,3 +246,30 @@ def test_a_layer_over_a_missing_config_plans_nothing(tmp_path):
     lines = [line for line in (result.stdout + result.stderr).splitlines() if "no-such-paper" in line]
     assert lines and lines[0] == "config error: extends: config file not found: config/no-such-paper.yaml"
     assert not (tmp_path / "results").exists()
+
+
+def test_zero_pad_is_on_for_sanas_dti_only_as_the_authors_launch_it(paper):
+    from dti.benchmark_config import train_settings
+
+    config, _ = paper
+    padded = {(b, m) for b in PAPER for m in METHODS if train_settings(config, b, m).get("zero_pad")}
+    assert padded == {("sana", "dti")}
+    assert train_settings(config, "sana", "dti")["steps"] == 500  # the rest of the backbone's settings stay
+    wrong = copy.deepcopy(config)
+    wrong["backbones"]["sana"]["train"]["zero_pad"] = ["dti_typo"]
+    with pytest.raises(DtiError, match=r"backbones\.sana\.train\.zero_pad: 'dti_typo' is not a method"):
+        train_settings(wrong, "sana", "dti")
+
+
+def test_the_ablation_layer_plans_dti_beside_its_variants_on_sdxl():
+    from dti.methods import METHODS as REGISTRY
+    from dti.tables import table_names
+
+    config = load("paper-ablations.yaml")
+    planned(config)
+    assert list(enabled_backbones(config)) == ["sdxl"] and run_dir(config) == "results/runs/paper-ablations"
+    variants = [m for m, spec in REGISTRY.items() if spec.ablation_of == "dti"]
+    assert sorted(trained_methods(config["methods"])) == sorted([*METHODS, *variants])  # every ablation
+    assert eval_steps(config, "sdxl") == [400]
+    assert "ablation" in table_names(config["methods"])
+    assert backbone_methods(config, "sdxl")["dti"]["kappa"] == 1e-4  # the paper's settings underneath

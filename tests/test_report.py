@@ -9,6 +9,7 @@ reader clicks through it and records what each result showed.
 
 from __future__ import annotations
 
+import copy
 import html
 import json
 import os
@@ -20,13 +21,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
 from PIL import Image
-from workflow_run import REPO, snakemake
+from workflow_run import SHARED, snakemake
 
 pytestmark = pytest.mark.slow
 
-DEFAULT = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+DEFAULT = copy.deepcopy(SHARED)  # the shared run's config (tests/shared_run.yaml)
 RUN = f"results/runs/{DEFAULT['run_name']}"  # the run's tables, analyses and report files
 SECTIONS = ["Checkpoints", "Interpolation", "Norms and directions", "Samples", "Tables"]
 # What headless Chromium needs in a container: no sandbox (root), no GPU, and nothing that phones home.

@@ -6,18 +6,19 @@ equal those of the local run. Both runs are session fixtures (conftest.py) start
 
 from __future__ import annotations
 
+import copy
 import re
 
 import pandas as pd
 import pytest
-import yaml
-from workflow_run import REPO, snakemake
+from workflow_run import SHARED, snakemake
 
-from dti.tables import TABLE_NAMES
+from dti.tables import table_names
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
-_DEFAULT = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+_DEFAULT = copy.deepcopy(SHARED)  # the shared run's config (tests/shared_run.yaml)
 RUN = f"results/runs/{_DEFAULT['run_name']}"  # the run's tables
+CHAINS = len(_DEFAULT["backbones"]) * len(_DEFAULT["methods"]) * len(_DEFAULT["subjects"])
 ANALYSIS_SUBMISSIONS = (len(_DEFAULT["interpolation"].get("backbones") or _DEFAULT["backbones"])
                         * len(_DEFAULT["interpolation"]["pairs"])
                         + len(_DEFAULT["analysis"]["magnitude"].get("backbones") or _DEFAULT["backbones"]))
@@ -28,21 +29,21 @@ def test_embedded_default_on_slurm_matches_the_local_run(slurm_run, default_run)
     log = result.stdout + result.stderr
     calls = [line for line in log.splitlines() if line.startswith("sbatch call:")]
     gpu_calls = [c for c in calls if " --gpus=1" in c]
-    # 2 backbones x 3 methods x 3 subjects: one sbatch per train -> sample -> score chain; the analyses add one
+    # backbones x methods x subjects: one sbatch per train -> sample -> score chain; the analyses add one
     # per interpolated pair and backbone and one per swept backbone (render -> score, grouped the same way).
     chains = [c for c in gpu_calls if "--comment rule_chain_" in c]
     analyses = [c for c in gpu_calls if re.search(r"--comment rule_(interpolation|sweep)_", c)]
-    assert len(chains) == 18, calls
+    assert len(chains) == CHAINS, calls
     assert len(analyses) == ANALYSIS_SUBMISSIONS and len(gpu_calls) == len(chains) + len(analyses), calls
     assert all(" -p debug" in c and "--cpus-per-gpu=4" in c and "--signal=TERM@120" in c for c in gpu_calls)
     assert not [c for c in calls if " --gpus" not in c and re.search(r"rule_(train|sample|score)\b", c)]
 
-    for name in TABLE_NAMES:
+    for name in table_names(_DEFAULT["methods"]):  # the ablation table too
         local = pd.read_parquet(default_run / f"{RUN}/tables/{name}.parquet")
         remote = pd.read_parquet(work / f"{RUN}/tables/{name}.parquet")
         pd.testing.assert_frame_equal(remote, local, check_exact=True)
     # Every GPU job left its log where the README says.
-    assert len(list(work.glob("logs/train/*/*/*.log"))) == 18
+    assert len(list(work.glob("logs/train/*/*/*.log"))) == CHAINS
 
 
 def test_failed_job_names_rule_subject_and_log_and_rerun_keeps_finished_work(slurm_cluster, default_run,

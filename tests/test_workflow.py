@@ -6,6 +6,7 @@ that run's folder so they never disturb each other.
 
 from __future__ import annotations
 
+import copy
 import json
 import shutil
 from collections import Counter
@@ -16,9 +17,9 @@ import pandas as pd
 import pytest
 import yaml
 from PIL import Image
-from workflow_run import REPO, planned_jobs, snakemake
+from workflow_run import REPO, SHARED, planned_jobs, snakemake
 
-DEFAULT = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+DEFAULT = copy.deepcopy(SHARED)  # the shared run's config (tests/shared_run.yaml)
 RUN = f"results/runs/{DEFAULT['run_name']}"  # the run's tables, analyses and report files
 BACKBONES = sorted(DEFAULT["backbones"])
 METHODS = sorted(DEFAULT["methods"])
@@ -56,7 +57,7 @@ def copy_run(source: Path, dest: Path) -> Path:
 
 
 def write_config(path: Path, change) -> Path:
-    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    config = copy.deepcopy(SHARED)  # the shared run's config, changed: a whole config, no layer
     change(config)
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     return path
@@ -108,6 +109,30 @@ def test_learned_norms_sit_next_to_the_vocabulary(default_run):
     assert (dti["ratio"] - 1).abs().max() < 1e-5  # DTI keeps the vocabulary's mean norm exactly
     ti = norms[norms["method"] == "ti"]
     assert (ti["ratio"] > 1.5).all()  # TI's unconstrained norm inflates even in a few steps
+
+
+def test_the_ablation_table_puts_dti_beside_its_variants(default_run):
+    """The shared run trains two of DTI's ablations (tests/shared_run.yaml): their chains ran end to end and
+    the ablation table holds DTI and them, with the final norm over m per encoder."""
+    from dti.methods import METHODS as REGISTRY
+
+    variants = [m for m in METHODS if REGISTRY[m].ablation_of == "dti"]
+    assert len(variants) >= 2
+    table = pd.read_parquet(default_run / f"{RUN}/tables/ablation.parquet")
+    assert sorted(table["method"].unique()) == sorted(["dti", *variants])
+    ratio = table[table["metric"] == "norm_ratio"]
+    assert set(zip(ratio["backbone"], ratio["metric_model"], strict=True)) == {
+        ("tiny_sd", "clip_l"), ("tiny_sdxl", "clip_l"), ("tiny_sdxl", "clip_g")}
+    fixed = ratio[ratio["method"].map(lambda m: REGISTRY[m].on_sphere)]
+    assert (fixed["mean"] - 1).abs().max() < 1e-5  # DTI and the retracted AdamW keep the norm m exactly
+    trained = ratio[ratio["method"] == "dti_trained_norm"]
+    assert ((trained["mean"] - 1).abs() > 1e-6).all()  # a trained m moves
+    tex = (default_run / f"{RUN}/tables/ablation.tex").read_text()
+    assert "DTI (trained m)" in tex and "Norm / m" in tex and "\\textbf{" in tex
+    state = default_run / "results/tiny_sdxl/dti_trained_norm/spotted_pup/checkpoints/state.safetensors"
+    from dti.state import read_state
+
+    assert {"clip_l.magnitude", "clip_g.magnitude"} <= set(read_state(state).parameters)
 
 
 def test_latex_tables_are_written(default_run):

@@ -11,11 +11,19 @@ import threading
 import time
 from pathlib import Path
 
+from dti.benchmark_config import load_config_files
+
 REPO = Path(__file__).resolve().parents[1]
 SNAKEFILE = REPO / "Snakefile"
+# The shared run's config: the embedded default and what the demo leaves out (tests/shared_run.yaml), as the
+# workflow sees it; a call that names no config of its own runs with it.
+SHARED_CONFIG = REPO / "tests" / "shared_run.yaml"
+SHARED = load_config_files([SHARED_CONFIG])
 
 
 def snakemake_command(workdir: Path, *args: str) -> list[str]:
+    if not any(a.split("=")[0] in ("--configfile", "--configfiles") for a in args):
+        args = (*args, "--configfile", str(SHARED_CONFIG))  # last: --configfile takes every following word
     return [sys.executable, "-m", "snakemake", "-s", str(SNAKEFILE), "--directory", str(workdir), *args]
 
 

@@ -257,6 +257,22 @@ def initializers(config: dict, subjects: dict[str, dict]) -> dict[str, dict[str,
     return planned
 
 
+def train_settings(config: dict, backbone: str, method: str) -> dict:
+    """The `train` settings of one (backbone, trained method) job: the backbone's, with `zero_pad` (true,
+    false, or the list of methods it applies to, e.g. the authors' SANA runs pad DTI's prompts only)
+    resolved to this method's true or false."""
+    settings = dict(config["backbones"][backbone].get("train") or {})
+    zero_pad = settings.get("zero_pad", False)
+    if isinstance(zero_pad, list):
+        trained = trained_methods(config["methods"])
+        unknown = [m for m in zero_pad if m not in trained]
+        if unknown:
+            raise DtiError(f"backbones.{backbone}.train.zero_pad: {unknown[0]!r} is not a method this config "
+                           f"trains ({', '.join(trained)})")
+        settings["zero_pad"] = method in zero_pad
+    return settings
+
+
 def check_methods(methods: dict) -> None:
     """Every method is known, and takes every hyper-parameter given to it, each with a valid value."""
     for name, hp in methods.items():

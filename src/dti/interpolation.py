@@ -162,6 +162,7 @@ def render_pair(runs: dict[str, dict[str, str]], model_json: str, out_manifest: 
     """
     from dti.export import load_diffusers, save_diffusers, save_single_file
     from dti.io import write_parquet
+    from dti.methods import get_method
     from dti.model_record import load_recorded_backbone
     from dti.prompts import render
     from dti.sample import SampleJob, SampleSettings, generate, set_token_rows
@@ -181,7 +182,9 @@ def render_pair(runs: dict[str, dict[str, str]], model_json: str, out_manifest: 
     for method, ends in runs.items():
         _, vec_a = load_diffusers(Path(ends["a"]).parent, slots)
         _, vec_b = load_diffusers(Path(ends["b"]).parent, slots)
-        magnitudes = infos[method]["a"].get("magnitudes") or None  # DTI's m; empty for TI and CrossInit
+        # The fixed norm m of a method that keeps it (DTI): its slerp stays at m. Others (TI, CrossInit, a
+        # trained or drifting m) blend the norm linearly, whatever m they started from.
+        magnitudes = (infos[method]["a"].get("magnitudes") or None) if get_method(method).on_sphere else None
         for scheme in schemes[method]:
             jobs = []
             for value in t:
