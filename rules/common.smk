@@ -72,7 +72,8 @@ try:  # the subject table, names, per-method and per-backbone settings, prompt s
     INITIALIZERS = initializers(config, SUBJECTS)  # {backbone: {trained method: {subject: words}}}
     RUN_DIR = run_dir(config)
     TRAIN_SETTINGS = {  # {backbone: {trained method: its train settings}}: zero_pad can differ per method
-        b: {m: train_settings_for(config, b, m) for m in trained_methods(config["methods"])} for b in BACKBONES
+        b: {m: train_settings_for(config, b, m) for m in trained_methods(config["methods"])}
+        for b in BACKBONES
     }
 except DtiError as exc:
     _config_error(str(exc))
