@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import json
 import os
 import re
 import shutil
@@ -20,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from dti.errors import DtiError
+from dti.io import check_target
 from dti.terms import LIVE, OBJECT, SUBJECT_KINDS, check_kind
 
 COMMIT = "4f887af7970a06fc0cd3adaa1d0b368547d6a1d0"
@@ -153,6 +155,60 @@ def verify_dataset(folder: str | os.PathLike, manifest: str | os.PathLike = DEFA
 
 
 # ---------------------------------------------------------------------------------------------------
+# Where the files are used
+
+
+def marker_record(folder: str | os.PathLike, *, downloaded: bool, manifest: str | os.PathLike | None = None) -> dict:
+    """What `fetch_dreambooth`'s marker (resources/dreambooth.json) records: the verified folder, the sha256
+    of the checksum manifest (default: DEFAULT_MANIFEST) it was verified against, and whether the folder is
+    a download of ours."""
+    manifest = manifest if manifest is not None else DEFAULT_MANIFEST
+    return {"path": str(Path(folder).resolve()), "manifest_sha256": sha256_file(manifest), "downloaded": downloaded}
+
+
+def _read_marker(marker: Path, manifest: Path) -> dict:
+    try:
+        record = json.loads(marker.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise DtiError(f"{marker}: unreadable ({err}); delete it and rerun (fetch_dreambooth writes it again)"
+                       ) from err
+    if not isinstance(record, dict) or not isinstance(record.get("path"), str):
+        raise DtiError(f"{marker}: not a fetch_dreambooth marker; delete it and rerun (fetch_dreambooth writes it again)")
+    recorded = record.get("manifest_sha256")  # absent in an older version's marker: the files are checked anyway
+    if recorded is not None and recorded != sha256_file(manifest):
+        raise DtiError(f"{marker}: the dataset was verified against another checksum manifest than {manifest} "
+                       f"(sha256 {recorded}); delete it and rerun (fetch_dreambooth verifies the dataset again)")
+    return record
+
+
+def verify_used_files(paths: list[str | os.PathLike], *, marker: str | os.PathLike | None = None,
+                      manifest: str | os.PathLike | None = None) -> None:
+    """Check DreamBooth files where a job uses them (the photos a subject is prepared from), not only when
+    they were fetched: each must still be, byte for byte, the manifest's file of its name (`subject/file`),
+    so a photo replaced or edited after `fetch_dreambooth` is refused, naming it and how to restore it.
+    `marker`: fetch_dreambooth's record, checked to be for this manifest (default: DEFAULT_MANIFEST)."""
+    manifest = Path(manifest if manifest is not None else DEFAULT_MANIFEST)
+    record = _read_marker(Path(marker), manifest) if marker is not None else {}
+    entries = {e.path: e for e in read_manifest(manifest)}
+    if record.get("downloaded"):
+        remedy = (f"delete {record['path']} and {marker}, then rerun (fetch_dreambooth downloads and verifies "
+                  "it again)")
+    else:
+        remedy = f"restore it from the pinned release (github.com/google/dreambooth at {COMMIT})"
+    for path in map(Path, paths):
+        entry = entries.get(f"{path.parent.name}/{path.name}")
+        if entry is None:
+            raise DtiError(f"{path}: not a file of the pinned DreamBooth dataset ({manifest})")
+        try:
+            actual_sha, actual_bytes = sha256_file(path), path.stat().st_size
+        except OSError as err:
+            raise DtiError(f"cannot read DreamBooth file {path}: {err.strerror or err}; {remedy}") from err
+        problem = _mismatch(entry, actual_sha, actual_bytes, path)
+        if problem:
+            raise DtiError(f"{problem}: it changed after fetch_dreambooth verified it; {remedy}")
+
+
+# ---------------------------------------------------------------------------------------------------
 # Download
 
 
@@ -177,7 +233,7 @@ def fetch_dreambooth(
         # Never overwrite a user's folder; if it is damaged they must remove it deliberately.
         return verify_dataset(dest, manifest)
     entries = {e.path: e for e in read_manifest(manifest)}
-    dest.parent.mkdir(parents=True, exist_ok=True)
+    check_target(dest)  # its folder made; a dangling link at dest refused, never written through (dti.io)
     staging = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".partial"))
     staging.chmod(0o755)  # mkdtemp makes it owner-only; the dataset is ordinary readable data
     try:

@@ -10,7 +10,10 @@ whatever else it contains cannot run here. Three of its sets become prompt sets 
     dti_complex_lv2  COMPLEX_LV2   16 + 16 still longer ones
 
 Each set has an object list and a live list, like DreamBooth's prompts. The extracted lists are stored
-as JSON (`fetch_dti_prompts`), which is what sampling jobs read.
+as JSON (`fetch_dti_prompts`), which is what sampling jobs read. The JSON also keeps the text of the
+authors' file it was extracted from, so every job that reads it checks it again where it is used
+(`read_extracted`): that text must still have the pinned sha256 and give exactly the stored lists, so a
+prompt edited, added or removed by hand after the fetch is refused, never used.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ import tempfile
 from pathlib import Path
 
 from dti.errors import DtiError
-from dti.io import write_json
+from dti.io import check_target, output_root, write_json
 from dti.prompts import check_template
 from dti.terms import LIVE, OBJECT
 
@@ -116,14 +119,19 @@ def verify_prompts_file(path: str | os.PathLike, sha256: str = SHA256) -> bytes:
     return data
 
 
-def read_prompts_file(path: str | os.PathLike, sha256: str = SHA256) -> dict[str, dict[str, list[str]]]:
-    """Verify a local copy of the authors' prompts.py and extract its prompt sets."""
+def _read_source(path: str | os.PathLike, sha256: str) -> tuple[str, dict[str, dict[str, list[str]]]]:
+    """(text, sets) of a verified copy of the authors' prompts.py."""
     data = verify_prompts_file(path, sha256)
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as err:
         raise DtiError(f"{path}: not UTF-8 text: {err}") from err
-    return parse_prompts_source(text, str(path))
+    return text, parse_prompts_source(text, str(path))
+
+
+def read_prompts_file(path: str | os.PathLike, sha256: str = SHA256) -> dict[str, dict[str, list[str]]]:
+    """Verify a local copy of the authors' prompts.py and extract its prompt sets."""
+    return _read_source(path, sha256)[1]
 
 
 def _download(url: str, dest: Path) -> None:
@@ -140,23 +148,24 @@ def fetch_dti_prompts(out_json: str | os.PathLike, *, source: str | os.PathLike 
                       url: str = URL, sha256: str = SHA256) -> dict:
     """Verify a local copy (`source`) or download the pinned file, extract the sets, write `out_json`.
 
-    The JSON holds {"source", "sha256", "sets": {name: {"object": [...], "live": [...]}}}; it is written
-    only once the file has verified and parsed, atomically.
+    The JSON holds {"source", "sha256", "source_text", "sets": {name: {"object": [...], "live": [...]}}}:
+    the file's text (checked by `read_extracted` where the JSON is used) and the lists extracted from it. It
+    is written only once the file has verified and parsed, atomically, never through a link (dti.io).
     """
+    root = output_root(out_json)
+    check_target(out_json, root=root)
     if source is not None:
-        sets = read_prompts_file(source, sha256)
+        text, sets = _read_source(source, sha256)
     else:
-        out_dir = Path(out_json).parent
-        out_dir.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=out_dir) as tmp:
+        with tempfile.TemporaryDirectory(dir=Path(out_json).parent) as tmp:
             copy = Path(tmp) / "prompts.py"
             _download(url, copy)
             try:
-                sets = read_prompts_file(copy, sha256)
+                text, sets = _read_source(copy, sha256)
             except DtiError as err:
                 raise DtiError(f"downloaded from {url}: {err}") from err
-    record = {"source": SOURCE, "sha256": sha256, "sets": sets}
-    write_json(out_json, record)
+    record = {"source": SOURCE, "sha256": sha256, "source_text": text, "sets": sets}
+    write_json(out_json, record, root=root)
     return record
 
 
@@ -167,22 +176,51 @@ def reference(name: str, kind: str, limit: int | None = None) -> dict:
     return {"dti_prompt_set": name, "kind": kind, "limit": limit, "sha256": SHA256}
 
 
-def resolve_reference(ref: dict, prompts_json: str | os.PathLike | None) -> list[str]:
-    """The templates a `reference(...)` stands for, read from the JSON `fetch_dti_prompts` wrote."""
-    name = ref["dti_prompt_set"]
-    if prompts_json is None:
-        raise DtiError(f"prompt set {name}: no extracted DTI prompt file given (the fetch_dti_prompts output)")
-    path = Path(prompts_json)
+_RECREATE = "delete it and rerun (fetch_dti_prompts extracts it again)"
+
+
+def read_extracted(path: str | os.PathLike, sha256: str = SHA256) -> dict[str, dict[str, list[str]]]:
+    """The prompt sets of the JSON `fetch_dti_prompts` wrote, checked where they are used: it must record
+    the pinned `sha256`, hold the text of the authors' file with that very sha256, and its lists must be
+    exactly those that text gives (extracted again here: a few milliseconds). Anything else (a prompt edited,
+    added or removed by hand, a set dropped, a truncated file, another pin, an older version's JSON) is a
+    one-line DtiError naming the file and how to recreate it."""
+    path = Path(path)
     try:
         record = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as err:
-        raise DtiError(f"cannot read the extracted DTI prompts {path}: {err}") from err
-    if record.get("sha256") != ref["sha256"]:
-        raise DtiError(f"{path}: extracted from sha256 {record.get('sha256')}, but {name} is pinned to "
-                       f"{ref['sha256']}; rerun fetch_dti_prompts")
-    try:
-        templates = list(record["sets"][name][ref["kind"]])
-    except (KeyError, TypeError) as err:
-        raise DtiError(f"{path}: no {ref['kind']} list for prompt set {name}") from err
+        raise DtiError(f"cannot read the extracted DTI prompts {path} ({err}); {_RECREATE}") from err
+    if not isinstance(record, dict):
+        raise DtiError(f"{path}: not the extracted DTI prompts (a JSON object); {_RECREATE}")
+    if record.get("sha256") != sha256:
+        raise DtiError(f"{path}: extracted from sha256 {record.get('sha256')}, but the authors' file is pinned to "
+                       f"{sha256} ({SOURCE}); {_RECREATE}")
+    text = record.get("source_text")
+    if not isinstance(text, str):
+        raise DtiError(f"{path}: holds no text of the authors' file to check its lists against (an older "
+                       f"version wrote it); {_RECREATE}")
+    actual = sha256_bytes(text.encode("utf-8"))
+    if actual != sha256:
+        raise DtiError(f"{path}: its copy of the authors' file has sha256 {actual}, not the pinned {sha256} "
+                       f"(edited after the fetch); {_RECREATE}")
+    sets = parse_prompts_source(text, f"{path} (its copy of {SOURCE})")
+    if record.get("sets") != sets:
+        stored = record["sets"] if isinstance(record.get("sets"), dict) else {}
+        changed = sorted(n for n in {*sets, *stored} if stored.get(n) != sets.get(n))
+        raise DtiError(f"{path}: the prompt lists of {', '.join(changed) or 'its sets'} differ from those its "
+                       f"copy of the pinned file gives (edited after the fetch); {_RECREATE}")
+    return sets
+
+
+def resolve_reference(ref: dict, prompts_json: str | os.PathLike | None) -> list[str]:
+    """The templates a `reference(...)` stands for, read from the JSON `fetch_dti_prompts` wrote (checked
+    against the pinned file: read_extracted)."""
+    name = ref["dti_prompt_set"]
+    if prompts_json is None:
+        raise DtiError(f"prompt set {name}: no extracted DTI prompt file given (the fetch_dti_prompts output)")
+    sets = read_extracted(prompts_json, ref["sha256"])
+    if name not in sets:
+        raise DtiError(f"{prompts_json}: no prompt set {name}; {_RECREATE}")
+    templates = list(sets[name][ref["kind"]])
     return templates[: ref["limit"]] if ref["limit"] else templates
 

@@ -21,7 +21,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save
 
 from dti.errors import DtiError
-from dti.io import atomic_path
+from dti.io import write_bytes
 from dti.sphere import normalize
 
 
@@ -43,8 +43,7 @@ def canonical_bytes(blob: bytes) -> bytes:
 def _save(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
     blob = save({k: v.detach().float().cpu().contiguous() for k, v in tensors.items()},
                 metadata={"format": "pt", **{k: str(v) for k, v in metadata.items()}})
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(canonical_bytes(blob))
+    write_bytes(path, canonical_bytes(blob))  # atomically, never through a link (dti.io)
 
 
 def save_diffusers(out_dir: Path, placeholder: str, vectors: dict[str, torch.Tensor], metadata: dict,

@@ -24,6 +24,10 @@ def run_job(job, step: Callable, /, *args, gpu: bool = False, **kwargs):
     if gpu:
         work_offline()
     redirect_output(job.log[0] if job.log else None)
+    from dti.io import settle_future_times, use_output_roots
+
+    use_output_roots()  # every write stays inside the top folder of its output (results/, resources/)
+    settle_future_times(getattr(job, "input", []))  # another node's clock must not cost this job's outputs
     if not gpu:
         return step(*args, **kwargs)
     from dti.gpu_slots import claim_gpu

@@ -2,6 +2,13 @@
 
 The Snakemake scripts are one call each (dti.jobs.run_job) over these; nothing here knows about
 Snakemake, so every step can be run and tested from Python.
+
+Each step writes only inside the top folder of its output path (dti.io.output_root: results/ or
+resources/ of the working directory for the workflow's relative paths; an absolute path's own folder): that
+folder may be a link to other storage, but a symbolic link below it is refused, naming it, before the
+step's work (dti.io). What a step reads from a checksummed download is checked again where it is used:
+the DTI authors' prompt lists (dti.dti_prompts.read_extracted) and the DreamBooth photos
+(dti.dreambooth.verify_used_files).
 """
 
 from __future__ import annotations
@@ -11,7 +18,15 @@ from pathlib import Path
 
 from dti.devices import default_device
 from dti.errors import DtiError
-from dti.io import save_image, write_json, write_parquet
+from dti.io import (
+    check_target,
+    ensure_folder,
+    output_root,
+    save_image,
+    settle_future_times,
+    write_json,
+    write_parquet,
+)
 from dti.model_record import load_recorded_backbone, write_model_record
 
 
@@ -19,22 +34,33 @@ from dti.model_record import load_recorded_backbone, write_model_record
 def synthesize_subject(out_paths: list[str], *, name: str, kind: str, size: int, seed: int) -> None:
     from dti.synthetic import make_synthetic_subject
 
+    for path in out_paths:
+        check_target(path, root=output_root(path))
     for path, image in zip(out_paths, make_synthetic_subject(name, kind, len(out_paths), size, seed), strict=True):
-        save_image(path, image)
+        save_image(path, image, root=output_root(path))
 
 
 def fetch_dataset(out_marker: str, *, source: str | None, dest: str) -> None:
-    """Verify a local DreamBooth copy or download the pinned release; record where it lives."""
-    from dti.dreambooth import fetch_dreambooth
+    """Verify a local DreamBooth copy or download the pinned release; record where it lives and the checksum
+    manifest it was verified against (dti.dreambooth.marker_record; checked where the photos are used)."""
+    from dti.dreambooth import fetch_dreambooth, marker_record
 
+    check_target(out_marker, root=output_root(out_marker))
     path = fetch_dreambooth(dest, source=source)
-    write_json(out_marker, {"path": str(Path(path).resolve())})
+    write_json(out_marker, marker_record(path, downloaded=source is None), root=output_root(out_marker))
 
 
 def prepare(image_paths: list[str], out_json: str, *, name: str, class_noun: str, kind: str, initializer: str,
-            source: str) -> None:
+            source: str, dataset: str | None = None) -> None:
+    """Normalize one subject's photos; DreamBooth photos are first checked against the pinned checksums
+    (`dataset`: fetch_dreambooth's marker), so a photo changed after the fetch is never used."""
     from dti.subjects import prepare_subject
 
+    if source == "dreambooth":
+        from dti.dreambooth import verify_used_files
+
+        verify_used_files(image_paths, marker=dataset)
+    ensure_folder(Path(out_json).parent, root=output_root(out_json))
     prepare_subject(image_paths, Path(out_json).parent, name=name, class_noun=class_noun, kind=kind,
                     initializer=initializer, source=source)
 
@@ -62,6 +88,7 @@ def fetch_model(out_json: str, *, model: str, family: str, revision: str | None,
         from dti.model_files import check_declared_family
 
         check_declared_family(path, family)
+    check_target(out_json, root=output_root(out_json))
     write_model_record(out_json, model=path, family=family, revision=revision, source=model)
 
 
@@ -81,7 +108,7 @@ def fetch_metrics(out_json: str, *, metric_specs: dict, tiny_dirs: dict | None =
             if spec.backend == "transformers":
                 fetch_transformers_model(spec)
         labels.update({key: model.metric_model for key, model in load_metric_models(from_hub, "cpu").items()})
-    write_json(out_json, labels)
+    write_json(out_json, labels, root=output_root(out_json))
 
 
 # --- training ---------------------------------------------------------------------------------------
@@ -99,7 +126,8 @@ def train_subject(subject_json: str, model_json: str, out_dir: str, *, method: s
     # that occurs in prompts by chance, and each method's file can share a client's folder with the others'.
     settings = TrainSettings(method=method, hyper_parameters=hyper_parameters, placeholder=placeholder,
                              initializer=initializer, seed=seed, name=f"{method}-{subject['name']}", **train)
-    run = run_training(load_recorded_backbone(model_json, device), images, settings, out_dir, progress=False)
+    run = run_training(load_recorded_backbone(model_json, device), images, settings, out_dir, progress=False,
+                       root=output_root(out_dir))
     print(how_to_use(out_dir, settings.placeholder, settings.export_name, run["family"]))
     return run
 
@@ -125,6 +153,8 @@ def sample_subject(embeds_dir: str, model_json: str, subject_json: str, out_mani
 
     for prompt_set in prompt_sets:  # each names a folder of images; checked before the model load
         check_name(prompt_set, "prompt set")
+        ensure_folder(Path(out_manifest).parent / prompt_set, root=output_root(out_manifest))
+    check_target(out_manifest, root=output_root(out_manifest))
     prompt_sets = resolve_prompt_sets(prompt_sets, dti_prompts)
     backbone = load_recorded_backbone(model_json, device)
     render_subject(backbone, embeds_dir, subject_json, out_manifest, labels=labels, prompt_sets=prompt_sets,
@@ -135,7 +165,8 @@ def render_subject(backbone, embeds_dir: str, subject_json: str, out_manifest: s
                    prompt_sets: dict[str, list[str]], seeds: list[int], sample: dict, step: int | None = None,
                    rescale_to: str | None = None) -> None:
     """`sample_subject` with the backbone already loaded and the prompt sets resolved (the benchmark
-    times loading apart)."""
+    times loading apart). Images and manifest are written inside output_root(out_manifest), never through
+    a link: each image's folder and name are checked before the first image renders."""
     import pandas as pd
 
     from dti.prompts import eval_prompt, render
@@ -155,8 +186,10 @@ def render_subject(backbone, embeds_dir: str, subject_json: str, out_manifest: s
                 rows.append({**labels, "step": step, "subject_kind": subject["kind"], "prompt_set": prompt_set,
                              "prompt_id": prompt_id, "prompt": prompt,
                              "eval_prompt": eval_prompt(template, subject["class"]), "seed": seed, "image": image})
-    generate(backbone, jobs, SampleSettings(**sample), progress=False)
-    write_parquet(out_manifest, pd.DataFrame(rows))
+    root = output_root(out_manifest)
+    check_target(out_manifest, root=root)
+    generate(backbone, jobs, SampleSettings(**sample), progress=False, root=root)
+    write_parquet(out_manifest, pd.DataFrame(rows), root=root)
 
 
 # --- scoring ----------------------------------------------------------------------------------------
@@ -171,6 +204,7 @@ def score_subject(manifest_path: str, subject_json: str, out_scores: str, *, met
     from dti.metrics import score_samples
     from dti.subjects import load_subject
 
+    check_target(out_scores, root=output_root(out_scores))
     subject_dir = Path(subject_json).parent
     subject = load_subject(subject_dir)
     references = [load_image(subject_dir / name) for name in subject["images"]]
@@ -179,7 +213,7 @@ def score_subject(manifest_path: str, subject_json: str, out_scores: str, *, met
     manifest = pd.read_parquet(manifest_path)
     scores = score_samples(manifest, Path(manifest_path).parent, references, metric_specs,
                            device=device or default_device(), tiny_dirs=tiny_dirs)
-    write_parquet(out_scores, scores)
+    write_parquet(out_scores, scores, root=output_root(out_scores))
 
 
 # --- aggregation ------------------------------------------------------------------------------------
@@ -187,10 +221,16 @@ def aggregate(score_files: list[str], runs: list[dict], out_dir: str, *, n_boot:
               summary_prompt_set: str | None = None, summary_step: int | dict | None = None) -> None:
     """Tables from every score file; `runs` = [{"path": run.json, "backbone", "method", "subject"}].
 
-    `summary_prompt_set` / `summary_step` choose the headline prompt set and checkpoint (dti.tables)."""
+    `summary_prompt_set` / `summary_step` choose the headline prompt set and checkpoint (dti.tables).
+    An input dated in the future (a node's clock ahead of this one's) is re-dated to now, naming it
+    (dti.io.settle_future_times): otherwise Snakemake fails this step after it wrote the tables, finding
+    them older than that input, and deletes them."""
     import pandas as pd
 
     from dti.tables import build_tables, caption_for, write_tables
+
+    settle_future_times([*score_files, *(run["path"] for run in runs)])
+    ensure_folder(out_dir, root=output_root(out_dir))
 
     scores = pd.concat([pd.read_parquet(f) for f in score_files], ignore_index=True)
     norm_rows = []

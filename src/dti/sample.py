@@ -21,7 +21,7 @@ import torch
 from dti.backbones import Backbone
 from dti.errors import DtiError
 from dti.export import load_diffusers, rescale
-from dti.io import save_image
+from dti.io import check_target, save_image
 from dti.speedups import Speedups, attention_backend
 from dti.tokens import normalize_placeholder, resolve_magnitude
 
@@ -159,26 +159,33 @@ def prepare_modules(backbone: Backbone, settings: SampleSettings) -> Speedups:
     return speedups
 
 
-def _save_all(pool: ThreadPoolExecutor | None, jobs: list[SampleJob], pixels: torch.Tensor) -> list[Future]:
+def _save_all(pool: ThreadPoolExecutor | None, jobs: list[SampleJob], pixels: torch.Tensor,
+              root: Path | None) -> list[Future]:
     from PIL import Image
 
     futures = []
     for job, array in zip(jobs, pixels, strict=True):
         image = Image.fromarray(array.numpy())
         if pool is None:
-            save_image(job.path, image)
+            save_image(job.path, image, root=root)
         else:
-            futures.append(pool.submit(save_image, job.path, image))
+            futures.append(pool.submit(save_image, job.path, image, root=root))
     return futures
 
 
 @torch.inference_mode()
-def generate(backbone: Backbone, jobs: list[SampleJob], settings: SampleSettings, *, progress: bool = True) -> None:
-    """Render every job's image to its path (atomically)."""
+def generate(backbone: Backbone, jobs: list[SampleJob], settings: SampleSettings, *, progress: bool = True,
+             root: str | Path | None = None) -> None:
+    """Render every job's image to its path (atomically). Nothing is written outside `root` (default: each
+    image's own folder): every image's folders and name are checked before the first batch renders, and a
+    symbolic link among them is refused (dti.io)."""
     from tqdm.auto import tqdm
 
     if not jobs:
         return
+    root = Path(root) if root is not None else None
+    for job in jobs:
+        check_target(job.path, root=root)
     pipe = backbone.pipe
     pipe.set_progress_bar_config(disable=True)
     size = settings.batch_size
@@ -196,7 +203,7 @@ def generate(backbone: Backbone, jobs: list[SampleJob], settings: SampleSettings
                 pixels = to_uint8(backbone.decode_latents(latents))
                 for future in pending:  # at most one batch waits for its PNGs: host memory stays bounded
                     future.result()
-                pending = _save_all(pool, batch, pixels)
+                pending = _save_all(pool, batch, pixels, root)
         for future in pending:
             future.result()
     finally:

@@ -24,7 +24,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save
 
 from dti.export import canonical_bytes
-from dti.io import atomic_path
+from dti.io import write_bytes
 
 FORMAT = 2  # 1: rows.<slot> only (read as unreadable: training starts over)
 _META_KEY = "dti.state"
@@ -42,7 +42,9 @@ class TrainingState:
     optimizer_state: dict[int, dict]  # as in torch's Optimizer.state_dict()["state"]
 
 
-def save_state(path: Path, state: TrainingState) -> None:
+def save_state(path: Path, state: TrainingState, *, root: Path | None = None) -> None:
+    """Write the state atomically; `root` (default: the file's folder) is the folder nothing may be written
+    outside of: a symbolic link between it and the file is refused (dti.io)."""
     tensors = {f"param.{name}": value.detach().float().cpu().contiguous() for name, value in state.parameters.items()}
     other: dict[str, dict] = {}
     for index, entries in state.optimizer_state.items():
@@ -54,8 +56,7 @@ def save_state(path: Path, state: TrainingState) -> None:
                 other[str(index)][key] = value
     meta = {"format": FORMAT, "fingerprint": state.fingerprint, "step": state.step, "optimizer": other}
     blob = save(tensors, metadata={_META_KEY: json.dumps(meta, sort_keys=True)})
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(canonical_bytes(blob))  # the same state gives the same bytes
+    write_bytes(path, canonical_bytes(blob), root=root)  # the same state gives the same bytes
 
 
 def read_state(path: Path) -> TrainingState:

@@ -29,8 +29,8 @@ from PIL import Image
 from dti import __version__
 from dti.backbones import Backbone
 from dti.errors import DtiError
-from dti.export import save_diffusers, save_single_file
-from dti.io import atomic_path, write_json
+from dti.export import diffusers_file, save_diffusers, save_single_file
+from dti.io import LineLog, check_target, ensure_folder, write_json, write_text
 from dti.latents import CachedLatents, EncodeEveryStep
 from dti.methods import ResolvedMethod, resolve_method
 from dti.methods.units import SlotContext, Start, TokenMethod, trainable
@@ -374,7 +374,7 @@ class Trainer:
 
     def save_state(self) -> None:
         save_state(self.state_path, TrainingState(self.fingerprint(), self.step, self.parameters,
-                                                  self.optimizer.state_dict()["state"]))
+                                                  self.optimizer.state_dict()["state"]), root=self.out_dir)
 
     def read_state(self) -> TrainingState | None:
         """The saved state if it is whole and belongs to this very run; otherwise None, having said in one
@@ -473,9 +473,27 @@ def _append(log_file, path: Path, record: dict) -> None:
         raise DtiError(f"cannot write {path}: {err.strerror or err}") from err
 
 
+def _check_outputs(trainer: Trainer, out_dir: Path, root: Path) -> None:
+    """Create out_dir and its checkpoints folder, and refuse a symbolic link at any of them or at a file
+    training writes (dti.io), before the first step rather than after hours: nothing is written, or
+    removed, through a link planted in the folder."""
+    s = trainer.settings
+    ensure_folder(out_dir, root=root)
+    ensure_folder(trainer.state_path.parent, root=out_dir)
+    steps = sorted({*range(s.save_every, s.steps + 1, s.save_every), s.steps})
+    names = ["train_log.jsonl", "run.json", f"{s.export_name}.safetensors", "checkpoints/state.safetensors",
+             "checkpoints/state.pt"]
+    names += [diffusers_file(position, step) for position in range(len(trainer.slots)) for step in [None, *steps]]
+    for name in names:
+        check_target(out_dir / name, root=out_dir)
+
+
 def train(backbone: Backbone, images: list[Image.Image], settings: TrainSettings, out_dir: str | Path, *,
-          progress: bool = True, resume: bool = True) -> dict:
-    """Learn the placeholder's rows; write embeddings, checkpoints, train_log.jsonl and run.json to out_dir."""
+          progress: bool = True, resume: bool = True, root: str | Path | None = None) -> dict:
+    """Learn the placeholder's rows; write embeddings, checkpoints, train_log.jsonl and run.json to out_dir.
+
+    Nothing is written outside `root` (default: out_dir itself, which may be a link): a symbolic link in
+    out_dir where training writes, or between `root` and out_dir, is refused before the first step."""
     from tqdm.auto import tqdm
 
     out_dir = Path(out_dir)
@@ -484,10 +502,7 @@ def train(backbone: Backbone, images: list[Image.Image], settings: TrainSettings
     started = time.time()
     trainer = Trainer(backbone, images, settings, out_dir)
     trainer.check_vectors()  # e.g. a magnitude too small for fp32 gives a zero vector from the start
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise DtiError(f"cannot create output folder {out_dir}: {err.strerror or err}") from err
+    _check_outputs(trainer, out_dir, Path(root) if root is not None else out_dir)
     log_path = out_dir / "train_log.jsonl"
     state = trainer.read_state() if resume else None
     kept = _logged_lines(log_path, state.step) if state is not None else None
@@ -497,12 +512,13 @@ def train(backbone: Backbone, images: list[Image.Image], settings: TrainSettings
         state = None
     if state is not None:
         trainer.load_state(state)
-        with atomic_path(log_path) as tmp:  # drop the lines of steps this run redoes (and a torn last line)
-            tmp.write_text("".join(line + "\n" for line in kept))
+        # drop the lines of steps this run redoes (and a torn last line)
+        write_text(log_path, "".join(line + "\n" for line in kept), root=out_dir)
     else:
         log_path.unlink(missing_ok=True)
     resumed_from = trainer.step
-    with _stop_on_signals() as stop, open(log_path, "a") as log_file, \
+    # The log is created by its first line and keeps whole lines only, even on a full disk (dti.io.LineLog).
+    with _stop_on_signals() as stop, LineLog(log_path, root=out_dir) as log_file, \
             tqdm(total=settings.steps, initial=trainer.step, disable=not progress, desc=f"{settings.method}") as bar:
         while trainer.step < settings.steps:
             record = trainer.train_step()
