@@ -19,6 +19,7 @@ SNAKEFILE = REPO / "Snakefile"
 # workflow sees it; a call that names no config of its own runs with it.
 SHARED_CONFIG = REPO / "tests" / "shared_run.yaml"
 SHARED = load_config_files([SHARED_CONFIG])
+EMBEDDED_DEFAULT = REPO / "config" / "config.yaml"
 
 
 def snakemake_command(workdir: Path, *args: str) -> list[str]:
