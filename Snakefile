@@ -15,6 +15,7 @@ from dti.jobs import lighten_gc
 
 lighten_gc()
 
+from dti.benchmark_config import check_config_files
 from dti.config_layers import resolve_extends
 from dti.errors import DtiError
 
@@ -32,8 +33,14 @@ if not workflow.overwrite_configfiles:
 
 
 # A config may build on another (`extends: PATH`): config/paper-sdxl.yaml is config/paper.yaml with its own
-# run name and only_backbones. The chain is merged here, as Snakemake merges --configfile files.
+# run name and only_backbones. The chain is merged here, as Snakemake merges --configfile files. Every file
+# (each --configfile or the embedded default, and each base) is read bounded and strict first: a file of
+# YAML aliases expanding to billions of values, nested too deep or giving a key twice is refused, naming
+# it, before validation walks the config (dti.yaml_safety).
 try:
+    check_config_files(
+        workflow.overwrite_configfiles or [os.path.join(workflow.basedir, "config", "config.yaml")]
+    )
     _resolved = resolve_extends(config, workflow.basedir)
 except DtiError as exc:
     raise WorkflowError(f"config error: {exc}")

@@ -31,6 +31,7 @@ from dti.metrics.spec import tiny_families
 from dti.prompts import load_prompt_set
 from dti.subject_schema import subject_problem
 from dti.tables import table_names
+from dti.text_windows import check_text_windows, prompt_set_files
 
 PROMPTS_DIR = Path(workflow.basedir) / "config" / "prompts"
 CODE_VERSION = dti.__version__
@@ -99,6 +100,23 @@ for _name, _spec in SUBJECTS.items():
             _config_error(f"prompt_sets: {exc}")
     if _spec["source"] == "folder" and not config["data"].get("images_dir"):
         _config_error(f"subject {_name} has source 'folder' but data.images_dir is not set")
+try:  # prompts the text encoders would cut, where a backbone's tokenizer is on this machine (dti.text_windows)
+    check_text_windows(
+        BACKBONES,
+        SUBJECTS,
+        INITIALIZERS,
+        TRAIN_SETTINGS,
+        prompt_set_files(
+            PROMPT_SETS,
+            [s["kind"] for s in SUBJECTS.values()],
+            PROMPTS_DIR,
+            config.get("prompt_limit"),
+            skip=is_dti_prompt_set,
+        ),
+        config["training"]["placeholder"],
+    )
+except DtiError as exc:
+    _config_error(str(exc))
 
 
 def run_path(path):

@@ -216,7 +216,7 @@ def test_two_configs_in_one_folder_keep_their_tables_and_reports_apart(tmp_path)
     (tmp_path / "other.yaml").write_text(yaml.safe_dump(other, sort_keys=False))
     work = tmp_path / "work"
     work.mkdir()
-    demo = planned_outputs(work)
+    demo = planned_outputs(work, "--configfile", str(CONFIG / "config.yaml"))
     second = planned_outputs(work, "--configfile", str(tmp_path / "other.yaml"))
     for outputs, run in ((demo, "results/runs/demo/"), (second, "results/runs/other/")):
         run_files = {f for rule in RUN_LEVEL for f in outputs[rule]}

@@ -3,8 +3,11 @@ the per-backbone views the rules plan with.
 
 config/schema.yaml checks keys, types and ranges, and config/subject.schema.yaml each subject (the entries
 of the inline `subjects` list with the config; the rows of a `subject_table` TSV, which `subject_rows`
-reads, in rules/common.smk). Here, before any job starts: subject names that appear twice, an empty
-subject table, one naming rule (dti.names) for every other name that becomes a path or a wildcard
+reads, in rules/common.smk; read bounded: dti.yaml_safety). Here, before any job starts: every number
+the schema lets through that no flag would take (dti.numbers: NaN, infinities, integers past 64 bits,
+floats past float32, negative seeds), subject names that appear twice or differ only in case (backbones,
+methods and prompt sets neither: one folder on a case-insensitive file system), an empty subject table,
+one naming rule (dti.names) for every other name that becomes a path or a wildcard
 (the run, backbones, methods, prompt sets), each method's own hyper-parameters (the global `methods` and,
 merged over them, each backbone's `methods`), each backbone's checkpoints and the subject field its
 tokens start from, `only_backbones`, that no two prompt sets share a name, that some metric is enabled,
@@ -19,6 +22,7 @@ give each job, so a job receives only its own backbone's settings.
 from __future__ import annotations
 
 import csv
+import io
 import os
 from pathlib import Path
 
@@ -28,6 +32,8 @@ from dti.errors import DtiError
 from dti.methods import check_hyper_parameters, get_method
 from dti.model_files import check_declared_family
 from dti.names import check_name
+from dti.numbers import check_numbers
+from dti.yaml_safety import MAX_NODES, load_yaml, read_bounded
 
 TABLE_COLUMNS = ("name", "class", "kind", "source")  # and, optionally, initializer and authors_initialization
 # The subject fields a backbone's tokens can start from (`backbones.<name>.initializer_from`): the subject's
@@ -37,6 +43,7 @@ WORKFLOW_DIR = Path(__file__).resolve().parents[2]  # the Snakefile's folder, as
 RUNS_DIR = "results/runs"  # results/runs/{run_name}/: one config's tables, analyses and report files
 # results/{backbone}/ holds the per-subject outputs, so no backbone may take the runs' folder name.
 RESERVED_BACKBONE_NAMES = ("runs",)
+MAX_CELL_CHARS = 10_000  # of one subject table cell: a name is at most 100, a phrase a few words
 
 
 def check_config(config: dict, subjects: list[tuple[str, dict]]) -> dict[str, dict]:
@@ -46,9 +53,11 @@ def check_config(config: dict, subjects: list[tuple[str, dict]]) -> dict[str, di
     """
     table = subject_table(subjects, "subject_table" if config.get("subject_table") else "subjects")
     check_run_name(config)
+    check_case_clashes(config["backbones"], "backbones")
+    check_case_clashes(config["methods"], "methods")
     for key in config["backbones"]:
         check_name(key, "backbones: backbone name")
-        if key in RESERVED_BACKBONE_NAMES:
+        if key.casefold() in RESERVED_BACKBONE_NAMES:
             raise DtiError(f"backbones: the name {key!r} is reserved ({RUNS_DIR}/ holds each run's tables); "
                            "rename the backbone")
     enabled_backbones(config)
@@ -56,6 +65,9 @@ def check_config(config: dict, subjects: list[tuple[str, dict]]) -> dict[str, di
     for key in config["backbones"]:  # every backbone, also those only_backbones leaves out
         backbone_methods(config, key)
         eval_steps(config, key)
+    # The hyper-parameters were checked as their flags check them (above); every other number of the config
+    # as `dti`'s flags would take it: not NaN or infinite, within 64 bits or float32, seeds >= 0.
+    check_numbers(config)
     initializers(config, table)
     check_prompt_set_names(config["prompt_sets"])
     check_metrics(config["metrics"])
@@ -85,15 +97,32 @@ def subject_rows(config: dict, basedir: str | os.PathLike) -> list[tuple[str, di
     if not path.is_absolute() and not path.is_file():
         path = Path(basedir) / path
     where = f"subject_table {path}"
-    try:
-        with open(path, encoding="utf-8", newline="") as handle:
-            reader = csv.DictReader(handle, delimiter="\t")
-            rows = [dict(r) for r in reader]
-            header = reader.fieldnames or []
+    try:  # at most 10 MB (dti.yaml_safety), UTF-8 with or without a byte-order mark
+        text = read_bounded(path, "subject table").decode("utf-8-sig")
     except FileNotFoundError:
         raise DtiError(f"subject_table: file not found: {path}") from None
-    except (OSError, UnicodeDecodeError, csv.Error) as err:
+    except (OSError, UnicodeDecodeError) as err:
         raise DtiError(f"{where}: cannot read: {err}") from err
+    reader = csv.DictReader(io.StringIO(text, newline=""), delimiter="\t")
+    rows, cells, header = [], 0, None
+    try:
+        header = reader.fieldnames or []
+        for row in reader:
+            cells += len(row)
+            if cells > MAX_NODES:
+                raise DtiError(f"{where}: more than {MAX_NODES} cells; a subject table holds far fewer")
+            rows.append(dict(row))
+    except csv.Error as err:
+        if "field limit" in str(err):  # csv's own bound, 131072 characters
+            at = 1 if header is None else len(rows) + 2  # the row being read (row 1 is the header)
+            raise DtiError(f"{where} row {at}: a cell longer than {MAX_CELL_CHARS} characters, "
+                           "the most a subject field may have") from None
+        raise DtiError(f"{where}: cannot read: {err}") from err
+    if any(len(c) > MAX_CELL_CHARS for c in header):
+        raise DtiError(f"{where} row 1: a column name longer than {MAX_CELL_CHARS} characters")
+    twice = sorted({c for c in header if header.count(c) > 1})
+    if twice:
+        raise DtiError(f"{where}: column {twice[0]!r} appears twice in the header (the last would silently win)")
     missing = [c for c in TABLE_COLUMNS if c not in header]
     if missing:
         raise DtiError(f"{where}: missing column(s) {missing}; it needs {list(TABLE_COLUMNS)} (tab-separated)")
@@ -102,6 +131,10 @@ def subject_rows(config: dict, basedir: str | os.PathLike) -> list[tuple[str, di
         label = f"{where} row {i + 2}"  # row 1 is the header
         if None in row:
             raise DtiError(f"{label}: more cells than the header has columns")
+        long = next((k for k, v in row.items() if v is not None and len(v) > MAX_CELL_CHARS), None)
+        if long is not None:
+            raise DtiError(f"{label}: the {long} cell has {len(row[long])} characters, more than the "
+                           f"{MAX_CELL_CHARS} a subject field may have")
         labelled.append((label, {k: v for k, v in row.items() if v not in ("", None)}))
     return labelled
 
@@ -111,27 +144,51 @@ def subject_table(subjects: list[tuple[str, dict]], where: str) -> dict[str, dic
     the class noun."""
     if not subjects:
         raise DtiError(f"{where}: lists no subjects")
-    table = {}
+    table, folded = {}, {}
     for label, row in subjects:
         if row["name"] in table:
             raise DtiError(f"{label}: subject {row['name']!r} appears twice")
+        other = folded.setdefault(row["name"].casefold(), row["name"])
+        if other != row["name"]:
+            raise DtiError(f"{label}: subjects {other!r} and {row['name']!r} differ only in case; on a "
+                           "case-insensitive file system (macOS, Windows) their folders would be one; rename one")
         table[row["name"]] = {**row, "initializer": row.get("initializer", row["class"])}
     return table
+
+
+def check_case_clashes(names, what: str) -> None:
+    """Names that become folders must differ in more than case: on a case-insensitive file system (macOS,
+    Windows) `Dog` and `dog` are one folder, and the second would overwrite the first's results."""
+    folded: dict[str, str] = {}
+    for name in names:
+        other = folded.setdefault(str(name).casefold(), name)
+        if other != name:
+            raise DtiError(f"{what}: {other!r} and {name!r} differ only in case; on a case-insensitive file "
+                           "system (macOS, Windows) their folders would be one; rename one")
+
+
+def check_config_files(paths) -> None:
+    """Read every config file as the workflow is given it (each --configfile, or the embedded default)
+    bounded and strict (dti.yaml_safety): a file too large, expanding past its bound through YAML aliases,
+    nested too deep or giving a key twice is a one-line error naming it, before anything walks the config.
+    (Their `extends` bases are read the same way by dti.config_layers.)"""
+    for path in paths:
+        try:
+            load_yaml(path)
+        except FileNotFoundError:
+            raise DtiError(f"config file {path}: not found") from None
 
 
 def load_config_files(paths, basedir: str | os.PathLike = WORKFLOW_DIR) -> dict:
     """The config the workflow plans with for `snakemake --configfile A B ...`: the files merged in order as
     Snakemake merges them (a later file's keys win; mappings merge key by key, lists and values are
     replaced), then its `extends` chain merged in as the Snakefile does (dti.config_layers)."""
-    import yaml
-
     config: dict = {}
     for path in paths:
         try:
-            with open(path, encoding="utf-8") as handle:
-                layer = yaml.safe_load(handle) or {}
-        except (OSError, yaml.YAMLError) as err:
-            raise DtiError(f"config file {path}: cannot read: {str(err).splitlines()[0]}") from err
+            layer = load_yaml(path) or {}
+        except FileNotFoundError:
+            raise DtiError(f"config file {path}: cannot read: file not found") from None
         if not isinstance(layer, dict):
             raise DtiError(f"config file {path}: expected a mapping of keys, got {type(layer).__name__}")
         config = merged(config, layer)
@@ -293,10 +350,10 @@ def check_prompt_set_names(prompt_sets: list[str]) -> None:
     seen: dict[str, str] = {}
     for entry in prompt_sets:
         key = check_name(prompt_set_key(entry), f"prompt_sets: the set name (from {entry!r})")
-        if key in seen:
-            raise DtiError(f"prompt_sets: {seen[key]!r} and {entry!r} are both named {key!r} (their images "
-                           f"would share samples/{key}/); rename one file")
-        seen[key] = entry
+        if key.casefold() in seen:  # samples/Complex/ and samples/complex/ are one folder on macOS and Windows
+            raise DtiError(f"prompt_sets: {seen[key.casefold()]!r} and {entry!r} are both named {key!r} (their "
+                           f"images would share samples/{key}/); rename one file")
+        seen[key.casefold()] = entry
 
 
 def check_metrics(metrics: dict) -> None:

@@ -4,7 +4,9 @@ runs with a single --configfile.
 
 The layer is merged over its base as Snakemake merges several --configfile files: mappings key by key,
 recursively; any other value (lists included) replaced whole. A base may extend another; a cycle, a
-missing file or a base that is not a mapping is a one-line DtiError naming the file.
+missing file or a base that is not a mapping is a one-line DtiError naming the file. Every base is read
+bounded and strict (dti.yaml_safety: its size, its size with aliases expanded, its depth, a key given
+twice), and so is the merged result.
 """
 
 from __future__ import annotations
@@ -12,9 +14,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import yaml
-
 from dti.errors import DtiError
+from dti.yaml_safety import check_tree, load_yaml
 
 EXTENDS = "extends"
 
@@ -51,12 +52,13 @@ def resolve_extends(config: dict, basedir: str | os.PathLike) -> dict:
             raise DtiError(f"{EXTENDS}: {path} extends itself through {' -> '.join(map(str, seen))}")
         seen.append(path.resolve())
         try:
-            base = yaml.safe_load(path.read_text(encoding="utf-8"))
+            base = load_yaml(path)
         except FileNotFoundError:
             raise DtiError(f"{EXTENDS}: config file not found: {name}") from None
-        except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
-            raise DtiError(f"{EXTENDS}: cannot read {path}: {str(err).splitlines()[0]}") from err
+        except DtiError as err:
+            raise DtiError(f"{EXTENDS}: {err}") from err
         if not isinstance(base, dict):
             raise DtiError(f"{EXTENDS}: {path} is not a mapping of config keys")
         result = merged(base, result)
+    check_tree(result, "the merged config")
     return result

@@ -9,6 +9,8 @@ families diffusers' loader does not know (docs/method.md, "Files"; docs/backbone
 - AUTOMATIC1111 / ComfyUI: one `{name}.safetensors`; SDXL {"clip_l": [k, 768], "clip_g": [k, 1280]},
   one-encoder models {"emb_params": [k, d]}.
 Provenance (method, base model and family, m, kappa, steps, code version) goes into every file's metadata.
+Its numbers are read back with the checks their flags have (dti.numbers.provenance_problems): a file claiming
+kappa NaN, m 1e39 or -3 steps is damaged or forged; `load_diffusers` refuses it, `dti inspect` says so.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from safetensors.torch import save
 
 from dti.errors import DtiError
 from dti.io import write_bytes
+from dti.numbers import provenance_problems
 from dti.sphere import normalize
 
 
@@ -107,6 +110,7 @@ def load_diffusers(out_dir: Path, slots: list[str], step: int | None = None, *, 
                 rows = f.get_tensor(keys[0])
         except (SafetensorError, OSError, ValueError, RuntimeError) as err:
             raise DtiError(f"cannot read learned embedding file {path}: {err}") from err
+        check_provenance(path, meta)
         trained_for = meta.get("dti.family")
         if family is not None and trained_for and trained_for != family:
             raise DtiError(f"{path} was trained for the {trained_for!r} family; this model is a {family!r} one")
@@ -125,6 +129,13 @@ def _checked_rows(path: Path, rows: torch.Tensor, width: int | None) -> torch.Te
     if not bool(torch.isfinite(rows).all()):
         raise DtiError(f"{path}: the learned rows hold non-finite values (NaN or inf)")
     return rows
+
+
+def check_provenance(path: Path | str, metadata: dict[str, str]) -> None:
+    """A DtiError naming the file, the key and the value for the first of `provenance_problems`."""
+    problems = provenance_problems(path, metadata)
+    if problems:
+        raise DtiError(next(iter(problems.values())))
 
 
 def read_metadata(path: Path) -> dict[str, str]:

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from dti.errors import DtiError
+from dti.numbers import provenance_problems
 from dti.terminal import LIMIT, visible
 from dti.vocab import Vocabulary, readable
 
@@ -372,8 +373,11 @@ def inspect_file(path: str | Path, vocabularies: dict[str, Vocabulary] | None = 
         targets = {f"{family} models": {}}
     else:
         targets = STANDARD_TARGETS
+    # The provenance's numbers as their flags would check them (dti.numbers): shown, never used, so a file
+    # claiming kappa NaN is still inspected, with a line saying what is wrong.
     return {"file": str(emb.path), "layout": emb.layout, "token": emb.token, "model": model, "family": family,
-            "metadata": emb.metadata, "encoders": encoders, "clients": client_table(emb, targets, family)}
+            "metadata": emb.metadata, "metadata_problems": provenance_problems(emb.path, emb.metadata),
+            "encoders": encoders, "clients": client_table(emb, targets, family)}
 
 
 def format_report(info: dict) -> str:
@@ -389,6 +393,8 @@ def format_report(info: dict) -> str:
     if meta:
         fields = ", ".join(f"{k}={shown(meta[k])}" for k in ("method", "base_model", "steps", "kappa") if k in meta)
         lines.append(f"  trained by dti: {fields}")
+    for problem in info.get("metadata_problems", {}).values():
+        lines.append(f"  warning: {shown(problem)}")
     for enc in info["encoders"]:
         head = f"  {enc['encoder']}: {enc['vectors']} vector(s) of width {enc['width']}"
         if "vocab_norm_mean" in enc:

@@ -5,7 +5,8 @@ A template is a string with exactly one `{}` where the subject goes. It is fille
 learned placeholder alone ("a <s> in the snow"); CLIP-T scores the image against the same template with
 the subject's class noun ("a dog in the snow"), see `eval_prompt`.
 
-Prompt set files live in `config/prompts/`. Format: UTF-8 text, one template per line, blank lines and
+Prompt set files live in `config/prompts/`. Format: UTF-8 text (a byte-order mark at its start is
+skipped, as editors on Windows write one; at most 10 MB), one template per line, blank lines and
 lines starting with `#` ignored; every template has exactly one `{}` and no other braces; no duplicates.
 The prompt id of a template is its 0-based position among the templates of the file.
 
@@ -23,6 +24,7 @@ from pathlib import Path
 
 from dti.errors import DtiError
 from dti.terms import check_kind
+from dti.yaml_safety import read_bounded
 
 PLACEHOLDER = "{}"
 DEFAULT_PROMPTS_DIR = Path(__file__).resolve().parents[2] / "config" / "prompts"
@@ -58,6 +60,10 @@ TRAINING_TEMPLATES: tuple[str, ...] = (
     "a photo of a cool {}",
     "a photo of a small {}",
 )
+
+
+# The most all-zero padding tokens zero-pad training puts before a training prompt (dti.train.zero_pad_count).
+ZERO_PAD_MAX = 15
 
 
 def check_template(template: str, where: str = "template") -> str:
@@ -121,7 +127,7 @@ def read_prompt_file(path: str | os.PathLike) -> list[str]:
     """Templates of one prompt file, in order, validated (see the module docstring for the format)."""
     path = Path(path)
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        lines = read_bounded(path, "prompt file").decode("utf-8-sig").splitlines()
     except (OSError, UnicodeDecodeError) as err:
         raise DtiError(f"cannot read prompt file {path}: {err}") from err
     templates: list[str] = []

@@ -23,7 +23,7 @@ from dti.errors import DtiError
 from dti.export import load_diffusers, rescale
 from dti.io import check_target, save_image
 from dti.speedups import Speedups, attention_backend
-from dti.tokens import normalize_placeholder, resolve_magnitude
+from dti.tokens import normalize_placeholder, resolve_magnitude, short_text, token_count
 
 VAE_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 # "auto" batches never exceed this many images: past it throughput no longer grows (bench/README.md).
@@ -94,6 +94,21 @@ def install_learned_token(pipe, embeds_dir: str | Path, *, step: int | None = No
         raise DtiError(f"a {name} is not a pipeline dti supports ({sorted(pipeline_families())})")
     backbone = backbone_class(family).from_pipeline(pipe, getattr(pipe, "name_or_path", "") or name)
     return load_learned_token(backbone, Path(embeds_dir), rescale_to=rescale_to, step=step)
+
+
+def check_text_windows(backbone: Backbone, prompts: list[str]) -> None:
+    """Refuse a prompt longer than a text encoder's window, counted as the pipeline tokenizes it (SD and
+    SDXL: with diffusers' loader's expansion of a k-vector placeholder into its k tokens), start and end
+    tokens included: the tokenizer would cut its end, the learned token perhaps, with a mere warning."""
+    pipe = backbone.pipe
+    expand = getattr(pipe, "maybe_convert_prompt", None) if backbone.uses_diffusers_loader else None
+    for slot in backbone.slots:
+        for prompt in dict.fromkeys(prompts):
+            n = token_count(slot.tokenizer, expand(prompt, slot.tokenizer) if expand else prompt)
+            if n > slot.text_length:
+                raise DtiError(f"prompt {short_text(prompt)} is {n} tokens for the {slot.name} text encoder, more "
+                               f"than the {slot.text_length} it reads (start and end tokens included), and the "
+                               "rest would be cut off; shorten it")
 
 
 def _generators(seeds: list[int], device: torch.device) -> list[torch.Generator]:
@@ -178,12 +193,14 @@ def generate(backbone: Backbone, jobs: list[SampleJob], settings: SampleSettings
              root: str | Path | None = None) -> None:
     """Render every job's image to its path (atomically). Nothing is written outside `root` (default: each
     image's own folder): every image's folders and name are checked before the first batch renders, and a
-    symbolic link among them is refused (dti.io)."""
+    symbolic link among them is refused (dti.io). Every prompt must fit the text encoders' windows
+    (`check_text_windows`), checked before anything else."""
     from tqdm.auto import tqdm
 
     if not jobs:
         return
     root = Path(root) if root is not None else None
+    check_text_windows(backbone, [job.prompt for job in jobs])
     for job in jobs:
         check_target(job.path, root=root)
     pipe = backbone.pipe

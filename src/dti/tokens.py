@@ -103,6 +103,18 @@ def normalize_placeholder(placeholder: str) -> str:
     return placeholder.lower()
 
 
+def token_count(tokenizer, text: str) -> int:
+    """How many tokens the text encoder would be given for `text` if nothing were cut: its pieces with the
+    tokenizer's special tokens (CLIP's start and end, Gemma's start, T5's end). Tokenizers cut a prompt at
+    the encoder's window with a mere warning, so callers compare this with the window first."""
+    return len(tokenizer(text, add_special_tokens=True, truncation=False, verbose=False)["input_ids"])
+
+
+def short_text(text: str, limit: int = 60) -> str:
+    """`text` quoted for a one-line message, cut after `limit` characters."""
+    return repr(text) if len(text) <= limit else f"{text[:limit]!r}… ({len(text)} characters)"
+
+
 def placeholder_tokens(placeholder: str, k: int) -> list[str]:
     return [placeholder] + [f"{placeholder}_{i}" for i in range(1, k)]
 

@@ -36,7 +36,7 @@ from dti.methods import ResolvedMethod, resolve_method
 from dti.methods.units import SlotContext, Start, TokenMethod, trainable
 from dti.model_files import public_model, weights_identity
 from dti.names import check_name
-from dti.prompts import TRAINING_TEMPLATES, render
+from dti.prompts import TRAINING_TEMPLATES, ZERO_PAD_MAX, render
 from dti.speedups import Speedups, attention_backend
 from dti.sphere import angle, normalize
 from dti.state import TrainingState, UnreadableState, read_state, save_state
@@ -47,6 +47,8 @@ from dti.tokens import (
     add_placeholder,
     add_zero_pad,
     normalize_placeholder,
+    short_text,
+    token_count,
     vocab_norm_stats,
 )
 
@@ -144,7 +146,7 @@ def sample_generator(seed: int, step: int, index: int) -> torch.Generator:
 
 def zero_pad_count(gen: torch.Generator) -> int:
     """floor(min(X, 15)) with X exponential of scale 2 (mean 2): 0 for about 39% of prompts."""
-    return int(min(torch.empty(()).exponential_(0.5, generator=gen).item(), 15.0))
+    return int(min(torch.empty(()).exponential_(0.5, generator=gen).item(), float(ZERO_PAD_MAX)))
 
 
 def start_generator(seed: int, slot: str) -> torch.Generator:
@@ -196,6 +198,7 @@ class Trainer:
         for slot in self.backbone.slots:
             table = slot.encoder.get_input_embeddings().weight
             ph = add_placeholder(slot.tokenizer, slot.name, s.placeholder, s.initializer)
+            self._check_text_window(slot, ph)
             ctx = SlotContext(slot.name, table, slot.encoder, slot.tokenizer, s.initializer, ph, self.device,
                               slot.text_length, start_generator(s.seed, slot.name))
             start = self.unit.start_rows(ctx)
@@ -208,6 +211,22 @@ class Trainer:
         if len(texts) != 1:
             raise DtiError(f"the text encoders split the initializer differently: {sorted(texts)}")
         self.prompt_token = texts.pop()
+
+    def _check_text_window(self, slot, ph: Placeholder) -> None:
+        """Refuse, before any work, an initializer whose k tokens make a training prompt longer than the text
+        encoder's window: the tokenizer would cut the prompt's end (the learned tokens among it) with a mere
+        warning. Checked on the longest training template with the k tokens written in, plus the most
+        zero-pad tokens a prompt gets (ZERO_PAD_MAX) when zero_pad is on."""
+        text = self.backbone.prompt_text(ph.tokens)
+        counts = {t: token_count(slot.tokenizer, render(t, text)) for t in TRAINING_TEMPLATES}
+        longest = max(counts, key=counts.get)
+        pad = ZERO_PAD_MAX if self.settings.zero_pad else 0
+        if counts[longest] + pad > slot.text_length:
+            padded = f" and {pad} zero-pad tokens" if pad else ""
+            raise DtiError(f"initializer {short_text(self.settings.initializer)} is {len(ph.tokens)} tokens for the "
+                           f"{slot.name} text encoder: the training prompt {longest!r} with them{padded} is "
+                           f"{counts[longest] + pad} tokens, more than the {slot.text_length} it reads (start and "
+                           "end tokens included), and the rest would be cut off; choose a shorter initializer")
 
     @property
     def hp(self) -> dict:

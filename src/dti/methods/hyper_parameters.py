@@ -10,6 +10,12 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from dti.numbers import FLOAT32_MAX
+
+# A value finite in float64 but not in float32 (a learning rate of 1e39) overflows in the first step: the
+# rows and optimizer state are float32. The command line and config files are checked alike (dti.numbers).
+_F32 = f"within float32's range (at most {FLOAT32_MAX:.4g})"
+
 
 def _number(value) -> float | None:
     """`value` as a float if it is a real number (bools are not), else None."""
@@ -20,12 +26,16 @@ def _number(value) -> float | None:
 
 def _positive(value) -> str | None:
     x = _number(value)
-    return None if x is not None and math.isfinite(x) and x > 0 else "a positive finite number"
+    if x is not None and math.isfinite(x) and x > 0:
+        return None if x <= FLOAT32_MAX else f"a positive number {_F32}"
+    return "a positive finite number"
 
 
 def _non_negative(value) -> str | None:
     x = _number(value)
-    return None if x is not None and math.isfinite(x) and x >= 0 else "a finite number >= 0"
+    if x is not None and math.isfinite(x) and x >= 0:
+        return None if x <= FLOAT32_MAX else f"a number >= 0 {_F32}"
+    return "a finite number >= 0"
 
 
 def _unit_interval(value) -> str | None:
@@ -41,7 +51,8 @@ def _magnitude(value) -> str | None:
             value = float(value)
         except ValueError:
             pass
-    return None if _positive(value) is None else "mean, min, max or a positive finite number"
+    problem = _positive(value)
+    return None if problem is None else f"mean, min, max or {problem}"
 
 
 def _betas(value) -> str | None:
