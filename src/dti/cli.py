@@ -12,9 +12,8 @@ from dti.devices import DTYPE_NAMES, default_device, weights_dtype
 from dti.errors import DtiError
 from dti.methods import HYPER_PARAMETERS, METHODS, trainable_methods
 from dti.names import safe_name
+from dti.numbers import SEED_MAX
 from dti.terminal import visible
-
-SEED_MAX = 2**63 - 1  # torch generators take 64-bit seeds; a signed 63-bit one means the same everywhere
 
 
 class Bounded:

@@ -18,7 +18,7 @@ from dti.errors import DtiError
 
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 FLOAT32_MAX = 3.4028234663852886e38  # numpy.finfo(numpy.float32).max
-SEED_MAX = 2**63 - 1  # as dti.cli.SEED_MAX: the range of `--seed` and `--seeds`
+SEED_MAX = INT64_MAX  # torch generators take 64-bit seeds; a signed 63-bit one means the same everywhere
 SEED_KEYS = ("seed", "seeds")  # config keys holding a seed, or a list of seeds
 
 
