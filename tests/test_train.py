@@ -280,7 +280,7 @@ def test_zero_pad_count_follows_the_authors_distribution():
 @pytest.mark.parametrize("family", ["sd", "sana"])
 def test_zero_pad_rows_stay_zero_and_untrained_while_the_token_learns(tiny_models, subject_images, tmp_path, family,
                                                                       monkeypatch):
-    from dti.tokens import ZERO_PAD
+    from dti.token_names import ZERO_PAD
 
     trainer = Trainer(fresh_backbone(tiny_models[family]), subject_images, fast_settings(zero_pad=True, batch_size=4),
                       tmp_path)

@@ -166,7 +166,8 @@ def render_pair(runs: dict[str, dict[str, str]], model_json: str, out_manifest: 
     from dti.model_record import load_recorded_backbone
     from dti.prompts import render
     from dti.sample import SampleJob, SampleSettings, generate, set_token_rows
-    from dti.tokens import normalize_placeholder, resolve_magnitude
+    from dti.token_names import normalize_placeholder
+    from dti.tokens import resolve_magnitude
 
     a_name, b_name = pair.split("+")
     infos = {m: {end: json.loads(Path(path).read_text()) for end, path in ends.items()} for m, ends in runs.items()}

@@ -23,7 +23,8 @@ from dti.errors import DtiError
 from dti.export import load_diffusers, rescale
 from dti.io import check_target, save_image
 from dti.speedups import Speedups, attention_backend
-from dti.tokens import normalize_placeholder, resolve_magnitude, short_text, token_count
+from dti.token_names import normalize_placeholder, short_text, token_count
+from dti.tokens import resolve_magnitude
 
 VAE_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 # "auto" batches never exceed this many images: past it throughput no longer grows (bench/README.md).
@@ -232,9 +233,10 @@ def set_token_rows(backbone: Backbone, placeholder: str, vectors: dict) -> str:
     """Give `placeholder` these rows ({slot: [k, d]}) and return what to write for it in a prompt: the first
     call installs it with the backbone's own loader, later calls overwrite its rows in place, so a job can
     render many embeddings (an interpolation path, a norm sweep) without growing the vocabulary each time."""
-    from dti.tokens import PlaceholderEmbedding, placeholder_tokens
+    from dti.token_names import placeholder_tokens
+    from dti.tokens import PlaceholderEmbedding
 
-    placeholder = normalize_placeholder(placeholder)  # as every loader stores it (see dti.tokens)
+    placeholder = normalize_placeholder(placeholder)  # as every loader stores it (see dti.token_names)
     if any(placeholder not in slot.tokenizer.get_vocab() for slot in backbone.slots):
         return backbone.install_learned_rows(placeholder, vectors)
     for slot in backbone.slots:

@@ -32,7 +32,7 @@ from dti.backbones.registry import FAMILIES
 from dti.errors import DtiError
 from dti.model_files import model_folder
 from dti.prompts import TRAINING_TEMPLATES, ZERO_PAD_MAX, load_prompt_set, prompt_set_path, render
-from dti.tokens import normalize_placeholder, placeholder_tokens, short_text
+from dti.token_names import normalize_placeholder, placeholder_tokens, short_text
 
 CACHE_DIR = Path(".snakemake") / "dti-text-windows"
 TINY_MODELS = Path("resources") / "models" / "tiny"  # where the tiny_model rule builds a family's model
@@ -107,7 +107,7 @@ def _check_backbone(backbone: str, encoder: str, folder: Path, subjects: dict, i
                     prompt_sets: dict, placeholder: str) -> None:
     from transformers import AutoTokenizer
 
-    from dti.tokens import token_count
+    from dti.token_names import token_count
 
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)

@@ -40,17 +40,8 @@ from dti.prompts import TRAINING_TEMPLATES, ZERO_PAD_MAX, render
 from dti.speedups import Speedups, attention_backend
 from dti.sphere import angle, normalize
 from dti.state import TrainingState, UnreadableState, read_state, save_state
-from dti.tokens import (
-    ZERO_PAD,
-    Placeholder,
-    PlaceholderEmbedding,
-    add_placeholder,
-    add_zero_pad,
-    normalize_placeholder,
-    short_text,
-    token_count,
-    vocab_norm_stats,
-)
+from dti.token_names import ZERO_PAD, normalize_placeholder, short_text, token_count
+from dti.tokens import Placeholder, PlaceholderEmbedding, add_placeholder, add_zero_pad, vocab_norm_stats
 
 log = logging.getLogger(__name__)
 # A vector whose norm falls below this fraction of the vocabulary's mean norm has collapsed (zero).
@@ -92,7 +83,7 @@ class TrainSettings:
 
     def validate(self) -> None:
         """Check the settings (a DtiError naming the bad one); the placeholder is lower-cased
-        (dti.tokens.normalize_placeholder)."""
+        (dti.token_names.normalize_placeholder)."""
         self.placeholder = normalize_placeholder(self.placeholder)
         if isinstance(self.speedups, dict):
             self.speedups = Speedups(**self.speedups)
