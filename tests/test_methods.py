@@ -53,8 +53,8 @@ class ToyMethod(TokenMethod):
     parameterization = RawVector()
     optimizer = MomentumSGD()
 
-    def extra_loss(self, layers, starts):
-        return 1e-3 * sum(layers[s].embedding_rows().pow(2).sum() for s in layers)
+    def extra_loss(self, inputs):
+        return 1e-3 * sum(layer.embedding_rows().pow(2).sum() for layer in inputs.layers.values())
 
 
 @pytest.fixture

@@ -149,9 +149,12 @@ def test_a_crash_at_every_write_point_reruns_to_the_identical_result(pristine, i
 
 
 def _method_settings(name: str) -> dict:
-    """SETTINGS for method `name`: RSGD's beta > 0 and a prior where it takes them, else its defaults."""
+    """SETTINGS for method `name`: RSGD's beta > 0 and a prior where it takes them, else its defaults; CoRe's
+    norm hold over steps 2-3, across the resume after step 2."""
     accepts = get_method(name).accepts
-    return {"method": name, **{k: (v if k in accepts else None) for k, v in SETTINGS.items() if k in ("beta", "kappa")}}
+    hold = {"rescale_from": 1, "rescale_until": 3} if "rescale_from" in accepts else {}
+    return {"method": name, **hold,
+            **{k: (v if k in accepts else None) for k, v in SETTINGS.items() if k in ("beta", "kappa")}}
 
 
 @pytest.mark.parametrize("method", trainable_methods())

@@ -60,8 +60,10 @@ def check_config(config: dict, subjects: list[tuple[str, dict]]) -> dict[str, di
         if key.casefold() in RESERVED_BACKBONE_NAMES:
             raise DtiError(f"backbones: the name {key!r} is reserved ({RUNS_DIR}/ holds each run's tables); "
                            "rename the backbone")
-    enabled_backbones(config)
     check_methods(config["methods"])
+    for key, spec in enabled_backbones(config).items():  # a method defined for some families only (CoRe)
+        for name in config["methods"]:
+            get_method(name).check_family(spec["family"], f"backbones.{key}")
     for key in config["backbones"]:  # every backbone, also those only_backbones leaves out
         backbone_methods(config, key)
         eval_steps(config, key)

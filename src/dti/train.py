@@ -33,7 +33,7 @@ from dti.export import diffusers_file, save_diffusers, save_single_file
 from dti.io import LineLog, check_target, ensure_folder, write_json, write_text
 from dti.latents import CachedLatents, EncodeEveryStep
 from dti.methods import ResolvedMethod, resolve_method
-from dti.methods.units import SlotContext, Start, TokenMethod, trainable
+from dti.methods.units import SlotContext, Start, StepInputs, TokenMethod, trainable
 from dti.model_files import public_model, weights_identity
 from dti.names import check_name
 from dti.prompts import TRAINING_TEMPLATES, ZERO_PAD_MAX, render
@@ -169,6 +169,7 @@ class Trainer:
         self.backbone, self.settings, self.out_dir = backbone, settings, Path(out_dir)
         self.resolved = settings.resolve()
         self.method = self.resolved.method
+        self.method.check_family(backbone.family, f"training {settings.method}")
         self.unit: TokenMethod = self.method.unit_class()(self.hp)
         self.device = backbone.device
         self.images = images
@@ -289,10 +290,13 @@ class Trainer:
 
     def loss_for(self, step: int, indices: range) -> torch.Tensor:
         prompts, latents, noise, timesteps, time_ids = self._micro_batch(step, indices)
+        inputs = StepInputs(step, self.layers, self.starts, self.backbone, latents, noise, timesteps, time_ids,
+                            self.prompt_token, self.settings.initializer,
+                            _generator(f"{self.settings.seed}:method:{step}:{indices.start}"))
         with self.accelerator.autocast():
             cond = self.backbone.encode_prompts(prompts)
             loss = self.backbone.denoising_loss(latents, cond, noise, timesteps, time_ids)
-        extra = self.unit.extra_loss(self.layers, self.starts)
+            extra = self.unit.extra_loss(inputs)
         return loss.float() if extra is None else loss.float() + extra.float()
 
     def train_step(self) -> dict:
@@ -308,12 +312,15 @@ class Trainer:
         if not math.isfinite(total):  # before the optimizer step, so no state is poisoned
             raise self._diverged(step, f"the loss is {total}")
         grad_norms = {slot: layer.rows.grad.norm(dim=-1).tolist() for slot, layer in self.layers.items()}
+        self.unit.before_update(step, self.layers)
         try:
             self.optimizer.step()
         except RuntimeError as err:  # e.g. an adaptive step beyond fp32 for an absurd learning rate
             if "overflow" not in str(err):
                 raise
             raise self._diverged(step, f"the optimizer step overflowed ({err})") from err
+        with torch.no_grad():
+            self.unit.after_update(step, self.layers)
         self.step = step
         self.check_vectors()
         return {"step": step, "loss": total, "grad_norm": grad_norms, **self.vector_stats()}

@@ -147,6 +147,10 @@ class Backbone:
         """Conditioning tensors for the denoiser (family-specific)."""
         raise NotImplementedError
 
+    def token_features(self, cond: dict[str, torch.Tensor]) -> list[torch.Tensor]:
+        """The per-token text features the denoiser reads, one [batch, tokens, width] tensor per text encoder."""
+        return [cond["hidden"]]
+
     def prompt_text(self, tokens: list[str]) -> str:
         """How the placeholder's k tokens are written in a prompt."""
         return self.placeholder_joiner.join(tokens)

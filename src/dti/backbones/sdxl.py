@@ -86,6 +86,11 @@ class StableDiffusionXL(Backbone):
                            dim=-1)
         return {"hidden": hidden, "pooled": out_g.text_embeds}
 
+    def token_features(self, cond):
+        """clip_l's and clip_g's penultimate outputs, which encode_prompts joins along the width."""
+        widths = [slot.encoder.config.hidden_size for slot in self.slots]
+        return list(torch.split(cond["hidden"], widths, dim=-1))
+
     def predict(self, noisy, timesteps, cond, time_ids):
         dtype = self.denoiser.dtype
         added = {"text_embeds": cond["pooled"].to(dtype), "time_ids": time_ids.to(dtype)}

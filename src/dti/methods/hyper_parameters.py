@@ -55,6 +55,11 @@ def _magnitude(value) -> str | None:
     return None if problem is None else f"mean, min, max or {problem}"
 
 
+def _step(value) -> str | None:
+    ok = isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**31
+    return None if ok else "a training step: an integer in [0, 2^31)"
+
+
 def _betas(value) -> str | None:
     ok = isinstance(value, (list, tuple)) and len(value) == 2 and all(_unit_interval(b) is None for b in value)
     return None if ok else "two numbers in [0, 1)"
@@ -87,4 +92,8 @@ HYPER_PARAMETERS: dict[str, HyperParameter] = {
     "weight_decay": HyperParameter(_non_negative, "AdamW weight decay"),
     "adam_betas": HyperParameter(_betas, "AdamW (beta1, beta2)", nargs=2),
     "pull_weight": HyperParameter(_non_negative, "CrossInit's L2 pull towards the initialization"),
+    "context_embedding_weight": HyperParameter(_non_negative, "CoRe's context embedding regularizer weight"),
+    "context_attention_weight": HyperParameter(_non_negative, "CoRe's context attention regularizer weight"),
+    "rescale_from": HyperParameter(_step, "CoRe: after this step the raw vector's norm is held ...", parse=int),
+    "rescale_until": HyperParameter(_step, "... until this step (inclusive; from >= until: never)", parse=int),
 }

@@ -33,6 +33,14 @@ class Method:
     trained_as: str | None = None  # an evaluation-time variant reuses this method's trained vectors
     rescale_to_magnitude: bool = False
     ablation_of: str | None = None  # the method it varies in one part (rows of the ablation table)
+    families: tuple[str, ...] = ()  # the backbone families it is defined for (empty: every family)
+    families_reason: str = ""  # why not the others, for the refusal
+
+    def check_family(self, family: str, where: str) -> None:
+        """A DtiError, naming `where`, if this method is not defined for backbones of `family`."""
+        if self.families and family not in self.families:
+            raise DtiError(f"{where}: method {self.name!r} runs on {', '.join(self.families)} backbones only, "
+                           f"not {family}: {self.families_reason}")
 
     def unit_class(self) -> type:
         """Its TokenMethod class (importing its module, and so torch, on first use)."""
@@ -49,6 +57,13 @@ _DTI_DEFAULTS = dict(lr=0.04, kappa=1e-4, beta=0.0, eps=1e-8, magnitude="mean")
 _ADAMW_HP = ("lr", "weight_decay", "adam_betas")
 _ADAMW_DEFAULTS = dict(lr=0.02, weight_decay=1e-2, adam_betas=(0.9, 0.999))
 _TI, _DTI = "dti.methods.textual_inversion", "dti.methods.directional"
+# CoRe (Wu et al., AAAI 2025): its authors' stage-1 settings (their train.sh): AdamW at 5e-3 with decay 1e-2,
+# the embedding term 1.5e-4, the attention term 0.05, the norm held over steps 120-180 (docs/method.md).
+_CORE_HP = ("context_embedding_weight", "context_attention_weight")
+_CORE_DEFAULTS = dict(context_embedding_weight=1.5e-4, context_attention_weight=0.05)
+_CORE_FAMILIES = dict(families=("sd", "sdxl"), families_reason=(
+    "CoRe regularizes CLIP text-encoder outputs and UNet cross-attention maps; SANA's Gemma decoder and "
+    "Wan's umT5 encoder have other text models and other attention, for which its formulas are not defined"))
 
 
 def _dti_ablation(name: str, display: str, description: str, unit: str = "DTI", *, accepts=_DTI_HP,
@@ -68,6 +83,14 @@ METHODS: dict[str, Method] = {m.name: m for m in [
            f"{_TI}:CrossInit", {**_ADAMW_DEFAULTS, "pull_weight": 1e-5}, (*_ADAMW_HP, "pull_weight")),
     Method("ti_rescaled", "TI-rescaled", "TI vectors rescaled to the vocabulary magnitude m at load time (ablation)",
            None, dict(magnitude="mean"), ("magnitude",), trained_as="ti", rescale_to_magnitude=True),
+    # A newer baseline of the same family, and its regularizers on DTI's parameterization.
+    Method("core", "CoRe", "CoRe: TI with context embedding and attention regularizers and a norm hold",
+           "dti.methods.core:CoRe", {**_ADAMW_DEFAULTS, "lr": 5e-3, **_CORE_DEFAULTS, "rescale_from": 120,
+                                     "rescale_until": 180}, (*_ADAMW_HP, *_CORE_HP, "rescale_from", "rescale_until"),
+           **_CORE_FAMILIES),
+    Method("dti_core", "DTI + CoRe", "DTI's direction at fixed m with CoRe's context regularizers",
+           "dti.methods.core:DirectionalCoRe", {**_DTI_DEFAULTS, **_CORE_DEFAULTS}, (*_DTI_HP, *_CORE_HP),
+           on_sphere=True, **_CORE_FAMILIES),
     # The paper's ablations (the authors' --init_method, --train_magnitude, --optimizer, --token_scale),
     # each DTI with one part exchanged; docs/method.md says what each one changes and which choices are ours.
     _dti_ablation("dti_init_random", "DTI (random init)", "DTI started from a random direction",

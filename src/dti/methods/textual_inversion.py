@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from dti.methods.units import EncoderOutput, TokenMethod
+from dti.methods.units import EncoderOutput, StepInputs, TokenMethod
 
 
 class TextualInversion(TokenMethod):
@@ -16,8 +16,9 @@ class CrossInit(TokenMethod):
 
     start = EncoderOutput()
 
-    def extra_loss(self, layers, starts) -> torch.Tensor | None:
+    def extra_loss(self, inputs: StepInputs) -> torch.Tensor | None:
         if not self.hp["pull_weight"]:
             return None
+        layers, starts = inputs.layers, inputs.starts
         pull = sum(torch.nn.functional.mse_loss(layers[s].embedding_rows(), starts[s].anchor) for s in layers)
         return self.hp["pull_weight"] * pull

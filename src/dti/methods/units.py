@@ -7,7 +7,9 @@ A method is a `TokenMethod` subclass that chooses one part of each kind (docs/me
 - `parameterization`: what is trained (a raw vector; a direction on the unit sphere times a fixed m; a
   direction times a trained m), installed in the text encoder as a `PlaceholderEmbedding`;
 - `optimizer`: Riemannian SGD with the vMF prior, or AdamW (optionally retracted to the sphere);
-- `extra_loss`: a term added to the denoising loss (CrossInit's pull), none by default.
+- `extra_loss`: a term added to the denoising loss (CrossInit's pull, CoRe's context regularizers), given
+  the step's `StepInputs`; none by default;
+- `before_update` / `after_update`: called around each optimizer step (CoRe's norm rescaling).
 The trainer (dti.train) calls these hooks and knows no method by name; the optimizer state that a
 resumed run restores is whatever the method's optimizer keeps (dti.train checks it against a probe).
 """
@@ -44,6 +46,25 @@ class SlotContext:
     device: torch.device
     text_length: int  # tokens per prompt
     generator: torch.Generator  # seeded by the run's seed and the slot: a random start is reproducible
+
+
+@dataclass
+class StepInputs:
+    """What a method's extra loss sees of one micro-batch: the trainable layers and where they started, the
+    backbone (to encode prompts and run the denoiser), the batch the denoising loss was computed on, and
+    a generator of the method's own draws, seeded by the run's seed, the step and the micro-batch."""
+
+    step: int
+    layers: dict[str, PlaceholderEmbedding]
+    starts: dict[str, Start]
+    backbone: object  # dti.backbones.base.Backbone (not imported: units stay free of the backbones)
+    latents: torch.Tensor
+    noise: torch.Tensor
+    timesteps: torch.Tensor
+    time_ids: torch.Tensor | None
+    prompt_token: str  # the placeholder as a prompt writes it (its k tokens)
+    initializer: str
+    generator: torch.Generator
 
 
 @dataclass
@@ -179,6 +200,13 @@ class TokenMethod:
         """Safetensors metadata of its own, beside the hyper-parameters' JSON every file carries."""
         return {f"dti.{key}": self.hp[key] for key in self.metadata_keys if key in self.hp}
 
-    def extra_loss(self, layers: dict[str, PlaceholderEmbedding], starts: dict[str, Start]) -> torch.Tensor | None:
+    def extra_loss(self, inputs: StepInputs) -> torch.Tensor | None:
         """A term added to the denoising loss (fp32), or None."""
         return None
+
+    def before_update(self, step: int, layers: dict[str, PlaceholderEmbedding]) -> None:
+        """Called after the gradients of `step` and before its optimizer step."""
+
+    def after_update(self, step: int, layers: dict[str, PlaceholderEmbedding]) -> None:
+        """Called after the optimizer step of `step` (under no_grad): a change to the rows here is part of
+        the step, so it must depend on nothing but the rows and the step (a resumed run repeats it)."""
