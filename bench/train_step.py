@@ -1,4 +1,4 @@
-"""Training-step benchmark: DTI vs TI step time, the latent cache vs encoding every step, and the GPU
+"""Training-step benchmark: DTI vs TI step time, CoRe's regularizers against TI and DTI, the latent cache vs encoding every step, and the GPU
 speed switches (dti.speedups) on and off, with MFU from FLOPs counted with torch.utils.flop_counter.
 
 Every configuration is timed side by side in one process, interleaved over several rounds, and the
@@ -27,6 +27,7 @@ from gpu_common import count_flops, kernel_breakdown, peak_tflops
 from PIL import Image
 
 from dti.backbones.registry import backbone_class, family_names
+from dti.methods import get_method
 from dti.speedups import CPU_DEFAULTS, Speedups
 from dti.train import Trainer, TrainSettings
 
@@ -34,7 +35,9 @@ OFF = CPU_DEFAULTS
 # name: (method, latent cache, speed switches); "fast" = what a GPU job of the family runs by default
 CONFIGS = {"ti": ("ti", True, "off"), "dti": ("dti", True, "off"), "dti_no_cache": ("dti", False, "off"),
            "ti_fast": ("ti", True, "fast"), "dti_fast": ("dti", True, "fast"),
-           "dti_fast_channels_last": ("dti", True, "fast_channels_last")}
+           "dti_fast_channels_last": ("dti", True, "fast_channels_last"),
+           # CoRe's regularizers: two more text-encoder and two more denoiser passes per step (sd and sdxl only)
+           "core": ("core", True, "off"), "dti_core": ("dti_core", True, "off"), "core_fast": ("core", True, "fast")}
 # The published training recipes on a GPU (resolution, batch): docs/protocol.md and docs/backbones.md.
 GPU_RECIPES = {"sd": (512, 4), "sdxl": (768, 4), "sana": (1024, 2), "wan": (512, 2)}
 
@@ -50,7 +53,8 @@ def switch_sets(backbone) -> dict:
 
 RATIOS = {"DTI/TI": ("dti", "ti"), "DTI/TI fast": ("dti_fast", "ti_fast"), "no-cache/cache": ("dti_no_cache", "dti"),
           "TI plain/fast": ("ti", "ti_fast"), "DTI plain/fast": ("dti", "dti_fast"),
-          "fast/fast+channels_last": ("dti_fast", "dti_fast_channels_last")}
+          "fast/fast+channels_last": ("dti_fast", "dti_fast_channels_last"),
+          "CoRe/TI": ("core", "ti"), "DTI+CoRe/DTI": ("dti_core", "dti"), "CoRe/TI fast": ("core_fast", "ti_fast")}
 
 
 def make_images(n: int, size: int) -> list[Image.Image]:
@@ -145,6 +149,10 @@ def main() -> None:
             method, cache, switches = CONFIGS[name]
             if switches not in sets:
                 print(f"{family} {name}: skipped ({switches} does not apply to {family})", flush=True)
+                continue
+            if get_method(method).families and family not in get_method(method).families:
+                print(f"{family} {name}: skipped ({method} runs on {', '.join(get_method(method).families)})",
+                      flush=True)
                 continue
             speedups = sets[switches]
             if speedups not in owners:

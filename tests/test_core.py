@@ -123,7 +123,7 @@ def test_the_recorded_attention_is_a_distribution_over_tokens_from_every_cross_a
     for m in maps:
         assert m.shape == (2, backbone.slots[0].text_length)
         torch.testing.assert_close(m.sum(dim=-1), torch.ones(2))
-    with torch.no_grad():  # the hooks are gone after the block
+    with torch.no_grad():  # nothing is recorded outside a block
         backbone.predict(noisy, timesteps, cond, inputs.time_ids)
     assert len(maps) == len(cross_attention_layers(backbone.denoiser))
 

@@ -16,6 +16,7 @@ padding is not. The reference side involves no trainable row, so it is computed 
 
 from __future__ import annotations
 
+import weakref
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -104,27 +105,45 @@ def mean_token_attention(attn, hidden_states: torch.Tensor, context: torch.Tenso
     return probs.view(batch, -1, probs.shape[-1]).mean(dim=1)
 
 
-@contextmanager
-def recorded_attention(denoiser: torch.nn.Module):
-    """Within the block, every cross-attention call of `denoiser` appends its mean token attention to the
-    yielded list (the forward itself is unchanged: the maps are recomputed beside it, so any attention
-    backend keeps running)."""
-    maps: list[torch.Tensor] = []
+class _AttentionRecorder:
+    """Forward pre-hooks on every cross-attention layer of one denoiser, installed once and idle unless a
+    `recorded_attention` block is open: hooks added and removed around each call would make a compiled
+    denoiser (dti.speedups) recompile every step."""
 
-    def hook(module, args, kwargs):
+    def __init__(self, denoiser: torch.nn.Module):
+        layers = cross_attention_layers(denoiser)
+        if not layers:
+            raise DtiError(f"{type(denoiser).__name__} has no cross-attention layers for CoRe's context attention")
+        self.maps: list[torch.Tensor] | None = None
+        for layer in layers:
+            layer.register_forward_pre_hook(self._record, with_kwargs=True)
+
+    def _record(self, module, args, kwargs) -> None:
+        if self.maps is None:
+            return
         hidden = args[0] if args else kwargs["hidden_states"]
         context = kwargs.get("encoder_hidden_states")
         if context is None and len(args) > 1:
             context = args[1]
         if context is not None and hidden.dim() == 3:
-            maps.append(mean_token_attention(module, hidden, context))
+            self.maps.append(mean_token_attention(module, hidden, context))
 
-    layers = cross_attention_layers(denoiser)
-    if not layers:
-        raise DtiError(f"{type(denoiser).__name__} has no cross-attention layers for CoRe's context attention")
-    handles = [m.register_forward_pre_hook(hook, with_kwargs=True) for m in layers]
+
+_RECORDERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+@contextmanager
+def recorded_attention(denoiser: torch.nn.Module):
+    """Within the block, every cross-attention call of `denoiser` appends its mean token attention to the
+    yielded list. The forward itself is unchanged: the maps are recomputed beside it from the layer's own
+    projections, so any attention backend keeps running."""
+    recorder = _RECORDERS.get(denoiser)
+    if recorder is None:
+        recorder = _RECORDERS[denoiser] = _AttentionRecorder(denoiser)
+    if recorder.maps is not None:
+        raise DtiError("recorded_attention blocks on one denoiser cannot nest")
+    recorder.maps = maps = []
     try:
         yield maps
     finally:
-        for handle in handles:
-            handle.remove()
+        recorder.maps = None
