@@ -28,12 +28,12 @@ from dti.errors import DtiError
 from dti.images import IMAGE_SUFFIXES
 from dti.methods import get_method
 from dti.metrics.spec import tiny_families
-from dti.prompts import load_prompt_set
+from dti.prompts import DEFAULT_PROMPTS_DIR, load_prompt_set
 from dti.subject_schema import subject_problem
 from dti.tables import table_names
 from dti.text_windows import check_text_windows, prompt_set_files
 
-PROMPTS_DIR = Path(workflow.basedir) / "config" / "prompts"
+PROMPTS_DIR = DEFAULT_PROMPTS_DIR  # the prompt sets the library ships (src/dti/data/prompts), one home
 CODE_VERSION = dti.__version__
 
 
@@ -52,9 +52,10 @@ def _config_error(message):
 
 
 def _subject_rows():
-    """The subjects, each valid against config/subject.schema.yaml: the inline list was validated with the
-    config; a TSV's rows are validated here, one by one, so the error names the row. (dti.subject_schema
-    validates with the same schema, read once: Snakemake's validate would read it again for every row.)"""
+    """The subjects, each valid against src/dti/data/subject.schema.yaml: the inline list was validated
+    with the config; a TSV's rows are validated here, one by one, so the error names the row.
+    (dti.subject_schema validates with the same schema, read once: Snakemake's validate would read it again
+    for every row.)"""
     rows = subject_rows(config, workflow.basedir)
     if config.get("subject_table"):
         for where, row in rows:

@@ -39,7 +39,7 @@ needs_copy = pytest.mark.skipif(AUTHORS_PROMPTS is None, reason="the authors' pr
 
 def test_paper_subject_table_has_the_authors_class_words_and_initializations():
     authors = json.loads(AUTHORS_SUBJECTS.read_text())
-    with open(REPO / "config" / "subjects" / "dreambooth.tsv") as handle:
+    with open(REPO / "src" / "dti" / "data" / "subjects" / "dreambooth.tsv") as handle:
         table = {row["name"]: row for row in csv.DictReader(handle, delimiter="\t")}
     assert {name: row["class"] for name, row in table.items()} == {n: s["class"] for n, s in authors.items()}
     assert table["pink_sunglasses"]["class"] == "sunglasses"

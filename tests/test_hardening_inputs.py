@@ -37,7 +37,7 @@ from dti.cli import main
 from dti.config_layers import resolve_extends
 from dti.errors import DtiError
 from dti.export import load_diffusers
-from dti.prompts import read_prompt_file
+from dti.prompts import DEFAULT_PROMPTS_DIR, read_prompt_file
 from dti.sample import SampleJob, SampleSettings, generate
 from dti.subject_schema import subject_problem
 from dti.text_windows import CACHE_DIR, check_text_windows, prompt_set_files
@@ -46,6 +46,7 @@ from dti.train import Trainer
 REPO = Path(__file__).resolve().parents[1]
 SCHEMA = REPO / "config" / "schema.yaml"
 DEFAULT = REPO / "config" / "config.yaml"
+DREAMBOOTH_TABLE = REPO / "src" / "dti" / "data" / "subjects" / "dreambooth.tsv"  # the paper configs' subject_table
 HEADER = "name\tclass\tkind\tsource"
 
 
@@ -161,7 +162,7 @@ SIZE_CASES = {  # case: (action(tmp), what the one-line error says; None: it pas
         "row 2: the class cell has 20000 characters, more than the 10000"),
     "the embedded default passes": (lambda t: _plan_files(DEFAULT), None),
     "the paper config passes": (lambda t: _plan_files(REPO / "config" / "paper-sdxl.yaml"), None),
-    "the DreamBooth subject table passes": (lambda t: _rows(REPO / "config" / "subjects" / "dreambooth.tsv"), None),
+    "the DreamBooth subject table passes": (lambda t: _rows(DREAMBOOTH_TABLE), None),
 }
 
 
@@ -310,7 +311,7 @@ def _planning(tmp: Path, models, monkeypatch, prompt_lines: list[str] | None = N
     check_text_windows(
         backbones, subjects, initializers(config, subjects),
         {b: {m: train_settings(config, b, m) for m in trained_methods(config["methods"])} for b in backbones},
-        prompt_set_files(config["prompt_sets"], [s["kind"] for s in subjects.values()], REPO / "config" / "prompts",
+        prompt_set_files(config["prompt_sets"], [s["kind"] for s in subjects.values()], DEFAULT_PROMPTS_DIR,
                          config.get("prompt_limit")),
         "<{subject}>")
     return sorted((tmp / CACHE_DIR).glob("*"))

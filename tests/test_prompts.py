@@ -19,7 +19,7 @@ from dti.prompts import (
 )
 
 REPO = Path(__file__).resolve().parents[1]
-PROMPTS_DIR = REPO / "config" / "prompts"
+PROMPTS_DIR = REPO / "src" / "dti" / "data" / "prompts"  # shipped with the library
 
 
 def _find_dreambooth() -> Path | None:

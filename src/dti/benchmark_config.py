@@ -1,9 +1,9 @@
 """Checks of the benchmark configuration beyond what its JSON schemas express, made while planning, and
 the per-backbone views the rules plan with.
 
-config/schema.yaml checks keys, types and ranges, and config/subject.schema.yaml each subject (the entries
-of the inline `subjects` list with the config; the rows of a `subject_table` TSV, which `subject_rows`
-reads, in rules/common.smk; read bounded: dti.yaml_safety). Here, before any job starts: every number
+config/schema.yaml checks keys, types and ranges, and src/dti/data/subject.schema.yaml each subject (the
+entries of the inline `subjects` list with the config; the rows of a `subject_table` TSV, which
+`subject_rows` reads, in rules/common.smk; read bounded: dti.yaml_safety). Here, before any job starts: every number
 the schema lets through that no flag would take (dti.numbers: NaN, infinities, integers past 64 bits,
 floats past float32, negative seeds), subject names that appear twice or differ only in case (backbones,
 methods and prompt sets neither: one folder on a case-insensitive file system), an empty subject table,
@@ -39,7 +39,9 @@ TABLE_COLUMNS = ("name", "class", "kind", "source")  # and, optionally, initiali
 # The subject fields a backbone's tokens can start from (`backbones.<name>.initializer_from`): the subject's
 # `initializer` (its class noun unless given) or the DTI authors' `initialization` phrase.
 INITIALIZER_FIELDS = ("initializer", "authors_initialization")
-WORKFLOW_DIR = Path(__file__).resolve().parents[2]  # the Snakefile's folder, as in dti.subject_schema
+# The Snakefile's folder: the checkout dti is installed from (editable), for the workflow's helpers alone
+# (configs' relative paths). The library's commands never use it: an installed wheel has no checkout.
+WORKFLOW_DIR = Path(__file__).resolve().parents[2]
 RUNS_DIR = "results/runs"  # results/runs/{run_name}/: one config's tables, analyses and report files
 # results/{backbone}/ holds the per-subject outputs, so no backbone may take the runs' folder name.
 RESERVED_BACKBONE_NAMES = ("runs",)
@@ -49,7 +51,8 @@ MAX_CELL_CHARS = 10_000  # of one subject table cell: a name is at most 100, a p
 def check_config(config: dict, subjects: list[tuple[str, dict]]) -> dict[str, dict]:
     """Check everything below; return the subject table {name: row} (initializer defaulting to the class).
 
-    `subjects`: the subject rows (`subject_rows`), each already valid against config/subject.schema.yaml.
+    `subjects`: the subject rows (`subject_rows`), each already valid against the subject schema
+    (dti.subject_schema).
     """
     table = subject_table(subjects, "subject_table" if config.get("subject_table") else "subjects")
     check_run_name(config)
@@ -344,7 +347,7 @@ def check_methods(methods: dict) -> None:
 
 def prompt_set_key(name: str) -> str:
     """The name a prompt set's images are filed under: the file name up to its first dot
-    (`complex`, `config/prompts/dreambooth.object.txt` -> `dreambooth`)."""
+    (`complex`, `prompts/dreambooth.object.txt` -> `dreambooth`)."""
     return Path(name).name.split(".")[0]
 
 

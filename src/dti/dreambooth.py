@@ -1,9 +1,10 @@
 """The DreamBooth dataset: its pinned release, checksum verification, and its class and prompt file.
 
 The dataset is github.com/google/dreambooth, folder `dataset/`, at a pinned commit. Every file of that
-folder is listed with its sha256 and size in `config/dreambooth_manifest.tsv` (tab-separated, header
-`path sha256 bytes`, paths relative to the dataset folder with `/` separators), so a local copy and a
-download are checked the same way and a changed upstream file is caught instead of silently used.
+folder is listed with its sha256 and size in `src/dti/data/dreambooth_manifest.tsv`, shipped with the
+library (tab-separated, header `path sha256 bytes`, paths relative to the dataset folder with `/`
+separators), so a local copy and a download are checked the same way and a changed upstream file is
+caught instead of silently used.
 """
 
 from __future__ import annotations
@@ -20,13 +21,14 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+from dti.data import DATA_DIR
 from dti.errors import DtiError
 from dti.io import check_target
 from dti.terms import LIVE, OBJECT, SUBJECT_KINDS, check_kind
 
 COMMIT = "4f887af7970a06fc0cd3adaa1d0b368547d6a1d0"
 ARCHIVE_URL = f"https://github.com/google/dreambooth/archive/{COMMIT}.tar.gz"
-DEFAULT_MANIFEST = Path(__file__).resolve().parents[2] / "config" / "dreambooth_manifest.tsv"
+DEFAULT_MANIFEST = DATA_DIR / "dreambooth_manifest.tsv"
 PROMPTS_FILE = "prompts_and_classes.txt"
 
 # DreamBooth evaluates "live subjects" (its cats and dogs) with their own prompt list.

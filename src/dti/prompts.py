@@ -5,7 +5,7 @@ A template is a string with exactly one `{}` where the subject goes. It is fille
 learned placeholder alone ("a <s> in the snow"); CLIP-T scores the image against the same template with
 the subject's class noun ("a dog in the snow"), see `eval_prompt`.
 
-Prompt set files live in `config/prompts/`. Format: UTF-8 text (a byte-order mark at its start is
+The prompt sets a name stands for ship with the library: src/dti/data/prompts/ (dti.data). Format: UTF-8 text (a byte-order mark at its start is
 skipped, as editors on Windows write one; at most 10 MB), one template per line, blank lines and
 lines starting with `#` ignored; every template has exactly one `{}` and no other braces; no duplicates.
 The prompt id of a template is its 0-based position among the templates of the file.
@@ -22,12 +22,13 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from dti.data import DATA_DIR
 from dti.errors import DtiError
 from dti.terms import check_kind
 from dti.yaml_safety import read_bounded
 
 PLACEHOLDER = "{}"
-DEFAULT_PROMPTS_DIR = Path(__file__).resolve().parents[2] / "config" / "prompts"
+DEFAULT_PROMPTS_DIR = DATA_DIR / "prompts"
 
 # The 27 "imagenet_templates_small" training captions of the original Textual Inversion work; DTI, TI and
 # CrossInit all train with them, the placeholder alone filling the slot (no class word).

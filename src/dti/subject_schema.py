@@ -1,22 +1,21 @@
-"""One subject's schema (config/subject.schema.yaml), shared by every place a subject is described.
+"""One subject's schema (src/dti/data/subject.schema.yaml), shared by every place a subject is described.
 
 The workflow validates the config's inline `subjects` list (through config/schema.yaml, which refers to
 it) and each row of a `subject_table` TSV (rules/common.smk) with Snakemake's validator. Prepared subject
 folders repeat name, class, kind and initializer in their subject.json; `check_subject` checks those
-against the same schema with jsonschema, and `subject_problem` turns a violation into one line.
+against the same schema with jsonschema, and `subject_problem` turns a violation into one line. The schema
+ships with the library (dti.data) and holds the naming rule itself, so no file of the workflow is needed.
 """
 
 from __future__ import annotations
 
 import functools
-from pathlib import Path
 
+from dti.data import DATA_DIR
 from dti.errors import DtiError
 from dti.names import name_problem
 
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "config"
-SUBJECT_SCHEMA = CONFIG_DIR / "subject.schema.yaml"
-CONFIG_SCHEMA = CONFIG_DIR / "schema.yaml"  # holds the naming rule the subject schema refers to
+SUBJECT_SCHEMA = DATA_DIR / "subject.schema.yaml"
 PREPARED_FIELDS = ("name", "class", "kind", "initializer")  # what subject.json repeats of a subject
 
 
@@ -25,16 +24,11 @@ def _validator(fields: tuple[str, ...] | None):
     """A validator of the subject schema; with `fields`, of those fields only (all of them required)."""
     import jsonschema
     import yaml
-    from referencing import Registry, Resource
 
-    schemas = {path.resolve().as_uri(): yaml.safe_load(path.read_text(encoding="utf-8"))
-               for path in (CONFIG_SCHEMA, SUBJECT_SCHEMA)}
-    registry = Registry().with_resources((uri, Resource.from_contents(s)) for uri, s in schemas.items())
-    uri = SUBJECT_SCHEMA.resolve().as_uri()
-    schema = {**schemas[uri], "$id": uri}  # relative references resolve beside the file
+    schema = yaml.safe_load(SUBJECT_SCHEMA.read_text(encoding="utf-8"))
     if fields is not None:
         schema = {**schema, "properties": {k: schema["properties"][k] for k in fields}, "required": list(fields)}
-    return jsonschema.Draft202012Validator(schema, registry=registry)
+    return jsonschema.Draft202012Validator(schema)
 
 
 def subject_problem(row: dict, fields: tuple[str, ...] | None = None) -> str | None:

@@ -8,7 +8,7 @@
   names, configs) keeps the keys. Each method and metric declares its own (dti.methods.METHODS,
   dti.metrics.spec.METRICS); `display_name` is the one place that reads them.
 
-config/subject.schema.yaml repeats the kinds and sources as enums (tests check that they agree).
+src/dti/data/subject.schema.yaml repeats the kinds and sources as enums (tests check that they agree).
 """
 
 from __future__ import annotations

@@ -110,14 +110,14 @@ EULER_SCHEDULER = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled
 def tokenizer_corpus() -> tuple[str, ...]:
     """What the small tokenizers are trained on: the training templates and this project's prompt files,
     each filled with every DreamBooth class word, the class words alone, and every ASCII letter, digit and
-    punctuation mark (so any ASCII word splits into known pieces, as with the real vocabularies)."""
+    punctuation mark (so any ASCII word splits into known pieces, as with the real vocabularies). All of it
+    ships with the library (dti.data), so an installed `dti` builds the same tokenizers as the checkout."""
+    from dti.data import DATA_DIR
     from dti.prompts import DEFAULT_PROMPTS_DIR, TRAINING_TEMPLATES
 
-    root = DEFAULT_PROMPTS_DIR.parent
     classes = ["dog", "cat", "box", "stuffed animal", "toy", "object"]
-    table = root / "subjects" / "dreambooth.tsv"
-    if table.is_file():
-        classes += [line.split("\t")[1] for line in table.read_text(encoding="utf-8").splitlines()[1:] if line]
+    table = DATA_DIR / "subjects" / "dreambooth.tsv"
+    classes += [line.split("\t")[1] for line in table.read_text(encoding="utf-8").splitlines()[1:] if line]
     templates = list(TRAINING_TEMPLATES)
     for path in sorted(DEFAULT_PROMPTS_DIR.glob("*.txt")):
         templates += [line for line in path.read_text(encoding="utf-8").splitlines()
