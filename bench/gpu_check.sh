@@ -18,6 +18,9 @@ python3 -c "import torch, diffusers, transformers; print('torch', torch.__versio
 timeout "${SDXL_SAMPLE_S:-330}" python3 bench/sample_throughput.py --family sdxl --out "$OUT/sdxl" ${SAMPLE_ARGS:-} 2>&1 | quiet
 timeout "${TRAIN_S:-150}" python3 bench/train_step.py --family sdxl --steps "${STEPS:-6}" --rounds "${ROUNDS:-3}" \
   --json "$OUT/train_sdxl.json" --profile-dir "$OUT" ${TRAIN_ARGS:-} 2>&1 | quiet
+# CoRe and DTI + CoRe against TI and DTI on full-size SDXL (docs/method.md, "CoRe"): the step-time ratios.
+timeout "${CORE_S:-120}" python3 bench/train_step.py --family sdxl --steps "${STEPS:-6}" --rounds 2 \
+  --configs ti dti core dti_core ti_fast core_fast --json "$OUT/train_sdxl_core.json" 2>&1 | quiet
 timeout "${SD_SAMPLE_S:-60}" python3 bench/sample_throughput.py --family sd --core-only --out "$OUT/sd" \
   ${SD_SAMPLE_ARGS:-} 2>&1 | quiet
 [ -n "${TRAIN_SD_S:-}" ] && timeout "$TRAIN_SD_S" python3 bench/train_step.py --family sd --steps "${STEPS:-6}" \
