@@ -19,9 +19,9 @@ from dti.benchmark_config import check_config_files
 from dti.config_layers import resolve_extends
 from dti.errors import DtiError
 
-# `snakemake --lint` asks for a conda environment or container on every rule. Neither applies here: the
-# software is the pinned Python stack that `make demo` installs into .venv (requirements.lock.txt), the
-# same on laptops, CI and clusters, and the target machines have no conda. That is the only lint left.
+# Software: jobs run in the environment Snakemake runs in (the pinned .venv `make demo` installs), or with
+# `--sdm conda` in workflow/envs/dti.yaml (every rule names it), or with `--sdm apptainer` in the image the
+# config's `container` names, built from workflow/envs/dti.def (docs/environments.md).
 
 
 # The embedded default, found beside this file also when running with --directory elsewhere. A
@@ -47,6 +47,10 @@ except DtiError as exc:
 config.clear()
 config.update(_resolved)
 validate(config, "config/schema.yaml")
+
+if config.get("container"):
+
+    container: config["container"]
 
 
 include: "rules/common.smk"

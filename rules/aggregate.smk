@@ -13,6 +13,8 @@ rule aggregate:
         "logs/aggregate.log",
     benchmark:
         "benchmarks/aggregate.tsv"
+    conda:
+        DTI_ENV
     params:
         runs=run_records(),
         out_dir=lambda wildcards, output: os.path.dirname(output[0]),

@@ -18,6 +18,8 @@ rule norm_analysis:
         "logs/norm_analysis.log",
     benchmark:
         "benchmarks/norm_analysis.tsv"
+    conda:
+        DTI_ENV
     params:
         runs=run_records(),
         models={b: f"resources/models/{b}.json" for b in BACKBONES},
@@ -38,6 +40,8 @@ rule magnitude_sweep:
         "logs/magnitude_sweep/{backbone}.log",
     benchmark:
         "benchmarks/magnitude_sweep/{backbone}.tsv"
+    conda:
+        DTI_ENV
     threads: 1
     resources:
         gpu=1,
@@ -65,6 +69,8 @@ rule score_magnitude_sweep:
         "logs/score_magnitude_sweep/{backbone}.log",
     benchmark:
         "benchmarks/score_magnitude_sweep/{backbone}.tsv"
+    conda:
+        DTI_ENV
     threads: 1
     resources:
         gpu=1,
@@ -88,6 +94,8 @@ rule magnitude_outputs:
         "logs/magnitude_outputs.log",
     benchmark:
         "benchmarks/magnitude_outputs.tsv"
+    conda:
+        DTI_ENV
     params:
         scores={b: run_path(f"magnitude/{b}/fidelity.parquet") for b in SWEEP_BACKBONES},
         out_dir=lambda wildcards, output: os.path.dirname(output.figures[0]),

@@ -35,6 +35,9 @@ from dti.text_windows import check_text_windows, prompt_set_files
 
 PROMPTS_DIR = DEFAULT_PROMPTS_DIR  # the prompt sets the library ships (src/dti/data/prompts), one home
 CODE_VERSION = dti.__version__
+# Every rule's software with `--sdm conda`: the pinned lock as a conda environment (a path relative to
+# rules/; docs/environments.md). Without --sdm conda, jobs run in the environment Snakemake runs in.
+DTI_ENV = "../workflow/envs/dti.yaml"
 
 
 def canonical(value):

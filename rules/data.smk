@@ -13,6 +13,8 @@ rule synthesize_subject:
         "logs/synthesize_subject/{subject}.log",
     benchmark:
         "benchmarks/synthesize_subject/{subject}.tsv"
+    conda:
+        DTI_ENV
     params:
         kind=lambda wc: SUBJECTS[wc.subject]["kind"],
         size=config["synthetic"]["size"],
@@ -29,6 +31,8 @@ rule fetch_dreambooth:
         "logs/fetch_dreambooth.log",
     benchmark:
         "benchmarks/fetch_dreambooth.tsv"
+    conda:
+        DTI_ENV
     params:
         source=config["data"].get("dreambooth"),
         dest=lambda wildcards, output: os.path.splitext(output.marker)[0],
@@ -44,6 +48,8 @@ rule fetch_dti_prompts:
         "logs/fetch_dti_prompts.log",
     benchmark:
         "benchmarks/fetch_dti_prompts.tsv"
+    conda:
+        DTI_ENV
     params:
         source=config["data"].get("dti_prompts"),
     script:
@@ -60,6 +66,8 @@ rule prepare_subject:
         "logs/prepare_subject/{subject}.log",
     benchmark:
         "benchmarks/prepare_subject/{subject}.tsv"
+    conda:
+        DTI_ENV
     params:
         class_noun=lambda wc: SUBJECTS[wc.subject]["class"],
         kind=lambda wc: SUBJECTS[wc.subject]["kind"],

@@ -15,6 +15,8 @@ rule interpolate:
         "logs/interpolate/{backbone}/{pair}.log",
     benchmark:
         "benchmarks/interpolate/{backbone}/{pair}.tsv"
+    conda:
+        DTI_ENV
     threads: 1
     resources:
         gpu=1,
@@ -46,6 +48,8 @@ rule score_interpolation:
         "logs/score_interpolation/{backbone}/{pair}.log",
     benchmark:
         "benchmarks/score_interpolation/{backbone}/{pair}.tsv"
+    conda:
+        DTI_ENV
     threads: 1
     resources:
         gpu=1,
@@ -77,6 +81,8 @@ rule interpolation_outputs:
         "logs/interpolation_outputs.log",
     benchmark:
         "benchmarks/interpolation_outputs.tsv"
+    conda:
+        DTI_ENV
     params:
         subjects=subject_files(sorted({s for p in PAIRS.values() for s in (p.a, p.b)})),
         out_dir=lambda wildcards, output: os.path.dirname(output.tex),

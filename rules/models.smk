@@ -14,6 +14,8 @@ rule tiny_model:
         "logs/tiny_model/{family}.log",
     benchmark:
         "benchmarks/tiny_model/{family}.tsv"
+    conda:
+        DTI_ENV
     script:
         "../workflow/scripts/tiny_model.py"
 
@@ -27,6 +29,8 @@ rule fetch_model:
         "logs/fetch_model/{backbone}.log",
     benchmark:
         "benchmarks/fetch_model/{backbone}.tsv"
+    conda:
+        DTI_ENV
     params:
         model=lambda wc: BACKBONES[wc.backbone]["model"],
         family=lambda wc: BACKBONES[wc.backbone]["family"],
@@ -44,6 +48,8 @@ rule tiny_metric_models:
         "logs/tiny_metric_models.log",
     benchmark:
         "benchmarks/tiny_metric_models.tsv"
+    conda:
+        DTI_ENV
     params:
         folders=TINY_METRICS,
     script:
@@ -59,6 +65,8 @@ rule fetch_metrics:
         "logs/fetch_metrics.log",
     benchmark:
         "benchmarks/fetch_metrics.tsv"
+    conda:
+        DTI_ENV
     params:
         metrics=METRICS,
         tiny_metrics=TINY_METRICS,

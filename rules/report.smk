@@ -18,6 +18,8 @@ rule sample_grids:
         "logs/sample_grids.log",
     benchmark:
         "benchmarks/sample_grids.tsv"
+    conda:
+        DTI_ENV
     params:
         manifests=sample_manifests(),
         subjects=subject_files(SUBJECTS),
@@ -46,6 +48,8 @@ rule report_tables:
         "logs/report_tables.log",
     benchmark:
         "benchmarks/report_tables.tsv"
+    conda:
+        DTI_ENV
     params:
         tables=table_pages(),
         notes=TABLE_NOTES,
@@ -71,6 +75,8 @@ rule checkpoint_sweep:
         "logs/checkpoint_sweep.log",
     benchmark:
         "benchmarks/checkpoint_sweep.tsv"
+    conda:
+        DTI_ENV
     params:
         stem=lambda wildcards, output: os.path.splitext(output.figure)[0],
         code_version=CODE_VERSION,

@@ -15,6 +15,8 @@ rule sample:
         "logs/sample/{backbone}/{method}/{subject}/step-{step}.log",
     benchmark:
         "benchmarks/sample/{backbone}/{method}/{subject}/step-{step}.tsv"
+    conda:
+        DTI_ENV
     threads: 1
     resources:
         gpu=1,

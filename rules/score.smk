@@ -16,6 +16,8 @@ rule score:
         "logs/score/{backbone}/{method}/{subject}/step-{step}.log",
     benchmark:
         "benchmarks/score/{backbone}/{method}/{subject}/step-{step}.tsv"
+    conda:
+        DTI_ENV
     threads: 1
     resources:
         gpu=1,

@@ -13,6 +13,8 @@ rule train:
         "logs/train/{backbone}/{method}/{subject}.log",
     benchmark:
         "benchmarks/train/{backbone}/{method}/{subject}.tsv"
+    conda:
+        DTI_ENV
     threads: 1
     resources:
         gpu=1,

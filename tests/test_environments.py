@@ -237,3 +237,19 @@ def test_definition_scriptlets_are_valid_sh(section):
     checked = subprocess.run(["sh", "-n"], input=script, capture_output=True, text=True)
     assert checked.returncode == 0, f"%{section}: {checked.stderr}"
 
+
+
+# --- the workflow names them -----------------------------------------------------------------------------
+def test_every_rule_runs_in_the_conda_environment_and_the_lint_is_clean(tmp_path):
+    """`--sdm conda` reaches every rule (each names DTI_ENV, the env file's path from rules/), and with that
+    `snakemake --lint` has no finding left."""
+    common = (REPO / "rules" / "common.smk").read_text()
+    env = re.search(r'^DTI_ENV = "([^"]+)"', common, re.M).group(1)
+    assert (REPO / "rules" / env).resolve() == (REPO / "workflow" / "envs" / "dti.yaml").resolve()
+    for smk in sorted((REPO / "rules").glob("*.smk")):
+        rules = re.split(r"^rule ", smk.read_text(), flags=re.M)[1:]
+        for rule in rules:
+            assert re.search(r"^    conda:\n        DTI_ENV$", rule, re.M), f"{smk.name}: rule {rule.split(':')[0]}"
+    lint = subprocess.run([str(Path(sys.executable).parent / "snakemake"), "--lint", "-s", str(REPO / "Snakefile"),
+                           "--directory", str(tmp_path)], capture_output=True, text=True, timeout=300)
+    assert lint.returncode == 0 and "Congratulations" in lint.stdout + lint.stderr, lint.stdout + lint.stderr
