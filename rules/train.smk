@@ -1,4 +1,4 @@
-# One GPU job per (backbone, trained method, subject). Checkpoints/state.pt is not an output, so a
+# One GPU job per (backbone, trained method, subject). checkpoints/state.safetensors is not an output, so a
 # preempted job's state survives and the rerun resumes from it.
 
 

@@ -8,7 +8,7 @@ settings (shortest side 256, bicubic, centre crop 224, ImageNet statistics); the
 to 64 px (the tiny samples' size) instead of 512. CLIP is an open_clip model folder (`open_clip_config.json`
 and `open_clip_model.safetensors`, as on the hub), loaded by open_clip's `local-dir:` loader with the real
 CLIP BPE tokenizer and OpenAI's image statistics at 64 px; a random ViT-B/32 would cost each score job
-about 1.7 CPU-s more for equally meaningless scores (bench/README.md). Weights are random under a fixed
+more CPU time for equally meaningless scores (measured in bench/README.md). Weights are random under a fixed
 seed and the tokenizer is trained on a fixed corpus, so two builds are identical.
 """
 
