@@ -16,7 +16,7 @@ from safetensors.torch import save_file
 
 from dti.cli import main
 from dti.errors import DtiError
-from dti.inspect import inspect_file, read_embedding_file, run_inspect
+from dti.inspect import CLIENTS, inspect_file, read_embedding_file, run_inspect
 from dti.vocab import load_vocabularies
 
 
@@ -100,24 +100,30 @@ def _verdicts(info):
 def test_loaders_follow_the_layout_and_widths(tmp_path):
     pair = inspect_file(_write(tmp_path / "xl.safetensors", {"clip_l": torch.randn(1, 768),
                                                              "clip_g": torch.randn(1, 1280)}))
-    assert {k[1]: v for k, v in _verdicts(pair).items() if k[0] == "SDXL"} == {
-        "diffusers": "yes", "AUTOMATIC1111": "yes", "ComfyUI": "yes"}
-    # On SD 1.x diffusers and ComfyUI take its clip_l tensor; A1111 wants one tensor there.
+    assert {k[1]: v for k, v in _verdicts(pair).items() if k[0] == "SDXL"} == dict.fromkeys(CLIENTS, "yes")
+    # On SD 1.x diffusers and ComfyUI take its clip_l tensor; the web UIs want one tensor there, and InvokeAI
+    # reads the pair's base model (SDXL) from clip_g's width.
     assert {k[1]: v for k, v in _verdicts(pair).items() if k[0] == "SD 1.x"} == {
-        "diffusers": "yes", "AUTOMATIC1111": "no", "ComfyUI": "yes"}
+        "diffusers": "yes", "AUTOMATIC1111": "no", "Forge": "no", "SD.Next": "no", "ComfyUI": "yes",
+        "InvokeAI": "no"}
     single = inspect_file(_write(tmp_path / "sd.safetensors", {"emb_params": torch.randn(1, 768)}))
     verdicts = _verdicts(single)
-    assert [verdicts[("SD 1.x", c)] for c in ("diffusers", "AUTOMATIC1111", "ComfyUI")] == ["yes"] * 3
-    assert [verdicts[("SD 2.x", c)] for c in ("diffusers", "AUTOMATIC1111", "ComfyUI")] == ["no"] * 3
-    assert [verdicts[("SDXL", c)] for c in ("diffusers", "AUTOMATIC1111", "ComfyUI")] == [
-        "partly", "no", "partly"]
+    assert [verdicts[("SD 1.x", c)] for c in CLIENTS] == ["yes"] * len(CLIENTS)
+    assert [verdicts[("SD 2.x", c)] for c in CLIENTS] == ["no"] * len(CLIENTS)
+    assert {c: verdicts[("SDXL", c)] for c in CLIENTS} == {
+        "diffusers": "partly", "AUTOMATIC1111": "no", "Forge": "no", "SD.Next": "no", "ComfyUI": "partly",
+        "InvokeAI": "no"}
 
 
-def test_our_exports_load_in_all_three_on_their_own_model(tiny_sdxl, trained_run):
+def test_our_exports_load_on_their_own_model(tiny_sdxl, trained_run):
     run = trained_run("sdxl", "dti")
     single = next(p for p in run.out_dir.glob("*.safetensors") if not p.name.startswith("learned_embeds"))
     info = inspect_file(single, load_vocabularies(tiny_sdxl), model="tiny-sdxl")
-    assert set(_verdicts(info).values()) == {"yes"}
+    # The tiny SDXL's two encoders are equally wide: the clients that take clip_l and clip_g by their keys
+    # load the pair; SD.Next and InvokeAI match tensors to encoders by width and mix them up.
+    assert {c: v for (_, c), v in _verdicts(info).items()} == {
+        "diffusers": "yes", "AUTOMATIC1111": "yes", "Forge": "yes", "SD.Next": "partly", "ComfyUI": "yes",
+        "InvokeAI": "partly"}
     half = inspect_file(run.out_dir / "learned_embeds.safetensors", load_vocabularies(tiny_sdxl), model="tiny-sdxl")
     assert _verdicts(half)[("tiny-sdxl", "diffusers")] == "partly"  # one encoder's file of an SDXL pair
 
@@ -212,8 +218,7 @@ def test_tokens_of_families_without_client_loaders_say_so(family, tiny_models, t
     for path, model in ((run.out_dir / "learned_embeds.safetensors", str(tiny_models[family])), (single, None)):
         info = json.loads(run_inspect(str(path), model=model, as_json=True))
         assert info["family"] == family
-        assert {c["client"]: c["loads"] for c in info["clients"]} == {
-            "dti": "yes", "diffusers": "no", "AUTOMATIC1111": "no", "ComfyUI": "no"}
+        assert {c["client"]: c["loads"] for c in info["clients"]} == {"dti": "yes", **dict.fromkeys(CLIENTS, "no")}
     (encoder,) = json.loads(run_inspect(str(run.out_dir / "learned_embeds.safetensors"),
                                         model=str(tiny_models[family]), as_json=True))["encoders"]
     assert encoder["rows"][0]["ratio_to_vocab_mean"] == pytest.approx(1.0, rel=1e-5)  # DTI sits at m

@@ -23,6 +23,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save
 
 from dti.errors import DtiError
+from dti.inspect import check_trained_family
 from dti.io import write_bytes
 from dti.numbers import provenance_problems
 from dti.sphere import normalize
@@ -111,9 +112,7 @@ def load_diffusers(out_dir: Path, slots: list[str], step: int | None = None, *, 
         except (SafetensorError, OSError, ValueError, RuntimeError) as err:
             raise DtiError(f"cannot read learned embedding file {path}: {err}") from err
         check_provenance(path, meta)
-        trained_for = meta.get("dti.family")
-        if family is not None and trained_for and trained_for != family:
-            raise DtiError(f"{path} was trained for the {trained_for!r} family; this model is a {family!r} one")
+        check_trained_family(path, meta, family)  # the refusal `dti inspect --model` gives too
         vectors[slot] = _checked_rows(path, rows, widths.get(slot) if widths else None)
         names.add(keys[0])
     if len(names) != 1:

@@ -10,6 +10,13 @@ Layouts recognised (one file at a time):
 - "emb_params": AUTOMATIC1111 / kohya for SD 1.x/2.x, one tensor [k, d];
 - "string_to_param": A1111's .pt layout stored as safetensors (key "string_to_param.*");
 - "sdxl": AUTOMATIC1111 / ComfyUI / kohya for SDXL, {"clip_l": [k, 768], "clip_g": [k, 1280]}.
+
+Which text encoder a tensor is for is what the file says, never its width: the dti.slot metadata, else the
+key (clip_l, clip_g), else the file name dti and diffusers give each encoder's file (learned_embeds_2 is
+the second encoder's: dti.export.diffusers_file). SDXL's two encoders may have one width (the tiny models'
+do), so a width cannot tell them apart. Against a model (--model), the width is then only checked: a named
+encoder of another width is an error naming the file, the key and both widths. Only a tensor the file names
+no encoder for (emb_params, a diffusers token from elsewhere) is matched to the model by its width.
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from dti.backbones.registry import FAMILIES
 from dti.errors import DtiError
 from dti.numbers import provenance_problems
 from dti.terminal import LIMIT, visible
@@ -38,6 +46,11 @@ STANDARD_TARGETS: dict[str, dict[str, int]] = {
 }
 _SLOT_BY_WIDTH = {768: "clip_l", 1024: "clip_h", 1280: "clip_g"}
 _SLOT_NAME = re.compile(r"[A-Za-z0-9_]{1,32}")  # an encoder's name in dti.slot (clip_l, clip_g, umt5, ...)
+# The names dti.export.diffusers_file gives each text encoder's file (and diffusers' training scripts use):
+# learned_embeds[_N][-steps-S].safetensors, N = 2, 3, ... for the second encoder on.
+_ENCODER_FILE = re.compile(r"learned_embeds(?:_([1-9][0-9]*))?(?:-steps-[0-9]+)?\.safetensors")
+# What named a tensor's encoder (EmbeddingFile.named_by), as an error message quotes it.
+BY_METADATA, BY_KEY, BY_FILE_NAME = "its dti.slot metadata", "its key", "its file name"
 
 # What a header may declare. Real embeddings are [k, d] with a handful of vectors and d a text encoder's
 # width (a few thousand at most); these bounds refuse a file declaring more before anything is allocated,
@@ -57,6 +70,7 @@ class _Tensor:
     shape: tuple[int, int]
     begin: int
     end: int
+    declared: tuple[int, ...] = ()  # the shape as the header gives it: [d] or [k, d]
 
 
 @dataclass
@@ -66,6 +80,12 @@ class EmbeddingFile:
     token: str | None  # the tensor's key in the diffusers layout (the token it was saved for)
     vectors: dict[str, np.ndarray]  # slot -> float32 [k, d]
     metadata: dict[str, str] = field(default_factory=dict)
+    keys: dict[str, str] = field(default_factory=dict)  # slot -> its tensor's key in the file
+    # slot -> what in the file names that encoder (BY_METADATA, BY_KEY, BY_FILE_NAME); a slot absent here
+    # was guessed from the width (clip_l for 768, clip_h for 1024, ...).
+    named_by: dict[str, str] = field(default_factory=dict)
+    position: int | None = None  # the encoder the file name is for (learned_embeds: 0, learned_embeds_2: 1)
+    shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)  # slot -> its tensor's shape as stored
 
 
 def _one_line(err: Exception) -> str:
@@ -156,7 +176,7 @@ def _check_entry(path: Path, key: str, entry, data_size: int) -> _Tensor:
     need = vectors * width * _ITEM_BYTES[dtype]
     if end - begin != need:
         raise _bad(path, f"tensor {name} of shape {shape} ({dtype}) needs {need} bytes but declares {end - begin}")
-    return _Tensor(dtype, (vectors, width), begin, end)
+    return _Tensor(dtype, (vectors, width), begin, end, tuple(shape))
 
 
 def _decode(raw: bytes, tensor: _Tensor) -> np.ndarray:
@@ -192,15 +212,39 @@ def _check_layout(path: Path, keys: list[str]) -> None:
                        "clip_l and clip_g (SDXL)")
 
 
-def _single_slot(path: Path, key: str, width: int, metadata: dict[str, str]) -> str:
+def file_position(path: str | Path) -> int | None:
+    """The text encoder a file's name says it is for, as dti.export.diffusers_file names them
+    (learned_embeds: 0, learned_embeds_2: 1, also with -steps-N), or None for any other name."""
+    match = _ENCODER_FILE.fullmatch(Path(path).name)
+    if match is None:
+        return None
+    if match.group(1) is None:
+        return 0
+    number = int(match.group(1))
+    return number - 1 if number >= 2 else None  # nothing writes learned_embeds_1
+
+
+def _position_slot(position: int, metadata: dict[str, str], width: int) -> str:
+    """The encoder at `position` of the family the file was trained for, else the one name every family
+    with that many encoders gives it (position 1: SDXL's clip_g), else a guess from the width."""
+    family = FAMILIES.get(metadata.get("dti.family", ""))
+    names = {f.slots[position].name for f in ([family] if family else FAMILIES.values()) if position < len(f.slots)}
+    return names.pop() if len(names) == 1 else _SLOT_BY_WIDTH.get(width, "text_encoder")
+
+
+def _single_slot(path: Path, key: str, width: int, metadata: dict[str, str]) -> tuple[str, str | None]:
+    """(the encoder a one-tensor file is for, what in the file says so: None when only its width does)."""
     if metadata.get("dti.slot"):
         slot = metadata["dti.slot"]
         if not _SLOT_NAME.fullmatch(slot):
             raise DtiError(f"{path}: metadata dti.slot {_quoted(slot)} is not an encoder's name")
-        return slot
+        return slot, BY_METADATA
     if key in ("clip_l", "clip_g"):
-        return key
-    return _SLOT_BY_WIDTH.get(width, "text_encoder")
+        return key, BY_KEY
+    position = file_position(path)
+    if position is not None:
+        return _position_slot(position, metadata, width), BY_FILE_NAME
+    return _SLOT_BY_WIDTH.get(width, "text_encoder"), None
 
 
 def read_embedding_file(path: str | Path) -> EmbeddingFile:
@@ -217,12 +261,16 @@ def read_embedding_file(path: str | Path) -> EmbeddingFile:
         keys = sorted(entries)
         _check_layout(path, keys)
         tensors = {key: _read_tensor(path, handle, start, key, entries[key]) for key in keys}
-    if len(keys) == 2:  # clip_l and clip_g
-        vectors = {slot: tensors[slot] for slot in ("clip_l", "clip_g")}
+    position = file_position(path)
+    if len(keys) == 2:  # clip_l and clip_g: each key names its encoder
+        pair = ("clip_l", "clip_g")
+        vectors = {slot: tensors[slot] for slot in pair}
         if vectors["clip_l"].shape[0] != vectors["clip_g"].shape[0]:
             raise DtiError(f"{path}: clip_l has {vectors['clip_l'].shape[0]} vectors but clip_g has "
                            f"{vectors['clip_g'].shape[0]}")
-        return EmbeddingFile(path, "sdxl", None, vectors, metadata)
+        return EmbeddingFile(path, "sdxl", None, vectors, metadata, keys={s: s for s in pair},
+                             named_by=dict.fromkeys(pair, BY_KEY), position=position,
+                             shapes={s: entries[s].declared for s in pair})
     (key,) = keys
     rows = tensors[key]
     if key == "emb_params":
@@ -231,78 +279,152 @@ def read_embedding_file(path: str | Path) -> EmbeddingFile:
         layout, token = "string_to_param", None
     else:
         layout, token = "diffusers", key
-    return EmbeddingFile(path, layout, token, {_single_slot(path, key, rows.shape[1], metadata): rows}, metadata)
+    slot, named_by = _single_slot(path, key, rows.shape[1], metadata)
+    return EmbeddingFile(path, layout, token, {slot: rows}, metadata, keys={slot: key},
+                         named_by={slot: named_by} if named_by else {}, position=position,
+                         shapes={slot: entries[key].declared})
 
 
 # --- which tools load it ---------------------------------------------------------------------------
-def _client_verdicts(emb: EmbeddingFile, target: dict[str, int]) -> dict[str, tuple[str, str]]:
-    """{client: (yes | partly | no, how or why)} for a model whose encoders have these widths.
+# Each client's rule follows its loader, for a model whose encoders have the widths `target` gives
+# ({slot: width}, in the model's order). A verdict is (yes | partly | no, how or why).
+Verdict = tuple[str, str]
 
-    The rules follow each tool's loader: diffusers takes any one-tensor file (an SDXL pair one encoder
-    at a time); A1111 takes one tensor for a one-encoder model and clip_l + clip_g for SDXL, and skips
-    a file whose width differs from the model's; ComfyUI gives each encoder the tensor under its own
-    key (clip_l, clip_g, clip_h) or else the file's first tensor, and ignores one of the wrong width.
-    """
-    widths = {slot: rows.shape[1] for slot, rows in emb.vectors.items()}
-    pair = emb.layout == "sdxl"
-    one_encoder = len(target) == 1
-    matching = [slot for slot, width in target.items() if width in widths.values()]
 
-    if pair:
+def _widths(emb: EmbeddingFile) -> dict[str, int]:
+    return {slot: rows.shape[1] for slot, rows in emb.vectors.items()}
+
+
+def _diffusers(emb: EmbeddingFile, target: dict[str, int]) -> Verdict:
+    """load_textual_inversion takes one tensor per call, into the encoder it is given (the first by default),
+    so an SDXL pair loads one key at a time and a one-tensor file into one encoder only."""
+    widths = _widths(emb)
+    if emb.layout == "sdxl":
         fit = {slot: slot in widths and widths[slot] == target[slot] for slot in target}
         if all(fit.values()):
             how = " and ".join(f"state_dict[{s!r}] into its {s} encoder" for s in target)
-            diffusers = ("yes", f"load_file(), then load_textual_inversion({how}, token=...)")
-        elif any(fit.values()):
-            diffusers = ("partly", "only " + ", ".join(s for s, ok in fit.items() if ok) + " fits")
-        else:
-            diffusers = ("no", f"widths {widths} do not match the encoders {target}")
-    else:
-        (width,) = widths.values()
-        if not matching:
-            diffusers = ("no", f"width {width} matches no encoder {target}")
-        elif one_encoder:
-            diffusers = ("yes", "load_textual_inversion(file, token=...)")
-        else:
-            diffusers = ("partly", f"into the {matching[0]} encoder only; the other encoder has no such token")
+            return "yes", f"load_file(), then load_textual_inversion({how}, token=...)"
+        if any(fit.values()):
+            return "partly", "only " + ", ".join(s for s, ok in fit.items() if ok) + " fits"
+        return "no", f"widths {widths} do not match the encoders {target}"
+    ((slot, width),) = widths.items()
+    # The encoder the file names, when the model has it at this width; else the first of this width.
+    into = slot if target.get(slot) == width else next((s for s, w in target.items() if w == width), None)
+    if into is None:
+        return "no", f"width {width} matches no encoder {target}"
+    if len(target) == 1:
+        return "yes", "load_textual_inversion(file, token=...)"
+    return "partly", f"into the {into} encoder only; the other encoder has no such token"
 
-    a1111_widths = sum(target.values())  # A1111 checks the summed width for SDXL
-    if pair:
-        ok = not one_encoder and all(widths.get(s) == w for s, w in target.items())
-        a1111 = ("yes", "drop it into embeddings/") if ok else (
-            "no", "an SDXL pair loads only on SDXL" if one_encoder else f"widths {widths} differ from {target}")
-    else:
-        (width,) = widths.values()
-        if one_encoder and width == a1111_widths:
-            a1111 = ("yes", "drop it into embeddings/")
-        elif one_encoder:
-            a1111 = ("no", f"width {width}, the model's is {a1111_widths}: skipped")
-        else:
-            a1111 = ("no", "for SDXL it needs clip_l and clip_g in one file")
 
-    def comfy_tensor(slot: str) -> int:
+def _webui(emb: EmbeddingFile, target: dict[str, int]) -> Verdict:
+    """AUTOMATIC1111 and Forge (one loader): one tensor for a one-encoder model, clip_l + clip_g for SDXL,
+    each encoder given the tensor under its key; a file whose width (summed over a pair) is not the
+    model's (summed over its encoders) is skipped."""
+    widths = _widths(emb)
+    one_encoder = len(target) == 1
+    if emb.layout == "sdxl":
+        if not one_encoder and all(widths.get(s) == w for s, w in target.items()):
+            return "yes", "drop it into embeddings/"
+        return "no", "an SDXL pair loads only on SDXL" if one_encoder else f"widths {widths} differ from {target}"
+    (width,) = widths.values()
+    if not one_encoder:
+        return "no", "for SDXL it needs clip_l and clip_g in one file"
+    expected = sum(target.values())
+    if width == expected:
+        return "yes", "drop it into embeddings/"
+    return "no", f"width {width}, the model's is {expected}: skipped"
+
+
+def _sdnext(emb: EmbeddingFile, target: dict[str, int]) -> Verdict:
+    """SD.Next reads every tensor of the file whatever its key and gives each to the first encoder of its
+    width; it skips a file with a width no encoder has, more tensors than encoders, or (for SDXL) one tensor."""
+    widths = _widths(emb)
+    hidden, encoders = list(target.values()), list(target)
+    stray = [w for w in widths.values() if w not in hidden]
+    if stray:
+        return "no", f"width {stray[0]} matches no encoder {target}: skipped"
+    if len(widths) > len(hidden):
+        return "no", "an SDXL pair loads only on SDXL: skipped"
+    if len(widths) < len(hidden) and len(widths) != 2:
+        return "no", "for SDXL it needs clip_l and clip_g in one file: skipped"
+    given = {encoders[hidden.index(width)] for width in widths.values()}
+    if len(given) < len(encoders):
+        missing = ", ".join(e for e in encoders if e not in given)
+        return "partly", f"it gives each tensor to the first encoder of its width: {missing} gets none"
+    return "yes", "drop it into its embeddings folder"
+
+
+def _comfyui(emb: EmbeddingFile, target: dict[str, int]) -> Verdict:
+    """ComfyUI gives each encoder the tensor under its own key (clip_l, clip_g, clip_h), else the file's
+    first tensor, and ignores one of the wrong width."""
+    widths = _widths(emb)
+
+    def given(slot: str) -> int:
         return widths[slot] if slot in widths else next(iter(widths.values()))
 
-    fits = [slot for slot, width in target.items() if comfy_tensor(slot) == width]
+    fits = [slot for slot, width in target.items() if given(slot) == width]
+    # An encoder that takes the first tensor although the file names another of the model's encoders for it
+    # (learned_embeds_2 where both are equally wide) gets rows that are not its own.
+    named = [slot for slot in widths if slot in emb.named_by and slot in target]
+    borrowed = [slot for slot in fits if slot not in widths and named]
+    if borrowed:
+        return "partly", f"the {', '.join(borrowed)} encoder takes {named[0]}'s rows too (the file's first tensor)"
     if len(fits) == len(target):
-        comfy = ("yes", "embedding:NAME in the prompt")
-    elif fits:
-        comfy = ("partly", f"only the {', '.join(fits)} encoder takes it; the others ignore it")
+        return "yes", "embedding:NAME in the prompt"
+    if fits:
+        return "partly", f"only the {', '.join(fits)} encoder takes it; the others ignore it"
+    return "no", "no encoder of this width"
+
+
+def _invokeai(emb: EmbeddingFile, target: dict[str, int]) -> Verdict:
+    """InvokeAI reads a file's base model from one number: clip_g's width for a pair, emb_params' width,
+    else the first dimension of the tensor (k of a [k, d] diffusers-layout tensor, d of a [d] one), and
+    offers the file only for models of that base (here: the width of the model's last encoder). On SDXL
+    each encoder takes clip_l when clip_l has its width, else clip_g; a tensor of the wrong width fails."""
+    widths = _widths(emb)
+    if emb.layout == "sdxl":
+        base, how = widths["clip_g"], "clip_g's width"
+    elif emb.layout == "emb_params":
+        base, how = next(iter(widths.values())), "its width"
     else:
-        comfy = ("no", "no encoder of this width")
-    return {"diffusers": diffusers, "AUTOMATIC1111": a1111, "ComfyUI": comfy}
+        slot = next(iter(widths))
+        base, how = (emb.shapes.get(slot) or emb.vectors[slot].shape)[0], "the first dimension of its tensor"
+    expected = list(target.values())[-1]
+    if base != expected:
+        return "no", f"it reads the base model from {how}, {base}; this model's is {expected}"
+    given = {}
+    for encoder, width in target.items():
+        slot = ("clip_l" if widths["clip_l"] == width else "clip_g") if emb.layout == "sdxl" else next(iter(widths))
+        if widths[slot] != width:
+            return "no", f"its {encoder} encoder ({width} wide) would get {widths[slot]}-wide rows: an error"
+        given[encoder] = slot
+    if len(target) > 1 and len(set(given.values())) < len(target):
+        shared = ", ".join(f"{encoder} gets {slot}" for encoder, slot in given.items())
+        return "partly", f"it matches tensors to encoders by width: {shared}"
+    return "yes", "install it by its path in the Model Manager"
 
 
-def _dti_only(family: str) -> dict[str, tuple[str, str]]:
+# The clients of the README's table of tools ("Using the token in other tools"), each with its loader's rule;
+# tests/test_inspect_slots.py checks that the two name the same clients.
+CLIENTS = {"diffusers": _diffusers, "AUTOMATIC1111": _webui, "Forge": _webui, "SD.Next": _sdnext,
+           "ComfyUI": _comfyui, "InvokeAI": _invokeai}
+
+
+def _client_verdicts(emb: EmbeddingFile, target: dict[str, int]) -> dict[str, Verdict]:
+    """{client: (yes | partly | no, how or why)} for a model whose encoders have these widths."""
+    return {client: rule(emb, target) for client, rule in CLIENTS.items()}
+
+
+def _dti_only(family: str) -> dict[str, Verdict]:
     """A family whose pipeline diffusers' textual-inversion loader and the web UIs do not know."""
     why = f"it loads CLIP text-encoder embeddings only, not {family}'s"
     return {"dti": ("yes", "dti sample --embeds FOLDER, or dti.sample.install_learned_token(pipe, FOLDER)"),
-            "diffusers": ("no", f"load_textual_inversion: {why}"), "AUTOMATIC1111": ("no", why), "ComfyUI": ("no", why)}
+            **{client: ("no", f"load_textual_inversion: {why}" if client == "diffusers" else why)
+               for client in CLIENTS}}
 
 
 def _dti_only_family(family: str | None) -> bool:
-    from dti.backbones.registry import FAMILIES
-
     return family in FAMILIES and not FAMILIES[family].textual_inversion_clients
 
 
@@ -315,11 +437,47 @@ def client_table(emb: EmbeddingFile, targets: dict[str, dict[str, int]], family:
             for client, (verdict, note) in (_dti_only(family) if dti_only else _client_verdicts(emb, target)).items()]
 
 
+def check_trained_family(path: str | Path, metadata: dict[str, str], family: str | None) -> None:
+    """Refuse a file trained for another model family than `family` (the model's), in one line: widths alone
+    cannot tell, since SD 1.x and SDXL's first encoder are both 768 wide, so the family dti records in a file's
+    metadata (dti.family) decides. `dti sample` (dti.export.load_diffusers) and `dti inspect --model` both
+    refuse with this. Files from other tools carry no dti.family and pass."""
+    trained_for = metadata.get("dti.family")
+    if family is not None and trained_for and trained_for != family:
+        raise DtiError(f"{path} was trained for the {trained_for!r} family; this model is a {family!r} one")
+
+
 # --- distances to the vocabulary ---------------------------------------------------------------------
-def _match_encoder(slot: str, width: int, vocabularies: dict[str, Vocabulary]) -> str | None:
-    if slot in vocabularies and vocabularies[slot].table.shape[1] == width:
-        return slot
-    return next((s for s, v in vocabularies.items() if v.table.shape[1] == width), None)
+def _model_encoder(emb: EmbeddingFile, slot: str, vocabularies: dict[str, Vocabulary],
+                   model: str | None) -> tuple[str | None, str | None]:
+    """(the model's encoder a tensor's rows are compared with, or None; a note). The encoder the file names
+    decides, and a width other than that encoder's is an error naming the file, the key and both widths;
+    a tensor the file names no encoder for goes to the model's first encoder of its width."""
+    width, name = emb.vectors[slot].shape[1], model or "the model"
+    named_by = emb.named_by.get(slot)
+    if named_by is None:
+        fits = [s for s, v in vocabularies.items() if v.table.shape[1] == width]
+        if not fits:
+            return None, f"no encoder of {name} has width {width}"
+        if slot in fits or len(fits) == 1:
+            return (slot if slot in fits else fits[0]), None
+        return fits[0], (f"the file names no encoder, and {', '.join(fits)} are all {width} wide: compared with "
+                         f"{fits[0]}")
+    order = list(vocabularies)
+    if named_by == BY_FILE_NAME:  # its position among the model's encoders, whatever they are called
+        if emb.position >= len(order):
+            return None, f"its file name is for text encoder {emb.position + 1}; {name} has {len(order)}"
+        encoder = order[emb.position]
+    elif slot in vocabularies:
+        encoder = slot
+    else:
+        return None, f"{name} has no {slot} text encoder (it has {', '.join(order)})"
+    expected = vocabularies[encoder].table.shape[1]
+    if width != expected:
+        raise DtiError(f"{emb.path}: tensor {_quoted(emb.keys.get(slot, slot))} holds rows for the {encoder} text "
+                       f"encoder (as {named_by} says) and is {width} wide, but the {encoder} encoder of {name} is "
+                       f"{expected} wide")
+    return encoder, None
 
 
 def nearest_tokens(rows: np.ndarray, vocab: Vocabulary, top: int) -> list[list[tuple[str, float]]]:
@@ -340,17 +498,21 @@ def nearest_tokens(rows: np.ndarray, vocab: Vocabulary, top: int) -> list[list[t
 
 def inspect_file(path: str | Path, vocabularies: dict[str, Vocabulary] | None = None, *, model: str | None = None,
                  family: str | None = None, top: int = 5) -> dict:
-    """Everything `dti inspect` prints, as a JSON-ready dict (`family`: the model's, when one is given)."""
+    """Everything `dti inspect` prints, as a JSON-ready dict (`family`: the model's, when one is given; a file
+    trained for another family is refused, as `dti sample` refuses it: check_trained_family)."""
     if isinstance(top, bool) or not isinstance(top, int) or top < 1:
         raise DtiError(f"top must be a positive integer (nearest tokens per vector), got {top!r}")
     emb = read_embedding_file(path)
+    check_trained_family(emb.path, emb.metadata, family)
     encoders = []
     for slot, rows in emb.vectors.items():
         entry: dict = {"encoder": slot, "vectors": rows.shape[0], "width": rows.shape[1]}
-        matched = _match_encoder(slot, rows.shape[1], vocabularies) if vocabularies else None
+        if slot in emb.named_by:
+            entry["named_by"] = emb.named_by[slot]
+        matched, note = _model_encoder(emb, slot, vocabularies, model) if vocabularies else (None, None)
         vocab = vocabularies[matched] if matched else None
-        if vocabularies and vocab is None:
-            entry["note"] = f"no encoder of {model} has width {rows.shape[1]}"
+        if note:
+            entry["note"] = note
         if vocab is not None:
             entry["model_encoder"] = matched
             entry["vocab_norm_mean"] = vocab.mean_norm()
@@ -396,7 +558,8 @@ def format_report(info: dict) -> str:
     for problem in info.get("metadata_problems", {}).values():
         lines.append(f"  warning: {shown(problem)}")
     for enc in info["encoders"]:
-        head = f"  {enc['encoder']}: {enc['vectors']} vector(s) of width {enc['width']}"
+        named = f" (by {enc['named_by']})" if enc.get("named_by") else ""
+        head = f"  {enc['encoder']}{named}: {enc['vectors']} vector(s) of width {enc['width']}"
         if "vocab_norm_mean" in enc:
             head += f"; vocabulary mean norm {enc['vocab_norm_mean']:.4f} ({enc['model_encoder']})"
         lines.append(head)
@@ -420,13 +583,16 @@ def format_report(info: dict) -> str:
 
 def run_inspect(path: str, *, model: str | None = None, revision: str | None = None, as_json: bool = False,
                 top: int = 5) -> str:
-    """The CLI's work: read the file first (a bad file fails before any model is fetched), then the model."""
-    read_embedding_file(path)
+    """The CLI's work: read the file first (a bad file fails before any model is fetched), then the model's
+    family (a file trained for another is refused before any table is read), then its vocabularies."""
+    emb = read_embedding_file(path)
     vocabularies, family = None, None
     if model:
         from dti.vocab import load_vocabularies, model_family, resolve_model_dir
 
         folder = resolve_model_dir(model, revision)
-        vocabularies, family = load_vocabularies(folder), model_family(folder)
+        family = model_family(folder)
+        check_trained_family(emb.path, emb.metadata, family)
+        vocabularies = load_vocabularies(folder)
     info = inspect_file(path, vocabularies, model=model, family=family, top=top)
     return json.dumps(info, indent=2) if as_json else format_report(info)
