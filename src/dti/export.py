@@ -77,6 +77,7 @@ def how_to_use(out_dir: str | Path, placeholder: str, name: str, family: str = "
         f"learned_embeds_2.safetensors), then write {placeholder} in prompts",
         f"AUTOMATIC1111, Forge, SD.Next: copy only {single} into the embeddings folder, then write {name}",
         f"ComfyUI: copy {single} into models/embeddings, then write embedding:{name}",
+        f"InvokeAI: install {single} by its path in the Model Manager, then insert it with the embedding picker",
     ])
 
 
