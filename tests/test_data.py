@@ -16,7 +16,7 @@ from dti import dreambooth
 from dti.dreambooth import fetch_dreambooth, parse_prompts_and_classes, read_manifest, verify_dataset
 from dti.errors import DtiError
 from dti.images import list_images, load_image
-from dti.subjects import list_dreambooth_subjects, load_subject, prepare_subject
+from dti.subjects import load_subject, prepare_subject
 from dti.synthetic import make_synthetic_subject
 
 REPO = Path(__file__).resolve().parents[1]
@@ -368,15 +368,6 @@ def test_load_subject_validation(tmp_path):
     with pytest.raises(DtiError, match="00.png"):
         load_subject(out)
     assert load_subject(out, verify_images=False)["name"] == "s"
-
-
-def test_list_dreambooth_subjects(dreambooth_dir):
-    specs = list_dreambooth_subjects(dreambooth_dir)
-    assert len(specs) == 30
-    assert sum(len(s.images) for s in specs) == 158
-    assert all(s.initializer == s.class_noun for s in specs)
-    dog = next(s for s in specs if s.name == "dog")
-    assert dog.kind == "live" and dog.images[0] == dreambooth_dir / "dog" / "00.jpg"
 
 
 # ------------------------------------------------------------------------------------- synthetic

@@ -38,10 +38,11 @@ from PIL import Image
 
 from dti import dreambooth, io
 from dti.backbones import load_backbone
-from dti.dreambooth import build_manifest, manifest_text, marker_record
+from dti.dreambooth import marker_record
 from dti.dti_prompts import fetch_dti_prompts, reference
 from dti.errors import DtiError
 from dti.images import list_images
+from dti.metrics import MANIFEST_COLUMNS
 from dti.pipeline import aggregate, prepare, render_subject, resolve_prompt_sets, sample_subject
 from dti.state import TrainingState, save_state
 from dti.subjects import prepare_subject
@@ -258,7 +259,10 @@ def _fetched(c) -> None:
     for i, path in enumerate(PHOTOS):
         _photo(path, (40 * i, 90, 200))
     manifest = c["work"] / "manifest.tsv"
-    manifest.write_text(manifest_text(build_manifest("resources/dreambooth")))
+    files = sorted(p for p in Path("resources/dreambooth").rglob("*") if p.is_file())
+    manifest.write_text("".join(["path\tsha256\tbytes\n"] + [
+        f"{p.relative_to('resources/dreambooth').as_posix()}\t{hashlib.sha256(p.read_bytes()).hexdigest()}\t"
+        f"{p.stat().st_size}\n" for p in files]))
     c["monkeypatch"].setattr(dreambooth, "DEFAULT_MANIFEST", manifest)
     io.write_json(MARKER, marker_record("resources/dreambooth", downloaded=True))
 
@@ -412,6 +416,7 @@ def _snakemake_with_future_input(settle: bool):
 
 def _sample_manifest_done(c):
     frame = pd.read_parquet(MANIFEST)
+    assert tuple(frame.columns) == MANIFEST_COLUMNS
     assert len(frame) == 2 and all((MANIFEST.parent / image).stat().st_size > 0 for image in frame["image"])
 
 

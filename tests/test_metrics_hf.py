@@ -92,7 +92,8 @@ def test_siglip_scores_as_the_model_computes_them(tiny_dirs, models, tmp_path):
     prompts = ["a stuffed animal in the snow", "a dog on the beach", "a stuffed animal in the snow"]
     manifest = pd.DataFrame({"backbone": "sdxl", "method": "dti", "step": 400, "subject": "bear",
                              "subject_kind": "object", "prompt_set": "dti_simple", "prompt_id": [0, 1, 0],
-                             "seed": [0, 0, 1], "image": [f"{i}.png" for i in range(3)], "eval_prompt": prompts})
+                             "prompt": prompts, "seed": [0, 0, 1], "image": [f"{i}.png" for i in range(3)],
+                             "eval_prompt": prompts})
     specs = {"siglip": {"backend": "transformers", "model": str(tiny_dirs["siglip"])}}  # a local folder
     scores = score_samples(manifest, tmp_path, [_noise(9)], specs, batch_size=2)
     assert list(scores["metric"]) == ["siglip_t"] * 3

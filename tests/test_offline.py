@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 from dti.pipeline import fetch_model
 
@@ -77,3 +78,16 @@ def test_files_record_the_hub_id_or_the_folder_name_never_a_local_path(tmp_path)
     assert public_model(hub_id, "v1") == (hub_id, "v1")
     (tmp_path / "my-sdxl").mkdir()
     assert public_model(str(tmp_path / "my-sdxl")) == ("my-sdxl", None)
+
+
+def test_one_rule_tells_a_local_folder_from_a_hub_id(tmp_path, monkeypatch):
+    from dti.model_files import local_path
+
+    monkeypatch.chdir(tmp_path)
+    assert local_path("stabilityai/stable-diffusion-xl-base-1.0") is None  # org/name, nothing on disk
+    (tmp_path / "org" / "name").mkdir(parents=True)
+    assert local_path("org/name") == Path("org/name")  # a folder of that form wins over the hub
+    assert local_path("~/models/sd") == Path.home() / "models" / "sd"
+    # A path whether or not it exists: a mistyped folder is reported missing, never looked up on the hub.
+    for model in ("./sd", "/models/sd", "sd15", "models/sd/v1"):
+        assert local_path(model) == Path(model)

@@ -12,7 +12,6 @@ from dti.prompts import (
     TRAINING_TEMPLATES,
     eval_prompt,
     load_prompt_set,
-    prompt_file_text,
     prompt_set_path,
     read_prompt_file,
     render,
@@ -99,10 +98,3 @@ def test_missing_prompt_file(tmp_path):
     with pytest.raises(DtiError, match="nothing.txt"):
         load_prompt_set(tmp_path / "nothing.txt", "object")
 
-
-def test_prompt_file_text_round_trips(tmp_path):
-    path = tmp_path / "set.txt"
-    path.write_text(prompt_file_text(["a {} here", "the {} there"], header="made in a test\nline two"))
-    assert read_prompt_file(path) == ["a {} here", "the {} there"]
-    with pytest.raises(DtiError, match="template 1"):
-        prompt_file_text(["a {}", "no slot"])

@@ -93,23 +93,6 @@ def read_manifest(path: str | os.PathLike = DEFAULT_MANIFEST) -> list[ManifestEn
     return entries
 
 
-def build_manifest(folder: str | os.PathLike, *, exclude: tuple[str, ...] = ()) -> list[ManifestEntry]:
-    """Checksum every regular file under `folder` (for maintainers re-pinning the dataset)."""
-    folder = Path(folder)
-    entries = []
-    for file in sorted(p for p in folder.rglob("*") if p.is_file()):
-        rel = file.relative_to(folder).as_posix()
-        if rel not in exclude:
-            entries.append(ManifestEntry(rel, sha256_file(file), file.stat().st_size))
-    return entries
-
-
-def manifest_text(entries: list[ManifestEntry]) -> str:
-    lines = ["\t".join(_MANIFEST_COLUMNS)]
-    lines += [f"{e.path}\t{e.sha256}\t{e.bytes}" for e in sorted(entries, key=lambda e: e.path)]
-    return "\n".join(lines) + "\n"
-
-
 def _mismatch(entry: ManifestEntry, actual_sha: str, actual_bytes: int, where: Path) -> str | None:
     if actual_sha == entry.sha256 and actual_bytes == entry.bytes:
         return None

@@ -161,11 +161,11 @@ def render_pair(runs: dict[str, dict[str, str]], model_json: str, out_manifest: 
     runs: {method: {"a": run.json of A, "b": run.json of B}}; schemes: {method: ["lerp", "slerp"] ...}.
     """
     from dti.export import load_diffusers, save_diffusers, save_single_file
-    from dti.io import write_parquet
     from dti.methods import get_method
     from dti.model_record import load_recorded_backbone
     from dti.prompts import render
-    from dti.sample import SampleJob, SampleSettings, generate, set_token_rows
+    from dti.render_manifest import Shot, prompt_grid, render_manifest
+    from dti.sample import SampleSettings, set_token_rows
     from dti.token_names import normalize_placeholder
     from dti.tokens import resolve_magnitude
 
@@ -178,42 +178,44 @@ def render_pair(runs: dict[str, dict[str, str]], model_json: str, out_manifest: 
     vocab_mean = {s.name: resolve_magnitude(s.encoder.get_input_embeddings().weight, "mean") for s in backbone.slots}
     out_dir = Path(out_manifest).parent
     placeholder = normalize_placeholder(f"<{pair}>")
-    settings = SampleSettings(**sample)
-    rows = []
-    for method, ends in runs.items():
-        _, vec_a = load_diffusers(Path(ends["a"]).parent, slots)
-        _, vec_b = load_diffusers(Path(ends["b"]).parent, slots)
-        # The fixed norm m of a method that keeps it (DTI): its slerp stays at m. Others (TI, CrossInit, a
-        # trained or drifting m) blend the norm linearly, whatever m they started from.
-        magnitudes = (infos[method]["a"].get("magnitudes") or None) if get_method(method).on_sphere else None
-        for scheme in schemes[method]:
-            jobs = []
-            for value in t:
-                vectors = interpolate_token(vec_a, vec_b, value, scheme, magnitudes if scheme == "slerp" else None,
-                                            what=f"interpolation pair {pair} ({method})")
-                folder = out_dir / "embeddings" / f"{method}-{scheme}" / t_label(value)
-                meta = {"dti.interpolation": json.dumps({"a": a_name, "b": b_name, "t": value, "scheme": scheme,
-                                                         "method": method}),
-                        "dti.method": method, "dti.base_model": infos[method]["a"]["model"],
-                        "dti.family": infos[method]["a"]["family"]}
-                save_diffusers(folder, placeholder, vectors, meta)
-                save_single_file(folder / f"{a_name}-{b_name}-{method}-{scheme}-{t_label(value)}.safetensors",
-                                 vectors, meta)
-                # One token per t, so a path's images render in shared batches; the rows (not the token's
-                # name) decide the image.
-                token = set_token_rows(backbone, f"<{pair}@{t_label(value)}>", vectors)
-                norm_ratio = float(np.mean([(r.norm(dim=-1) / vocab_mean[s]).mean().item() for s, r in vectors.items()]))
-                for prompt_id, template in enumerate(prompts):
-                    for seed in seeds:
-                        image = f"{method}-{scheme}/{prompt_id:02d}_{seed}_{t_label(value)}.png"
-                        jobs.append(SampleJob(render(template, token), seed, out_dir / image))
-                        rows.append({**labels, "pair": pair, "a": a_name, "b": b_name, "method": method,
-                                     "scheme": scheme, "t": value, "prompt_id": prompt_id, "prompt": template,
-                                     "neutral_prompt": render(template, neutral), "seed": seed, "image": image,
-                                     "norm_ratio": norm_ratio,
-                                     "embedding": str((folder / "learned_embeds.safetensors").relative_to(out_dir))})
-            generate(backbone, jobs, settings, progress=False)
-    write_parquet(out_manifest, pd.DataFrame(rows))
+
+    def path_shots():  # one group per method and scheme: its tokens' rows are set when the group is drawn
+        for method, ends in runs.items():
+            _, vec_a = load_diffusers(Path(ends["a"]).parent, slots)
+            _, vec_b = load_diffusers(Path(ends["b"]).parent, slots)
+            # The fixed norm m of a method that keeps it (DTI): its slerp stays at m. Others (TI, CrossInit, a
+            # trained or drifting m) blend the norm linearly, whatever m they started from.
+            magnitudes = (infos[method]["a"].get("magnitudes") or None) if get_method(method).on_sphere else None
+            for scheme in schemes[method]:
+                shots = []
+                for value in t:
+                    vectors = interpolate_token(vec_a, vec_b, value, scheme,
+                                                magnitudes if scheme == "slerp" else None,
+                                                what=f"interpolation pair {pair} ({method})")
+                    folder = out_dir / "embeddings" / f"{method}-{scheme}" / t_label(value)
+                    meta = {"dti.interpolation": json.dumps({"a": a_name, "b": b_name, "t": value, "scheme": scheme,
+                                                             "method": method}),
+                            "dti.method": method, "dti.base_model": infos[method]["a"]["model"],
+                            "dti.family": infos[method]["a"]["family"]}
+                    save_diffusers(folder, placeholder, vectors, meta)
+                    save_single_file(folder / f"{a_name}-{b_name}-{method}-{scheme}-{t_label(value)}.safetensors",
+                                     vectors, meta)
+                    # One token per t, so a path's images render in shared batches; the rows (not the token's
+                    # name) decide the image.
+                    token = set_token_rows(backbone, f"<{pair}@{t_label(value)}>", vectors)
+                    norm_ratio = float(np.mean([(r.norm(dim=-1) / vocab_mean[s]).mean().item()
+                                                for s, r in vectors.items()]))
+                    for prompt_id, template, seed in prompt_grid(prompts, seeds):
+                        shots.append(Shot(render(template, token), {
+                            **labels, "pair": pair, "a": a_name, "b": b_name, "method": method, "scheme": scheme,
+                            "t": value, "prompt_id": prompt_id, "prompt": template,
+                            "neutral_prompt": render(template, neutral), "seed": seed,
+                            "image": f"{method}-{scheme}/{prompt_id:02d}_{seed}_{t_label(value)}.png",
+                            "norm_ratio": norm_ratio,
+                            "embedding": str((folder / "learned_embeds.safetensors").relative_to(out_dir))}))
+                yield shots
+
+    render_manifest(backbone, path_shots(), out_manifest, SampleSettings(**sample))
 
 
 # --- scoring a pair ---------------------------------------------------------------------------------------

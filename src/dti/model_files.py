@@ -18,15 +18,24 @@ _SMALL = 1 << 20  # files up to this size (configs, tokenizers) are hashed whole
 _CHUNK = 1 << 16  # of larger files (weights), three chunks are hashed: start, middle, end
 
 
-def looks_local(model: str) -> bool:
-    return model.startswith((".", "/", "~")) or Path(model).exists() or model.count("/") > 1
+def local_path(model: str) -> Path | None:
+    """The path `model` names on this machine (`~` expanded; it may not exist), or None where it is a hub id.
+
+    The one rule for telling them apart: a hub id has the form org/name, does not start with ".", "/" or
+    "~", and names nothing on disk; anything else is a path, so a mistyped folder is reported missing
+    instead of being looked up on the hub.
+    """
+    path = Path(model).expanduser()
+    if model.startswith((".", "/", "~")) or model.count("/") != 1 or path.exists():
+        return path
+    return None
 
 
 def model_folder(model: str, revision: str | None = None) -> Path | None:
     """The folder holding the model's files: the local folder itself, or the hub cache's snapshot of the
     revision; None where neither is on this machine."""
-    if looks_local(model):
-        folder = Path(model).expanduser()
+    folder = local_path(model)
+    if folder is not None:
         return folder if folder.is_dir() else None
     try:
         from huggingface_hub import try_to_load_from_cache
@@ -98,9 +107,10 @@ def public_model(model: str, revision: str | None = None) -> tuple[str, str | No
     """(name, revision) of a model as files record it, never a path of this machine: a hub id as it is; a
     folder of the Hugging Face cache (a snapshot, as the workflow's fetch_model records it) as its hub id
     and the snapshot's commit; any other local folder by its own name."""
-    if not looks_local(model):
+    folder = local_path(model)
+    if folder is None:
         return model, revision
-    folder = Path(model).expanduser().resolve()
+    folder = folder.resolve()
     repo = folder.parent.parent.name
     if folder.parent.name == "snapshots" and repo.startswith("models--") and "--" in repo[len("models--"):]:
         return repo[len("models--"):].replace("--", "/", 1), revision or folder.name

@@ -27,6 +27,7 @@ from dti.io import (
     write_json,
     write_parquet,
 )
+from dti.model_files import local_path
 from dti.model_record import load_recorded_backbone, write_model_record
 
 
@@ -70,11 +71,11 @@ def fetch_model(out_json: str, *, model: str, family: str, revision: str | None,
     """Make the backbone available offline (login node) and record the folder GPU jobs load from."""
     if tiny_dir is not None:
         path = str(Path(tiny_dir).resolve())
-    elif Path(model).expanduser().exists() or model.startswith((".", "/", "~")):
+    elif (folder := local_path(model)) is not None:
         from dti.backbones.base import check_model_exists  # imports torch: only where a folder is checked
 
         check_model_exists(model)
-        path = str(Path(model).expanduser().resolve())
+        path = str(folder.resolve())
     else:
         from huggingface_hub import snapshot_download
 
@@ -167,29 +168,23 @@ def render_subject(backbone, embeds_dir: str, subject_json: str, out_manifest: s
     """`sample_subject` with the backbone already loaded and the prompt sets resolved (the benchmark
     times loading apart). Images and manifest are written inside output_root(out_manifest), never through
     a link: each image's folder and name are checked before the first image renders."""
-    import pandas as pd
-
     from dti.prompts import eval_prompt, render
-    from dti.sample import SampleJob, SampleSettings, generate, load_learned_token
+    from dti.render_manifest import Shot, prompt_grid, render_manifest
+    from dti.sample import SampleSettings, load_learned_token
     from dti.subjects import load_subject
 
     subject = load_subject(Path(subject_json).parent, verify_images=False)
     placeholder = load_learned_token(backbone, Path(embeds_dir), rescale_to=rescale_to, step=step)
-    out_dir = Path(out_manifest).parent
-    rows, jobs = [], []
+    shots = []
     for prompt_set, templates in prompt_sets.items():
-        for prompt_id, template in enumerate(templates):
+        for prompt_id, template, seed in prompt_grid(templates, seeds):
             prompt = render(template, placeholder)
-            for seed in seeds:
-                image = f"{prompt_set}/{prompt_id:03d}_{seed}.png"
-                jobs.append(SampleJob(prompt, seed, out_dir / image))
-                rows.append({**labels, "step": step, "subject_kind": subject["kind"], "prompt_set": prompt_set,
-                             "prompt_id": prompt_id, "prompt": prompt,
-                             "eval_prompt": eval_prompt(template, subject["class"]), "seed": seed, "image": image})
-    root = output_root(out_manifest)
-    check_target(out_manifest, root=root)
-    generate(backbone, jobs, SampleSettings(**sample), progress=False, root=root)
-    write_parquet(out_manifest, pd.DataFrame(rows), root=root)
+            # The columns of dti.metrics.spec.MANIFEST_COLUMNS, the labels (backbone, method, subject) first.
+            shots.append(Shot(prompt, {**labels, "step": step, "subject_kind": subject["kind"],
+                                       "prompt_set": prompt_set, "prompt_id": prompt_id, "prompt": prompt,
+                                       "eval_prompt": eval_prompt(template, subject["class"]), "seed": seed,
+                                       "image": f"{prompt_set}/{prompt_id:03d}_{seed}.png"}))
+    render_manifest(backbone, [shots], out_manifest, SampleSettings(**sample), root=output_root(out_manifest))
 
 
 # --- scoring ----------------------------------------------------------------------------------------

@@ -152,10 +152,3 @@ def load_prompt_set(path_or_name: str | os.PathLike, kind: str,
                     prompts_dir: str | os.PathLike = DEFAULT_PROMPTS_DIR) -> list[str]:
     """The templates of a prompt set for subjects of `kind`; list index = prompt id."""
     return read_prompt_file(prompt_set_path(path_or_name, kind, prompts_dir))
-
-
-def prompt_file_text(templates: list[str] | tuple[str, ...], header: str = "") -> str:
-    """A prompt file holding `templates` (validated), with `header` lines as `#` comments."""
-    lines = [f"# {h}".rstrip() for h in header.splitlines()]
-    lines += [check_template(t, f"template {i}") for i, t in enumerate(templates)]
-    return "\n".join(lines) + "\n"

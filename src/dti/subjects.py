@@ -13,12 +13,11 @@ import json
 import os
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
-from dti.dreambooth import parse_prompts_and_classes, sha256_file
+from dti.dreambooth import sha256_file
 from dti.errors import DtiError
-from dti.images import list_images, load_image
+from dti.images import load_image
 from dti.io import save_image, write_json
 from dti.subject_schema import check_subject
 
@@ -113,25 +112,3 @@ def load_subject(subject_dir: str | os.PathLike, *, verify_images: bool = True) 
             if actual != meta["sha256"][image]:
                 raise DtiError(f"{file}: sha256 {actual} does not match {meta['sha256'][image]} in {path}")
     return meta
-
-
-@dataclass(frozen=True)
-class SubjectSpec:
-    """What `prepare_subject` needs for one subject of a source dataset."""
-
-    name: str
-    class_noun: str
-    kind: str
-    initializer: str
-    images: tuple[Path, ...]
-
-
-def list_dreambooth_subjects(dataset_dir: str | os.PathLike) -> list[SubjectSpec]:
-    """The DreamBooth subjects in file order: class and kind from prompts_and_classes.txt,
-    initializer = class noun (the published recipe), images from each subject's folder."""
-    dataset_dir = Path(dataset_dir)
-    info = parse_prompts_and_classes(dataset_dir)
-    return [
-        SubjectSpec(s.name, s.class_noun, s.kind, s.class_noun, tuple(list_images(dataset_dir / s.name)))
-        for s in info.subjects
-    ]

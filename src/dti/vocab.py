@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from dti.errors import DtiError
+from dti.model_files import local_path
 
 
 @dataclass
@@ -164,11 +165,11 @@ def load_vocabularies(model_dir: str | Path) -> dict[str, Vocabulary]:
 
 def resolve_model_dir(model: str, revision: str | None = None) -> Path:
     """A local folder as is; a hub id through the Hugging Face cache (only the tokenizers and encoders)."""
-    path = Path(model).expanduser()
-    if path.is_dir():
+    path = local_path(model)
+    if path is not None:
+        if not path.is_dir():
+            raise DtiError(f"model folder not found: {model}")
         return path
-    if model.startswith((".", "/", "~")) or model.count("/") != 1:
-        raise DtiError(f"model folder not found: {model}")
     from huggingface_hub import snapshot_download
 
     try:

@@ -91,5 +91,7 @@ class Fidelity:
         features = self._batched(self.text_model.encode_images, images)
         score = (features * torch.stack([text_features[p] for p in prompts])).sum(dim=1)
         if self.text_metric.score == "sigmoid":
-            score = self.text_model.sigmoid_score(score)
+            from dti.metrics.scoring import sigmoid_score
+
+            score = sigmoid_score(self.text_model.model, score)
         return score.double().numpy()

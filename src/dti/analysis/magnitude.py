@@ -40,39 +40,37 @@ def render_sweep(runs: list[dict], subject_jsons: dict[str, str], model_json: st
     runs: [{"path": run.json, "method", "subject"}] of one backbone.
     """
     from dti.export import load_diffusers
-    from dti.io import write_parquet
     from dti.model_record import load_recorded_backbone
     from dti.prompts import eval_prompt, render
-    from dti.sample import SampleJob, SampleSettings, generate, set_token_rows
+    from dti.render_manifest import Shot, prompt_grid, render_manifest
+    from dti.sample import SampleSettings, set_token_rows
     from dti.sphere import normalize
     from dti.tokens import resolve_magnitude
 
     backbone = load_recorded_backbone(model_json, device)
     slots = [s.name for s in backbone.slots]
     m = {s.name: resolve_magnitude(s.encoder.get_input_embeddings().weight, "mean") for s in backbone.slots}
-    settings = SampleSettings(**sample)
-    out_dir = Path(out_manifest).parent
-    rows = []
-    for run in runs:
-        subject = json.loads(Path(subject_jsons[run["subject"]]).read_text())
-        _, vectors = load_diffusers(Path(run["path"]).parent, slots)
-        trained = float(np.mean([(r.norm(dim=-1) / m[s]).mean().item() for s, r in vectors.items()]))
-        jobs = []
-        for scale in scales:
-            # One token per subject and scale, so all scales render in shared batches; every method's
-            # token of this subject has the same number of vectors and reuses it.
-            token = set_token_rows(backbone, f"<{run['subject']}@{scale:g}>",
-                                   {s: scale * m[s] * normalize(r.float()) for s, r in vectors.items()})
-            for prompt_id, template in enumerate(prompts):
-                for seed in seeds:
-                    image = f"{run['method']}/{run['subject']}/s{scale:g}_{prompt_id:02d}_{seed}.png"
-                    jobs.append(SampleJob(render(template, token), seed, out_dir / image))
-                    rows.append({**labels, "method": run["method"], "subject": run["subject"],
-                                 "subject_kind": subject["kind"], "scale": scale, "trained_ratio": trained,
-                                 "prompt_id": prompt_id, "prompt": template,
-                                 "eval_prompt": eval_prompt(template, subject["class"]), "seed": seed, "image": image})
-        generate(backbone, jobs, settings, progress=False)
-    write_parquet(out_manifest, pd.DataFrame(rows))
+
+    def run_shots():  # one group per run: its tokens' rows are set when the group is drawn
+        for run in runs:
+            subject = json.loads(Path(subject_jsons[run["subject"]]).read_text())
+            _, vectors = load_diffusers(Path(run["path"]).parent, slots)
+            trained = float(np.mean([(r.norm(dim=-1) / m[s]).mean().item() for s, r in vectors.items()]))
+            shots = []
+            for scale in scales:
+                # One token per subject and scale, so all scales render in shared batches; every method's
+                # token of this subject has the same number of vectors and reuses it.
+                token = set_token_rows(backbone, f"<{run['subject']}@{scale:g}>",
+                                       {s: scale * m[s] * normalize(r.float()) for s, r in vectors.items()})
+                for prompt_id, template, seed in prompt_grid(prompts, seeds):
+                    shots.append(Shot(render(template, token), {
+                        **labels, "method": run["method"], "subject": run["subject"], "subject_kind": subject["kind"],
+                        "scale": scale, "trained_ratio": trained, "prompt_id": prompt_id, "prompt": template,
+                        "eval_prompt": eval_prompt(template, subject["class"]), "seed": seed,
+                        "image": f"{run['method']}/{run['subject']}/s{scale:g}_{prompt_id:02d}_{seed}.png"}))
+            yield shots
+
+    render_manifest(backbone, run_shots(), out_manifest, SampleSettings(**sample))
 
 
 def score_sweep(manifest_path: str, subject_jsons: dict[str, str], out_scores: str, *, metric_specs: dict,

@@ -14,7 +14,6 @@ and sets the class attributes that differ from the defaults here: `objective_cla
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -22,8 +21,7 @@ import torch.nn.functional as F
 from dti.backbones.objectives import NoisePrediction
 from dti.backbones.registry import FAMILIES, backbone_class, check_family, family_names, pipeline_families
 from dti.errors import DtiError
-from dti.model_files import check_declared_family
-from dti.model_files import looks_local as _looks_local
+from dti.model_files import check_declared_family, local_path
 from dti.speedups import Speedups, apply_to_modules
 
 SWITCHES = ("compile", "channels_last", "fuse_qkv")  # the module-level speed switches of dti.speedups
@@ -302,7 +300,8 @@ def detect_family(model: str, revision: str | None = None) -> str:
 
 
 def check_model_exists(model: str) -> None:
-    if _looks_local(model) and not Path(model).expanduser().is_dir():
+    path = local_path(model)
+    if path is not None and not path.is_dir():
         raise DtiError(f"model path does not exist: {model}")
 
 
@@ -314,7 +313,8 @@ def load_backbone(model: str, *, family: str | None = None, revision: str | None
         check_family(family)
         check_declared_family(model, family, revision)
     cls = backbone_class(family or detect_family(model, revision))
-    model = str(Path(model).expanduser()) if _looks_local(model) else model
+    path = local_path(model)
+    model = str(path) if path is not None else model
     return cls.load(model, revision=revision, dtype=dtype, device=torch.device(device))
 
 

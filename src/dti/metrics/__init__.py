@@ -6,6 +6,7 @@ so config-only callers (aggregation) stay fast.
 
 from dti.metrics.spec import (
     FAMILY_METRICS,
+    MANIFEST_COLUMNS,
     METRICS,
     SCORE_COLUMNS,
     Metric,
@@ -19,6 +20,7 @@ _SCORING_NAMES = {"load_metric_models", "score_samples"}
 
 __all__ = [
     "FAMILY_METRICS",
+    "MANIFEST_COLUMNS",
     "METRICS",
     "Metric",
     "MetricSpec",

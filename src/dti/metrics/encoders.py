@@ -162,12 +162,6 @@ class OpenClipEncoder:
             features = self.model.encode_text(tokens)
         return F.normalize(features.float(), dim=-1).cpu()
 
-    def sigmoid_score(self, cosine: torch.Tensor) -> torch.Tensor:
-        """SigLIP's pairwise match probability: sigmoid(exp(logit_scale) * cos + logit_bias)."""
-        scale = self.model.logit_scale.detach().float().exp().cpu()
-        bias = self.model.logit_bias.detach().float().cpu()
-        return torch.sigmoid(scale * cosine + bias)
-
 
 def build_encoder(spec: MetricSpec, device: str | torch.device = "cpu"):
     if spec.backend == "timm":

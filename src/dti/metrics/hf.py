@@ -4,7 +4,7 @@
   after its final layer norm.
 - SigLIP (`google/siglip-base-patch16-512`): image and text embeddings (the model's pooled heads); a
   text is the class-word prompt with "." appended, padded to 64 tokens, as the model was trained;
-  `sigmoid_score` turns a cosine into SigLIP's match probability.
+  dti.metrics.scoring.sigmoid_score turns a cosine into SigLIP's match probability.
 
 Images go through `ProcessorTransform`: the model's own image-processor settings (read from its
 `preprocessor_config.json`), computed the way transformers' default (torchvision) image processors
@@ -168,7 +168,7 @@ class Dinov2Encoder(_TransformersEncoder):
 
 
 class SiglipEncoder(_TransformersEncoder):
-    """SigLIP image and text embeddings, unit length, and its sigmoid match score."""
+    """SigLIP image and text embeddings, unit length."""
 
     model_class = "SiglipModel"
 
@@ -200,12 +200,6 @@ class SiglipEncoder(_TransformersEncoder):
         inputs = {k: v.to(self.device) for k, v in self.text_inputs(texts).items()}
         features = self.model.get_text_features(**inputs).pooler_output
         return F.normalize(features.float(), dim=-1).cpu()
-
-    def sigmoid_score(self, cosine: torch.Tensor) -> torch.Tensor:
-        """sigmoid(exp(logit_scale) * cos + logit_bias): the model's own image-text logit, as a probability."""
-        scale = self.model.logit_scale.detach().float().exp().cpu()
-        bias = self.model.logit_bias.detach().float().cpu()
-        return torch.sigmoid(scale * cosine + bias)
 
 
 def build_transformers_encoder(spec: MetricSpec, device: str | torch.device = "cpu"):

@@ -10,10 +10,9 @@ from PIL import Image
 
 from dti.errors import DtiError
 from dti.metrics.encoders import OpenClipEncoder, TimmImageEncoder, build_encoder
-from dti.metrics.spec import SCORE_COLUMNS, MetricSpec, family_metrics, parse_metric_specs
+from dti.metrics.spec import MANIFEST_COLUMNS, SCORE_COLUMNS, MetricSpec, family_metrics, parse_metric_specs
 
 _KEY_COLUMNS = list(SCORE_COLUMNS[:9])
-_MANIFEST_COLUMNS = [*_KEY_COLUMNS, "eval_prompt"]
 
 Encoder = TimmImageEncoder | OpenClipEncoder  # or a transformers encoder (dti.metrics.hf), same methods
 
@@ -35,6 +34,14 @@ def load_metric_models(
     return models
 
 
+def sigmoid_score(model, cosine: torch.Tensor) -> torch.Tensor:
+    """SigLIP's pairwise match probability of image-text cosines: sigmoid(exp(logit_scale) * cos + logit_bias),
+    the model's own logit (`model`: an open_clip or a transformers SigLIP model; both name them so)."""
+    scale = model.logit_scale.detach().float().exp().cpu()
+    bias = model.logit_bias.detach().float().cpu()
+    return torch.sigmoid(scale * cosine + bias)
+
+
 def _as_specs(metric_specs: dict, tiny_dirs: dict | None = None) -> dict[str, MetricSpec]:
     if all(isinstance(v, MetricSpec) for v in metric_specs.values()):
         return dict(metric_specs)
@@ -42,7 +49,7 @@ def _as_specs(metric_specs: dict, tiny_dirs: dict | None = None) -> dict[str, Me
 
 
 def _check_manifest(manifest: pd.DataFrame) -> None:
-    missing = [c for c in _MANIFEST_COLUMNS if c not in manifest.columns]
+    missing = [c for c in MANIFEST_COLUMNS if c not in manifest.columns]
     if missing:
         raise DtiError(f"sample manifest: missing column(s) {missing}")
     subjects = manifest["subject"].unique()
@@ -79,7 +86,7 @@ def _batch_scores(
                 value = (features @ reference_features[key].T).mean(dim=1)
             else:
                 value = (features * torch.stack([text_features[key][p] for p in prompts])).sum(dim=1)
-            scores[metric.name] = encoder.sigmoid_score(value) if metric.score == "sigmoid" else value
+            scores[metric.name] = sigmoid_score(encoder.model, value) if metric.score == "sigmoid" else value
     return scores
 
 

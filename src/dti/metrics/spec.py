@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from dti.errors import DtiError
+from dti.model_files import local_path
 
 
 @dataclass(frozen=True)
@@ -43,7 +44,14 @@ FAMILY_METRICS: dict[str, tuple[str, ...]] = {
     family: tuple(m.name for m in METRICS.values() if m.family == family)
     for family in dict.fromkeys(m.family for m in METRICS.values())
 }
-# The Scores contract: one row per image and metric, in this column order.
+# The sample manifest, which the sample job writes (dti.pipeline.render_subject) and scoring reads: one row
+# per generated image, in this column order, the job's labels (backbone, method, subject) first.
+MANIFEST_COLUMNS = (
+    "backbone", "method", "subject", "step", "subject_kind", "prompt_set", "prompt_id", "prompt", "eval_prompt",
+    "seed", "image",
+)  # fmt: skip
+# The Scores contract: one row per image and metric, in this column order. The first nine are the manifest
+# columns that name the image.
 SCORE_COLUMNS = (
     "backbone", "method", "step", "subject", "subject_kind", "prompt_set", "prompt_id", "seed", "image",
     "metric", "metric_model", "value",
@@ -213,12 +221,10 @@ def _transformers_spec(key: str, model: str, raw: dict[str, Any], tiny_dirs: dic
         raise DtiError(f"metrics.{key}.revision: expected a hub revision (branch, tag or commit), got {revision!r}")
     if model == TINY:
         folder = _tiny_folder(key, "transformers", tiny_dirs)
-    elif Path(model).expanduser().is_dir():
-        folder = Path(model).expanduser()
-    elif model.startswith((".", "/", "~")) or model.count("/") != 1:
-        raise DtiError(f"metrics.{key}.model: {model!r} is neither a local folder nor a hub id (org/name)")
     else:
-        folder = None
+        folder = local_path(model)
+        if folder is not None and not folder.is_dir():
+            raise DtiError(f"metrics.{key}.model: {model!r} is neither a local folder nor a hub id (org/name)")
     if folder is not None and revision is not None:
         raise DtiError(f"metrics.{key}.revision: a local folder ({folder}) has no revision")
     return MetricSpec(key, "transformers", model, None, None, None, None, revision, folder)
