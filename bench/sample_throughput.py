@@ -45,8 +45,9 @@ from gpu_common import (
 )
 from PIL import Image
 
-from dti.backbones.registry import FAMILIES, backbone_class, family_names, pipeline_families
+from dti.backbones.catalog import backbone_class
 from dti.export import save_diffusers
+from dti.families import FAMILIES, family_names, pipeline_families
 from dti.model_record import load_recorded_backbone
 from dti.pipeline import render_subject
 from dti.prompts import load_prompt_set, render
@@ -61,14 +62,14 @@ def write_model(family: str, folder: Path, dtype: torch.dtype = torch.float32) -
     """A model folder as users have one: full-size random weights (fp32 files, as the hub's) on a GPU,
     tiny otherwise."""
     if CUDA:
-        from dti.fullsize import build_fullsize_pipeline
+        from dti.backbones.catalog import build_fullsize_pipeline
 
         pipe = build_fullsize_pipeline(family, dtype=dtype)
         pipe.save_pretrained(folder)
         del pipe
         torch.cuda.empty_cache()
     else:
-        from dti.tiny import write_tiny_model
+        from dti.backbones.catalog import write_tiny_model
 
         write_tiny_model(family, folder)
     (folder.parent / f"{family}.json").write_text(json.dumps({"model": str(folder), "family": family}))

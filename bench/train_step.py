@@ -26,7 +26,8 @@ import torch
 from gpu_common import count_flops, kernel_breakdown, peak_tflops
 from PIL import Image
 
-from dti.backbones.registry import backbone_class, family_names
+from dti.backbones.catalog import backbone_class
+from dti.families import family_names
 from dti.methods import get_method
 from dti.speedups import CPU_DEFAULTS, Speedups
 from dti.train import Trainer, TrainSettings
@@ -67,11 +68,11 @@ def make_images(n: int, size: int) -> list[Image.Image]:
 
 def build_backbone(family: str, device: str):
     if device == "cuda":
-        from dti.fullsize import build_fullsize_pipeline
+        from dti.backbones.catalog import build_fullsize_pipeline
 
         pipe = build_fullsize_pipeline(family)
     else:
-        from dti.tiny import build_tiny_pipeline
+        from dti.backbones.catalog import build_tiny_pipeline
 
         pipe = build_tiny_pipeline(family)
     pipe.vae.to(torch.float32)  # as in training: the VAE encodes in fp32

@@ -8,7 +8,7 @@ import re
 from pathlib import Path
 
 import dti
-from dti.backbones.registry import family_names
+from dti.families import family_names
 from dti.benchmark_config import (
     backbone_methods,
     check_config,

@@ -18,12 +18,12 @@ import torch
 from safetensors.torch import load_file
 from workflow_run import EMBEDDED_DEFAULT, BackgroundRun
 
-from dti.backbones.registry import FAMILIES as REGISTRY
-from dti.backbones.registry import family_names
+from dti.backbones.catalog import write_tiny_model
+from dti.families import FAMILIES as REGISTRY
+from dti.families import family_names
 from dti.io import save_image
 from dti.jobs import lighten_gc
 from dti.synthetic import make_synthetic_subject
-from dti.tiny import write_tiny_model
 
 pytest_plugins = ["slurm_cluster"]  # the slurm_cluster fixture
 
@@ -86,7 +86,7 @@ def subject_images(subject_dir):
 
 def fresh_backbone(model: Path):
     """A newly loaded backbone (training installs placeholder rows, so every run needs its own)."""
-    from dti.backbones import load_backbone
+    from dti.backbones.catalog import load_backbone
 
     return load_backbone(str(model))
 

@@ -22,10 +22,11 @@ from safetensors.torch import load_file
 from workflow_run import REPO
 
 from dti.backbones.base import SWITCHES, detect_family
-from dti.backbones.registry import FAMILIES as REGISTRY
-from dti.backbones.registry import backbone_class, family_names
+from dti.backbones.catalog import backbone_class
 from dti.errors import DtiError
 from dti.export import read_metadata
+from dti.families import FAMILIES as REGISTRY
+from dti.families import family_names
 from dti.latents import resize_shorter_side, to_tensor
 from dti.sample import SampleJob, SampleSettings, generate, install_learned_token
 from dti.speedups import Speedups
@@ -51,12 +52,12 @@ def test_each_family_is_its_registered_pipeline_class(tiny_models):
 
 
 def test_registry_and_base_import_no_family_module_and_no_torch():
-    code = ("import sys, dti.backbones.registry, dti.model_files, dti.benchmark_config; "
+    code = ("import sys, dti.families, dti.model_files, dti.benchmark_config; "
             "print('torch' in sys.modules); import dti.backbones.base; "
             "print(sorted(m for m in sys.modules if m.startswith('dti.backbones.')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split("\n")
     assert out[0] == "False"  # planning stays torch-free
-    assert out[1] == str(["dti.backbones.base", "dti.backbones.objectives", "dti.backbones.registry"])
+    assert out[1] == str(["dti.backbones.base", "dti.backbones.objectives"])
 
 
 def test_cli_and_schema_take_families_from_the_registry():
@@ -73,7 +74,7 @@ def test_cli_and_schema_take_families_from_the_registry():
 
 
 def test_a_wan_2_2_folder_is_refused_naming_it(tiny_wan, tmp_path):
-    from dti.backbones import load_backbone
+    from dti.backbones.catalog import load_backbone
 
     folder = tmp_path / "wan22"
     shutil.copytree(tiny_wan, folder)
@@ -336,7 +337,7 @@ DENOISER_BILLIONS = {"sd": 0.86, "sdxl": 2.57, "sana": 1.6, "wan": 1.42}
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_fullsize_architectures_have_the_published_sizes(family):
-    from dti.fullsize import build_fullsize_pipeline
+    from dti.backbones.catalog import build_fullsize_pipeline
 
     pipe = build_fullsize_pipeline(family, device="meta")  # shapes only: no memory, no time
     assert type(pipe).__name__ == REGISTRY[family].pipeline

@@ -108,7 +108,7 @@ def test_bad_train_input_for_a_family_is_one_line_naming_it(tiny_models, subject
 
 
 def test_an_unsupported_pipeline_names_its_class_and_the_supported_ones(subject_dir, tmp_path, capsys):
-    from dti.backbones.registry import FAMILIES
+    from dti.families import FAMILIES
 
     model = tmp_path / "flux"
     model.mkdir()
@@ -425,7 +425,7 @@ def test_config_mistakes_are_caught_while_planning(tiny_models, tmp_path, case):
 
 def test_a_family_the_model_contradicts_is_refused_when_fetching_and_loading(tiny_sdxl, tmp_path):
     """A hub model not yet cached cannot be checked while planning; fetching and loading check it."""
-    from dti.backbones import load_backbone
+    from dti.backbones.catalog import load_backbone
     from dti.pipeline import fetch_model
 
     with pytest.raises(DtiError, match="is an 'sdxl' pipeline"):

@@ -37,7 +37,7 @@ from conftest import fast_settings
 from PIL import Image
 
 from dti import dreambooth, io
-from dti.backbones import load_backbone
+from dti.backbones.catalog import load_backbone
 from dti.dreambooth import marker_record
 from dti.dti_prompts import fetch_dti_prompts, reference
 from dti.errors import DtiError

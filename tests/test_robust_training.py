@@ -20,11 +20,10 @@ from conftest import fast_settings
 from safetensors.torch import save_file
 
 from dti import train as train_module
-from dti.backbones import load_backbone
+from dti.backbones.catalog import load_backbone, write_tiny_model
 from dti.methods import get_method, trainable_methods
 from dti.model_files import weights_identity
 from dti.state import read_state, save_state
-from dti.tiny import write_tiny_model
 from dti.train import TrainingDiverged, train
 
 # Three steps, state saved at steps 2 and 3: a crash can fall before any state, between saves, or after.

@@ -59,7 +59,7 @@ def test_dti_rows_stay_unit_and_saved_vectors_have_norm_m(tiny_models, subject_i
 
 
 def test_bf16_backbone_keeps_fp32_unit_rows(tiny_sd, subject_images, tmp_path):
-    from dti.backbones import load_backbone
+    from dti.backbones.catalog import load_backbone
 
     backbone = load_backbone(str(tiny_sd), dtype=torch.bfloat16)
     trainer = Trainer(backbone, subject_images, fast_settings(steps=2, mixed_precision="bf16"), tmp_path)

@@ -11,7 +11,7 @@ one naming rule (dti.names) for every other name that becomes a path or a wildca
 (the run, backbones, methods, prompt sets), each method's own hyper-parameters (the global `methods` and,
 merged over them, each backbone's `methods`), each backbone's checkpoints and the subject field its
 tokens start from, `only_backbones`, that no two prompt sets share a name, that some metric is enabled,
-photo file names that are text, and each backbone's family: a registered one (dti.backbones.registry),
+photo file names that are text, and each backbone's family: a registered one (dti.families),
 and the one the model's own model_index.json declares where the model is already on this machine.
 Torch-free, so planning stays fast; every error is a DtiError naming the config key, file or value.
 
@@ -26,9 +26,9 @@ import io
 import os
 from pathlib import Path
 
-from dti.backbones.registry import check_family
 from dti.config_layers import merged, resolve_extends
 from dti.errors import DtiError
+from dti.families import check_family
 from dti.methods import check_hyper_parameters, get_method
 from dti.model_files import check_declared_family
 from dti.names import check_name

@@ -78,7 +78,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def cmd_tiny_model(args) -> None:
-    from dti.tiny import write_tiny_model
+    from dti.backbones.catalog import write_tiny_model
 
     print(write_tiny_model(args.family, args.out, seed=args.seed))
 
@@ -92,7 +92,7 @@ def _output_folder(out: str) -> Path:
 
 
 def cmd_train(args) -> None:
-    from dti.backbones import load_backbone
+    from dti.backbones.catalog import load_backbone
     from dti.export import how_to_use
     from dti.images import list_images, load_image
     from dti.train import TrainSettings, train
@@ -125,7 +125,7 @@ def _check_sample_args(args) -> None:
 
 
 def cmd_sample(args) -> None:
-    from dti.backbones import load_backbone
+    from dti.backbones.catalog import load_backbone
     from dti.sample import SampleJob, SampleSettings, generate, load_learned_token
 
     _check_sample_args(args)
@@ -152,7 +152,7 @@ def cmd_inspect(args) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from dti.backbones.registry import family_names
+    from dti.families import family_names
 
     families = family_names()
     parser = _Parser(prog="dti", description=__doc__)

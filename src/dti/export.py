@@ -64,8 +64,8 @@ def save_diffusers(out_dir: Path, placeholder: str, vectors: dict[str, torch.Ten
 def how_to_use(out_dir: str | Path, placeholder: str, name: str, family: str = "sd") -> str:
     """What to write in each client to use a trained token, one line per client (the README says more);
     `name`: the single file's name without .safetensors. Families whose text encoders the clients do not
-    know (dti.backbones.registry) load only with dti's own loader."""
-    from dti.backbones.registry import check_family
+    know (dti.families) load only with dti's own loader."""
+    from dti.families import check_family
 
     if not check_family(family).textual_inversion_clients:
         return (f"dti sample --embeds {out_dir}, or dti.sample.install_learned_token(pipe, {str(out_dir)!r}) "

@@ -29,8 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
-from dti.backbones.registry import FAMILIES
 from dti.errors import DtiError
+from dti.families import FAMILIES
 from dti.numbers import provenance_problems
 from dti.terminal import LIMIT, visible
 from dti.vocab import Vocabulary, readable

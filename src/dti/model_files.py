@@ -11,8 +11,8 @@ import json
 import os
 from pathlib import Path
 
-from dti.backbones.registry import pipeline_families
 from dti.errors import DtiError
+from dti.families import pipeline_families
 
 _SMALL = 1 << 20  # files up to this size (configs, tokenizers) are hashed whole
 _CHUNK = 1 << 16  # of larger files (weights), three chunks are hashed: start, middle, end

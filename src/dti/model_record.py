@@ -32,7 +32,7 @@ def read_model_record(path: str | Path) -> dict:
 def load_recorded_backbone(path: str | Path, device: str | None = None):
     """The backbone a model record names, loaded from its local folder (no hub access) onto `device`
     (default: dti.devices.default_device) with the device's weights dtype (dti.devices.weights_dtype)."""
-    from dti.backbones import load_backbone
+    from dti.backbones.catalog import load_backbone
     from dti.devices import default_device, weights_dtype
 
     info = read_model_record(path)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from dti.backbones import Backbone
+from dti.backbones.base import Backbone
 from dti.errors import DtiError
 from dti.export import load_diffusers, rescale
 from dti.io import check_target, save_image
@@ -87,7 +87,8 @@ def install_learned_token(pipe, embeds_dir: str | Path, *, step: int | None = No
                           rescale_to: str | float | None = None) -> str:
     """Install the token dti trained (the folder with learned_embeds*.safetensors) into a diffusers
     pipeline of any supported family, as `dti sample` does; returns what to write in prompts."""
-    from dti.backbones.registry import backbone_class, pipeline_families
+    from dti.backbones.catalog import backbone_class
+    from dti.families import pipeline_families
 
     name = type(pipe).__name__
     family = pipeline_families().get(name)

@@ -28,8 +28,8 @@ import json
 import os
 from pathlib import Path
 
-from dti.backbones.registry import FAMILIES
 from dti.errors import DtiError
+from dti.families import FAMILIES
 from dti.model_files import model_folder
 from dti.prompts import TRAINING_TEMPLATES, ZERO_PAD_MAX, load_prompt_set, prompt_set_path, render
 from dti.token_names import normalize_placeholder, placeholder_tokens, short_text

@@ -21,10 +21,6 @@ import tempfile
 from collections import Counter
 from pathlib import Path
 
-import torch
-
-from dti.io import atomic_dir
-
 _N_MERGES = 49152 - 256 - 2  # CLIP keeps this many BPE merges; vocab = 2 * 256 bytes + merges + 2 specials
 BOS, EOS = "<|startoftext|>", "<|endoftext|>"
 
@@ -156,22 +152,3 @@ def counted_unigram(specials: list[str]) -> list[tuple[str, float]]:
     pieces += [(f"▁{w}", math.log(n / total)) for w, n in sorted(words.items())]
     pieces += [(c, math.log(1 / total) - 10) for c in chars]
     return pieces
-
-
-# --- every family -------------------------------------------------------------------------------------
-def build_tiny_pipeline(family: str, seed: int = 0):
-    """A random tiny pipeline of the given family, deterministic for a seed."""
-    from dti.backbones.registry import backbone_class
-
-    cls = backbone_class(family)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return cls.tiny_pipeline()
-
-
-def write_tiny_model(family: str, out_dir: str | Path, seed: int = 0) -> Path:
-    """Save a tiny pipeline with `save_pretrained`; the folder appears only once complete."""
-    pipe = build_tiny_pipeline(family, seed)
-    with atomic_dir(out_dir) as tmp:
-        pipe.save_pretrained(tmp)
-    return Path(out_dir)

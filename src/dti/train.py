@@ -27,7 +27,7 @@ import torch
 from PIL import Image
 
 from dti import __version__
-from dti.backbones import Backbone
+from dti.backbones.base import Backbone
 from dti.errors import DtiError
 from dti.export import diffusers_file, save_diffusers, save_single_file
 from dti.io import LineLog, check_target, ensure_folder, write_json, write_text

@@ -77,8 +77,8 @@ def readable(token: str | None, byte_level: bool = True) -> str:
 
 
 def model_family(model_dir: str | Path) -> str:
-    """The family (dti.backbones.registry) from the folder's model_index.json."""
-    from dti.backbones.registry import pipeline_families
+    """The family (dti.families) from the folder's model_index.json."""
+    from dti.families import pipeline_families
 
     index = Path(model_dir) / "model_index.json"
     try:
@@ -151,7 +151,7 @@ def load_vocabularies(model_dir: str | Path) -> dict[str, Vocabulary]:
     model_dir = Path(model_dir)
     if not model_dir.is_dir():
         raise DtiError(f"model folder not found: {model_dir}")
-    from dti.backbones.registry import check_family
+    from dti.families import check_family
 
     vocabularies = {}
     for slot in check_family(model_family(model_dir)).slots:

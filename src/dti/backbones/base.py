@@ -1,6 +1,7 @@
 """What every backbone offers the training and sampling code, and how one is loaded.
 
-A family is a `Backbone` subclass in its own module, listed in dti.backbones.registry. It implements
+A family is a `Backbone` subclass in its own module (its entry in dti.families, its class named in
+dti.backbones.catalog). It implements
 - `load` (a model folder or hub id), `tiny_pipeline` (small random weights, offline) and
   `fullsize_pipeline` (the published architecture with random weights, for GPU benchmarks);
 - `encode_prompts` (the conditioning, exactly as its diffusers pipeline computes it for a prompt) and
@@ -19,9 +20,9 @@ import torch
 import torch.nn.functional as F
 
 from dti.backbones.objectives import NoisePrediction
-from dti.backbones.registry import FAMILIES, backbone_class, check_family, family_names, pipeline_families
 from dti.errors import DtiError
-from dti.model_files import check_declared_family, local_path
+from dti.families import FAMILIES, family_names, pipeline_families
+from dti.model_files import local_path
 from dti.speedups import Speedups, apply_to_modules
 
 SWITCHES = ("compile", "channels_last", "fuse_qkv")  # the module-level speed switches of dti.speedups
@@ -46,27 +47,28 @@ class TextEncoderSlot:
 class Backbone:
     """A frozen diffusion model: its text encoders, the denoising loss and the sampling pipeline."""
 
-    family: str = ""  # set by the registry
-    pipeline_class: str = ""  # the diffusers pipeline that samples with these components; set by the registry
+    family: str = ""  # each family's class names its entry of dti.families
+    pipeline_class: str = ""  # the diffusers pipeline that samples with these components (from dti.families)
     pipeline_extras: dict = {}
     denoiser_name = "unet"  # the component that predicts the noise (or velocity)
     objective_class = NoisePrediction  # dti.backbones.objectives
     # How the k tokens of a k-vector placeholder are written in a prompt. SD/SDXL files load with diffusers'
     # loader, which writes them space-separated itself; the DTI authors join them without a space elsewhere.
     placeholder_joiner = " "
-    uses_diffusers_loader = True  # set from the registry's textual_inversion_clients (else dti's own loader)
+    uses_diffusers_loader = True  # from dti.families' textual_inversion_clients (else dti's own loader)
     max_text_length: int | None = None  # tokens per prompt (None: each tokenizer's model_max_length)
     sampling_kwargs: dict = {}  # extra arguments of the pipeline call
     speedups_supported = frozenset(SWITCHES)
     compile_blocks: tuple[str, ...] | None = None  # None: the denoiser's own `_repeated_blocks`
 
     def __init_subclass__(cls, **kwargs):
-        """A class listed in the registry takes its family name and pipeline class from its line there."""
+        """A family's class names its family (`family = "sd"`) and takes its pipeline class and loader from
+        that family's entry in dti.families."""
         super().__init_subclass__(**kwargs)
-        for family in FAMILIES.values():
-            if family.backbone == f"{cls.__module__}:{cls.__qualname__}":
-                cls.family, cls.pipeline_class = family.name, family.pipeline
-                cls.uses_diffusers_loader = family.textual_inversion_clients
+        family = FAMILIES.get(cls.__dict__.get("family"))
+        if family is not None:
+            cls.pipeline_class = family.pipeline
+            cls.uses_diffusers_loader = family.textual_inversion_clients
 
     def __init__(self, components: dict, model_id: str, revision: str | None = None):
         """Wrap loaded components (denoiser, vae, scheduler, tokenizer(s), text encoder(s)); freezes them."""
@@ -305,17 +307,6 @@ def check_model_exists(model: str) -> None:
         raise DtiError(f"model path does not exist: {model}")
 
 
-def load_backbone(model: str, *, family: str | None = None, revision: str | None = None,
-                  dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu") -> Backbone:
-    """Load a frozen backbone by hub id or local folder, with every weight checked to be present."""
-    check_model_exists(model)
-    if family is not None:
-        check_family(family)
-        check_declared_family(model, family, revision)
-    cls = backbone_class(family or detect_family(model, revision))
-    path = local_path(model)
-    model = str(path) if path is not None else model
-    return cls.load(model, revision=revision, dtype=dtype, device=torch.device(device))
 
 
 def load_component(cls, model: str, subfolder: str, revision: str | None, dtype: torch.dtype):
@@ -354,5 +345,5 @@ def load_scheduler(model: str, revision: str | None, class_name: str | None = No
     return cls.from_config(config)
 
 
-__all__ = ["Backbone", "TextEncoderSlot", "backbone_class", "detect_family", "family_names", "load_backbone",
+__all__ = ["Backbone", "TextEncoderSlot", "check_model_exists", "detect_family", "family_names",
            "load_component", "load_scheduler", "load_tokenizer", "to_device"]

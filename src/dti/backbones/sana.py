@@ -44,6 +44,7 @@ def gemma_tokenizer(vocab_size: int | None = None):
 
 
 class Sana(Backbone):
+    family = "sana"
     denoiser_name = "transformer"
     objective_class = FlowMatching
     max_text_length = MAX_TEXT_LENGTH

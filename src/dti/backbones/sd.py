@@ -17,6 +17,7 @@ from dti.backbones.base import (
 
 
 class StableDiffusion(Backbone):
+    family = "sd"
     pipeline_extras = {"safety_checker": None, "feature_extractor": None, "requires_safety_checker": False}
 
     @classmethod

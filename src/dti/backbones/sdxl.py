@@ -15,6 +15,7 @@ from dti.backbones.base import (
 
 
 class StableDiffusionXL(Backbone):
+    family = "sdxl"
     @classmethod
     def load(cls, model: str, *, revision: str | None, dtype: torch.dtype, device: torch.device) -> StableDiffusionXL:
         from diffusers import AutoencoderKL, UNet2DConditionModel

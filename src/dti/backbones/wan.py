@@ -61,6 +61,7 @@ def _check_wan21(model: str, revision: str | None) -> None:
 
 
 class Wan(Backbone):
+    family = "wan"
     denoiser_name = "transformer"
     objective_class = FlowMatching
     max_text_length = MAX_TEXT_LENGTH

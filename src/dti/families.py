@@ -1,16 +1,14 @@
-"""The backbone families dti supports: one entry each. Everything family-specific elsewhere (the CLI's
---family choices, the workflow's wildcard and config checks, detection from model_index.json, the text
-encoders' names, components and exported files, the tiny and full-size builders) is derived from this
-table and the classes it names.
+"""The backbone families dti supports: one entry each, as data. Everything family-specific elsewhere (the
+CLI's --family choices, the workflow's wildcard and config checks, detection from model_index.json, the
+text encoders' names, components and exported files) is derived from this table.
 
-Torch-free and import-free: the workflow plans with it, and a family's module (which imports torch) is
-imported only when its class is asked for. Adding a family is one module defining a `Backbone` subclass
-(dti/backbones/base.py lists what it implements) plus one entry here.
+Torch-free and import-free, and it names no module: the workflow plans with it, and everything imports it
+without a loop. Adding a family is one module defining a `Backbone` subclass (dti/backbones/base.py lists
+what it implements), one entry here and one line in dti.backbones.catalog naming its class.
 """
 
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass
 
 from dti.errors import DtiError
@@ -30,7 +28,6 @@ class Slot:
 class Family:
     name: str  # the config's and the CLI's family name
     pipeline: str  # the diffusers pipeline class a model folder's model_index.json names
-    backbone: str  # "module:Class" of its Backbone subclass
     slots: tuple[Slot, ...]  # its text encoders in order (the i-th one's rows go to learned_embeds_{i+1})
     # Its pipeline has diffusers' load_textual_inversion, and AUTOMATIC1111 / ComfyUI load its embeddings
     # (CLIP text encoders); else only dti's own loader (dti sample, dti.sample.install_learned_token) does.
@@ -40,12 +37,12 @@ class Family:
 _CLIP_TABLE = "embeddings.token_embedding.weight"
 _ONE = (Slot("clip_l", "text_encoder", "tokenizer", _CLIP_TABLE),)
 FAMILIES: dict[str, Family] = {f.name: f for f in (
-    Family("sd", "StableDiffusionPipeline", "dti.backbones.sd:StableDiffusion", _ONE),
-    Family("sdxl", "StableDiffusionXLPipeline", "dti.backbones.sdxl:StableDiffusionXL",
+    Family("sd", "StableDiffusionPipeline", _ONE),
+    Family("sdxl", "StableDiffusionXLPipeline",
            _ONE + (Slot("clip_g", "text_encoder_2", "tokenizer_2", _CLIP_TABLE),)),
-    Family("sana", "SanaPipeline", "dti.backbones.sana:Sana", (Slot("gemma2", "text_encoder", "tokenizer", "embed_tokens.weight"),),
+    Family("sana", "SanaPipeline", (Slot("gemma2", "text_encoder", "tokenizer", "embed_tokens.weight"),),
            textual_inversion_clients=False),
-    Family("wan", "WanPipeline", "dti.backbones.wan:Wan", (Slot("umt5", "text_encoder", "tokenizer", "shared.weight"),),
+    Family("wan", "WanPipeline", (Slot("umt5", "text_encoder", "tokenizer", "shared.weight"),),
            textual_inversion_clients=False),
 )}
 
@@ -64,10 +61,3 @@ def check_family(name: str) -> Family:
         raise DtiError(f"unknown backbone family {name!r}; known: {family_names()}")
     return FAMILIES[name]
 
-
-def backbone_class(name: str):
-    """The Backbone subclass of a family, its module imported on first use (the class takes its family name
-    and pipeline class from its line here: dti.backbones.base.Backbone.__init_subclass__)."""
-    family = check_family(name)
-    module, _, attr = family.backbone.partition(":")
-    return getattr(importlib.import_module(module), attr)
