@@ -4,7 +4,7 @@
 from dti.analysis import pick_backbones
 from dti.analysis.fidelity import pick_metrics
 from dti.analysis.magnitude import check_sweep
-from dti.interpolation import parse_interpolation, schemes_for
+from dti.analysis.interpolation import parse_interpolation, schemes_for
 
 
 def _analysis_backbones(value, where):

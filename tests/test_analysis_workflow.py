@@ -14,10 +14,10 @@ import torch
 import yaml
 from workflow_run import REPO, SHARED, planned_jobs, snakemake
 
+from dti.analysis.interpolation import schemes_for, t_label
 from dti.benchmark_config import load_config_files
 from dti.export import load_diffusers
 from dti.inspect import read_embedding_file
-from dti.interpolation import schemes_for, t_label
 from dti.methods import get_method
 
 DEFAULT = copy.deepcopy(SHARED)  # the shared run's config (tests/shared_run.yaml)

@@ -12,9 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from dti.errors import DtiError
-from dti.export import load_diffusers
-from dti.interpolation import (
+from dti.analysis.interpolation import (
     check_pair_runs,
     interpolate_rows,
     interpolate_token,
@@ -25,6 +23,8 @@ from dti.interpolation import (
     score_pair,
     summary_latex,
 )
+from dti.errors import DtiError
+from dti.export import load_diffusers
 from dti.sphere import angle, normalize
 
 TS = [0.0, 0.2, 0.5, 0.9, 1.0]

@@ -408,7 +408,7 @@ def test_tables_show_display_names_while_parquet_keeps_the_keys(tmp_path):
 @pytest.mark.skipif(shutil.which("pdflatex") is None,
                     reason="no pdflatex here (apt-get install texlive-latex-base texlive-latex-recommended)")
 def test_every_table_compiles_with_pdflatex_and_booktabs(tmp_path):
-    from dti.interpolation import interpolation_tables, summary_latex
+    from dti.analysis.interpolation import interpolation_tables, summary_latex
 
     scores = bench_scores()
     tables = build_tables(scores, frame(norm_rows("ti", "a", [2.0]), norm_rows("dti", "a", [0.4])))

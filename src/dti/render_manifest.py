@@ -1,5 +1,5 @@
 """Images rendered with learned tokens, and the manifest that lists them: the one loop behind the sample job
-(dti.pipeline.render_subject), the interpolation paths (dti.interpolation.render_pair) and the magnitude
+(dti.pipeline.render_subject), the interpolation paths (dti.analysis.interpolation.render_pair) and the magnitude
 sweep (dti.analysis.magnitude.render_sweep).
 
 A caller describes each image as a `Shot`: the prompt the pipeline reads and the image's manifest row, whose

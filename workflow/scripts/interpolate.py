@@ -1,5 +1,5 @@
 """Snakemake adapter: one pair's interpolated embeddings and images, every method and path."""
-from dti.interpolation import render_pair
+from dti.analysis.interpolation import render_pair
 from dti.jobs import run_job
 
 params = snakemake.params

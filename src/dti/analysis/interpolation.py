@@ -193,7 +193,7 @@ def render_pair(runs: dict[str, dict[str, str]], model_json: str, out_manifest: 
                                                 magnitudes if scheme == "slerp" else None,
                                                 what=f"interpolation pair {pair} ({method})")
                     folder = out_dir / "embeddings" / f"{method}-{scheme}" / t_label(value)
-                    meta = {"dti.interpolation": json.dumps({"a": a_name, "b": b_name, "t": value, "scheme": scheme,
+                    meta = {"dti.analysis.interpolation": json.dumps({"a": a_name, "b": b_name, "t": value, "scheme": scheme,
                                                              "method": method}),
                             "dti.method": method, "dti.base_model": infos[method]["a"]["model"],
                             "dti.family": infos[method]["a"]["family"]}
