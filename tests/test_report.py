@@ -2,21 +2,31 @@
 
 Chromium comes from the distribution's packages: the `chromium` fixture installs it with apt-get when it is
 missing (as root, as CI runs). Snakemake's report is one self-contained HTML file whose page is drawn by
-JavaScript from data embedded in it, so the checks look at the page after its scripts ran: the DOM that
-Chromium dumps, a screenshot, and a probe that walks every section of a copy of the report the way a
-reader clicks through it and records what each result showed.
+JavaScript from data embedded in it, so the checks look at the page after its scripts ran: the DOM, a
+screenshot, and every section and result clicked through the report's own app, recording what each showed.
+
+Chromium is driven over its DevTools protocol (`Browser`), and every check waits for what it checks, not for
+an amount of time: a page that takes seconds to draw on a loaded machine is polled until it has drawn, up
+to a generous deadline. (A --dump-dom under --virtual-time-budget dumps when the budget is spent, and
+virtual time runs ahead of work done on other threads and processes, such as decoding an image or drawing
+the page, so under load it dumped a page not yet drawn.)
 """
 
 from __future__ import annotations
 
+import base64
 import copy
+import fcntl
 import html
+import io
 import json
 import os
 import re
+import select
 import shutil
 import subprocess
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -31,10 +41,11 @@ RUN = f"results/runs/{DEFAULT['run_name']}"  # the run's tables, analyses and re
 SECTIONS = ["Checkpoints", "Interpolation", "Norms and directions", "Samples", "Tables"]
 # What headless Chromium needs in a container: no sandbox (root), no GPU, and nothing that phones home.
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         "--virtual-time-budget=60000"]
-PROBE = Path(__file__).parent / "report" / "probe.js"
+         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 WINDOW = (1400, 900)
+# How long a page may take to show what a check waits for. A quiet 2-core machine draws the report in about
+# 4 s; this only bounds a page that never does, so it is generous. The walk through every result shares one.
+PAGE_DEADLINE_S, WALK_DEADLINE_S = 240, 600
 
 
 def _apt(*args: str) -> subprocess.CompletedProcess:
@@ -66,12 +77,121 @@ def chromium() -> str:
     return found
 
 
-def run_chromium(chromium: str, profile: Path, *args: str) -> subprocess.CompletedProcess:
-    """One headless Chromium with a fresh profile folder (a used one can hold a lock or cached state)."""
-    result = subprocess.run([chromium, *FLAGS, f"--user-data-dir={profile}", *args], capture_output=True,
-                            text=True, timeout=300)
-    assert result.returncode == 0, f"chromium failed ({result.returncode}):\n{result.stderr[-3000:]}"
-    return result
+class Browser:
+    """One headless Chromium and one tab in it, driven over the DevTools protocol on a pipe
+    (--remote-debugging-pipe: the browser reads commands on its descriptor 3 and answers on 4, each message
+    JSON ending in a NUL byte), so a check can ask the page for what it shows, as often as it needs to.
+    A fresh profile folder for each (a used one can hold a lock or cached state)."""
+
+    def __init__(self, chromium: str, profile: Path, window: tuple[int, int] = WINDOW):
+        self.log = profile.with_name(profile.name + ".log")
+        to_browser, from_browser = os.pipe(), os.pipe()
+        # The browser's ends, moved above 9 so that bash can put them at 3 and 4 without overwriting one with
+        # the other (preexec_fn could do it, but is unsafe in this process: the workflow runs in a thread).
+        theirs = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 10) for fd in (to_browser[0], from_browser[1])]
+        for fd in (to_browser[0], from_browser[1]):
+            os.close(fd)
+        self._read, self._write = from_browser[0], to_browser[1]
+        with open(self.log, "wb") as log:
+            self.process = subprocess.Popen(
+                ["bash", "-c", f'exec "$@" 3<&{theirs[0]} 4>&{theirs[1]}', "bash", chromium, *FLAGS,
+                 f"--window-size={window[0]},{window[1]}", f"--user-data-dir={profile}", "--remote-debugging-pipe"],
+                pass_fds=theirs, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+        for fd in theirs:
+            os.close(fd)
+        self._pending, self._id, self._session = b"", 0, None
+        try:
+            target = self.send("Target.createTarget", url="about:blank")["targetId"]
+            self._session = self.send("Target.attachToTarget", targetId=target, flatten=True)["sessionId"]
+            # The screenshot's size, whatever the window's frame takes.
+            self.send("Emulation.setDeviceMetricsOverride", width=window[0], height=window[1], deviceScaleFactor=1,
+                      mobile=False)
+        except BaseException:
+            self.close()
+            raise
+
+    def _failed(self, why: str) -> AssertionError:
+        log = self.log.read_text(errors="replace")[-3000:] if self.log.exists() else ""
+        return AssertionError(f"chromium: {why} (exit status {self.process.poll()}); its log ends:\n{log}")
+
+    def _message(self, timeout: float) -> dict:
+        end = time.monotonic() + timeout
+        while b"\0" not in self._pending:
+            left = end - time.monotonic()
+            if left <= 0 or not select.select([self._read], [], [], left)[0]:
+                raise self._failed(f"no answer in {timeout} s")
+            chunk = os.read(self._read, 1 << 20)
+            if not chunk:
+                raise self._failed("it closed the pipe")
+            self._pending += chunk
+        message, self._pending = self._pending.split(b"\0", 1)
+        return json.loads(message)
+
+    def send(self, method: str, timeout: float = PAGE_DEADLINE_S, **params) -> dict:
+        """A command's result (events the browser sends meanwhile are not needed: the checks poll). The
+        timeout only ends a wait on a browser that stopped answering; an answer comes as soon as it is ready."""
+        self._id += 1
+        command = {"id": self._id, "method": method, "params": params}
+        if self._session and not method.startswith(("Target.", "Browser.")):
+            command["sessionId"] = self._session
+        os.write(self._write, json.dumps(command).encode() + b"\0")
+        while True:
+            answer = self._message(timeout)
+            if answer.get("id") == self._id:
+                if "error" in answer:
+                    raise self._failed(f"{method} failed: {answer['error']}")
+                return answer["result"]
+
+    def evaluate(self, expression: str):
+        """The value of a JavaScript expression in the page (a promise awaited); a RuntimeError with the
+        page's message if it threw."""
+        result = self.send("Runtime.evaluate", expression=expression, returnByValue=True, awaitPromise=True)
+        if "exceptionDetails" in result:
+            details = result["exceptionDetails"]
+            raise RuntimeError(details.get("exception", {}).get("description") or details.get("text"))
+        return result["result"].get("value")
+
+    def wait_for(self, expression: str, deadline: float, ready=bool):
+        """Evaluate `expression` until ready(value) or the deadline (time.monotonic()) has passed, at least
+        once; the last value. An expression that throws (the app not defined yet) is not ready; one that
+        still throws at the deadline raises."""
+        while True:
+            try:
+                value, error = self.evaluate(expression), None
+            except RuntimeError as exc:
+                value, error = None, exc
+            if (error is None and ready(value)) or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        if error is not None:
+            raise error
+        return value
+
+    def open(self, url: str) -> None:
+        self.send("Page.navigate", url=url)
+
+    def screenshot(self) -> Image.Image:
+        data = self.send("Page.captureScreenshot", format="png")["data"]
+        return Image.open(io.BytesIO(base64.b64decode(data)))
+
+    def close(self) -> None:
+        try:
+            self.send("Browser.close", timeout=10)
+        except AssertionError:
+            pass
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        for fd in (self._read, self._write):
+            os.close(fd)
+
+    def __enter__(self) -> Browser:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 @pytest.fixture(scope="module")
@@ -116,52 +236,118 @@ def test_report_embeds_every_result(report, default_run):
         assert entry["caption"].strip(), f"{path} has no caption"
 
 
-def test_page_renders_its_sections(report, chromium, tmp_path):
-    dom = run_chromium(chromium, tmp_path / "profile", "--dump-dom", report.as_uri()).stdout
+# The page's DOM as drawn: a copy without its scripts (the embedded data, megabytes of it, is not drawn).
+DRAWN_DOM = """(() => {
+  const copy = document.documentElement.cloneNode(true);
+  copy.querySelectorAll("script").forEach((script) => script.remove());
+  return copy.outerHTML;
+})()"""
+
+
+def page_problems(dom: str) -> list[str]:
+    """What the report's first page lacks; none once the app has drawn it."""
     page = re.sub(r"<script\b.*?</script>", "", dom, flags=re.S)  # what was drawn, not the embedded data
-    assert '<div id="app"></div>' not in page  # the app drew into its element
-    for section in SECTIONS:
-        assert f">{html.escape(section)}<" in page, f"the menu lacks {section!r}"
-    assert ">DTI benchmark report<" in page  # the front page, workflow/report/workflow.rst
-    for backbone in DEFAULT["backbones"]:
-        assert backbone in page
+    problems = ['the app drew nothing into <div id="app">'] if '<div id="app"></div>' in page else []
+    problems += [f"the menu lacks {section!r}" for section in SECTIONS if f">{html.escape(section)}<" not in page]
+    if ">DTI benchmark report<" not in page:  # the front page, workflow/report/workflow.rst
+        problems.append("the front page's title is missing")
+    return problems + [f"backbone {b!r} is not named" for b in DEFAULT["backbones"] if b not in page]
+
+
+@contextmanager
+def drawn_report(chromium: str, report: Path, profile: Path):
+    """A Browser on the report once its first page has drawn (or the deadline passed: the checks say what
+    is missing)."""
+    with Browser(chromium, profile) as browser:
+        browser.open(report.as_uri())
+        browser.wait_for(DRAWN_DOM, time.monotonic() + PAGE_DEADLINE_S, ready=lambda dom: not page_problems(dom))
+        yield browser
+
+
+def test_page_renders_its_sections(report, chromium, tmp_path):
+    with drawn_report(chromium, report, tmp_path / "profile") as browser:
+        problems = page_problems(browser.evaluate(DRAWN_DOM))
+    assert not problems, problems
 
 
 def test_screenshot_is_not_blank(report, chromium, tmp_path):
-    shot = tmp_path / "report.png"
-    run_chromium(chromium, tmp_path / "profile", f"--window-size={WINDOW[0]},{WINDOW[1]}", f"--screenshot={shot}",
-                 report.as_uri())
-    with Image.open(shot) as image:
-        assert image.size == WINDOW
-        gray = np.asarray(image.convert("L"), dtype=np.float64)
+    with drawn_report(chromium, report, tmp_path / "profile") as browser:
+        # Drawn in the DOM; then every image loaded, the fonts ready, and two frames painted since.
+        settled = browser.wait_for(
+            "Array.from(document.images).every((image) => image.complete) && document.fonts.status === 'loaded'",
+            time.monotonic() + PAGE_DEADLINE_S)
+        assert settled, "the report's images or fonts never finished loading"
+        browser.evaluate("new Promise((done) => requestAnimationFrame(() => requestAnimationFrame(done)))")
+        with browser.screenshot() as image:
+            assert image.size == WINDOW
+            gray = np.asarray(image.convert("L"), dtype=np.float64)
     # A blank page is one colour; the report shows a dark menu, text and the rule graph on white.
     values, counts = np.unique(gray.astype(np.uint8), return_counts=True)
     assert counts.max() / gray.size < 0.9, "one colour covers nearly the whole screenshot"
     assert gray.std() > 10 and len(values) > 20
 
 
+def _labels(entry: dict) -> list[str]:
+    """How the results list names a result: its labels, or its file name."""
+    return [str(v) for v in (entry["labels"] or {"name": entry["name"]}).values()]
+
+
+def _has_table(data_uri: str) -> bool:
+    return b"<table" in base64.b64decode(data_uri.split(",", 1)[1])
+
+
+def walk_results(browser: Browser, categories: dict, results: dict, deadline: float) -> dict:
+    """Every section and result through the report's own app (app.setView, what its menu items and buttons
+    call), the way a reader clicks through it; after each step, wait until the page shows what the step
+    should show, and record what it showed: {"menus": {"category / subcategory": the results list's text},
+    "results": {path: how it showed}}."""
+    walked = {"menus": {}, "results": {}}
+    menu = "({mode: app.state.navbarMode, subcategory: app.state.subcategory, text: document.querySelector('nav').innerText})"
+    for category, subcategories in categories.items():
+        for subcategory, paths in subcategories.items():
+            # The results list is built when it mounts: leave it first (the menu lists the categories).
+            browser.evaluate('app.setView({navbarMode: "menu"})')
+            browser.wait_for(menu, deadline, ready=lambda now, c=category: now["mode"] == "menu" and c in now["text"])
+            browser.evaluate(f'app.setView({{navbarMode: "subcategory", category: {json.dumps(category)}, '
+                             f"subcategory: {json.dumps(subcategory)}}})")
+            labels = {label for path in paths for label in _labels(results[path])}
+            shown = browser.wait_for(menu, deadline, ready=lambda now, s=subcategory, want=labels: (
+                now["subcategory"] == s and all(label in now["text"] for label in want)))
+            walked["menus"][f"{category} / {subcategory}"] = shown["text"]
+            for path in paths:
+                entry = f"results[{json.dumps(path)}]"
+                if results[path]["mime_type"].startswith("image/"):
+                    browser.evaluate(f'app.setView({{content: "img", contentPath: {entry}.data_uri, '
+                                     f"resultPath: {json.dumps(path)}}})")
+                    walked["results"][path] = browser.wait_for(f"""(() => {{
+                        const img = Array.from(document.images).find((i) => i.getAttribute("src") === {entry}.data_uri);
+                        return {{kind: "image", shown: Boolean(img), complete: Boolean(img && img.complete),
+                                 width: img ? img.naturalWidth : 0, height: img ? img.naturalHeight : 0}};
+                    }})()""", deadline, ready=lambda shown: shown["complete"])  # loaded, or broken: width 0
+                else:
+                    browser.evaluate(f'app.setView({{content: "html", contentPath: {entry}.data_uri, '
+                                     f"resultPath: {json.dumps(path)}}})")
+                    shown = browser.wait_for(f"""Array.from(document.querySelectorAll("iframe")).some(
+                        (f) => f.getAttribute("src") === {entry}.data_uri)""", deadline)
+                    walked["results"][path] = {"kind": results[path]["mime_type"], "shown": shown,
+                                               "has_table": _has_table(results[path]["data_uri"])}
+    return walked
+
+
 def test_every_result_shows_in_the_browser(report, chromium, tmp_path):
     """Walk every section and result through the report's own app; every image must decode to a picture
     and every table page must hold a table."""
     text = report.read_text()
-    end = text.rindex("</body>")
-    probed = tmp_path / "probed.html"
-    probed.write_text(text[:end] + "<script>" + PROBE.read_text() + "</script>" + text[end:])
-    dom = run_chromium(chromium, tmp_path / "profile", "--dump-dom", probed.as_uri()).stdout
-    marker = '<pre id="probe-result">'
-    assert marker in dom, "the probe never finished"
-    start = dom.rindex(marker) + len(marker)
-    probe = json.loads(html.unescape(dom[start:dom.index("</pre>", start)]))
-    assert probe["error"] is None, probe["error"]
     results, categories = embedded(text, "results"), embedded(text, "categories")
-    assert set(probe["results"]) == set(results)
-    missing = {path: shown for path, shown in probe["results"].items()
+    with drawn_report(chromium, report, tmp_path / "profile") as browser:
+        walked = walk_results(browser, categories, results, time.monotonic() + WALK_DEADLINE_S)
+    assert set(walked["results"]) == set(results)
+    missing = {path: shown for path, shown in walked["results"].items()
                if not shown["shown"] or (shown["kind"] == "image" and not (shown["complete"] and shown["width"] > 0))
                or (shown["kind"] != "image" and not shown["has_table"])}
     assert not missing, f"results that did not show: {missing}"
     for category, subcategories in categories.items():
         for subcategory, paths in subcategories.items():
-            menu = probe["menus"][f"{category} / {subcategory}"]
+            menu = walked["menus"][f"{category} / {subcategory}"]
             for path in paths:  # each result is listed by its labels (or its file name)
-                labels = results[path]["labels"] or {"name": results[path]["name"]}
-                assert all(str(v) in menu for v in labels.values()), (category, subcategory, path)
+                assert all(label in menu for label in _labels(results[path])), (category, subcategory, path)

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import re
 import sys
+import warnings
 from pathlib import Path
 
 from dti.devices import DTYPE_NAMES, default_device, weights_dtype
@@ -75,6 +77,48 @@ class _Parser(argparse.ArgumentParser):
         if match:
             message = f"{match[1]} {match[2]}"
         self.exit(2, f"dti: error: {visible(message)}\n")
+
+
+DISTRIBUTION = "dti"  # [project] name in pyproject.toml: whose installed metadata --version reads
+
+
+def package_version() -> str:
+    """The installed distribution's version; from a source tree that was never installed, the package's own
+    `__version__`, marked so, rather than no answer."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(DISTRIBUTION)
+    except PackageNotFoundError:
+        from dti import __version__
+
+        return f"{__version__} (not installed)"
+
+
+class _VersionFlag(argparse.Action):
+    """--version: looks the version up only when asked (the metadata lookup costs every other call nothing)."""
+
+    def __init__(self, option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, help=None):
+        super().__init__(option_strings, dest, nargs=0, default=default, help=help)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(f"{parser.prog} {package_version()}")
+        parser.exit(0)
+
+
+def _show_defaults(parser: argparse.ArgumentParser) -> None:
+    """End each flag's help with its default, as you would type it. Flags without help get one too (argparse's
+    ArgumentDefaultsHelpFormatter skips them), and none is added where the help already says what the default
+    is, or where there is nothing to show: None (required flags, or a default worked out later and described
+    in the help) and False (a switch that is off unless given)."""
+    for action in parser._actions:
+        default = action.default
+        if (not action.option_strings or default is None or default is False or default == argparse.SUPPRESS
+                or "default" in (action.help or "").lower()):
+            continue
+        shown = " ".join(map(str, default)) if isinstance(default, list | tuple) else str(default)
+        shown = shown.replace("%", "%%")  # argparse %-formats help strings
+        action.help = f"{action.help} (default: {shown})" if action.help else f"(default: {shown})"
 
 
 def cmd_tiny_model(args) -> None:
@@ -156,6 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     families = family_names()
     parser = _Parser(prog="dti", description=__doc__)
+    parser.add_argument("--version", action=_VersionFlag, help="print the version of dti and exit")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("tiny-model", help="write a tiny random pipeline of a family (small random weights, offline)")
@@ -227,25 +272,64 @@ def build_parser() -> argparse.ArgumentParser:
                    "vector (1 to 1000)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_inspect)
+    for subcommand in sub.choices.values():
+        _show_defaults(subcommand)
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
+def _hub_cache_miss(exc: BaseException, args) -> str | None:
+    """One line for a hub model that is not in the local cache: huggingface_hub's LocalEntryNotFoundError
+    (offline, or the hub out of reach), wherever in the chain of causes the loaders wrapped it. Its own
+    message (and the transformers one around it) runs over several lines and names no model; this one names
+    --model and the two ways out. None for any other error."""
+    model = getattr(args, "model", None)
+    if model is None or "huggingface_hub" not in sys.modules:  # no hub call can have been made
+        return None
+    from huggingface_hub import constants
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    seen = set()  # a chain that loops back (`raise a from b` after `raise b from a`) ends the walk too
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, LocalEntryNotFoundError):
+            break
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    else:
+        return None
+    revision = getattr(args, "revision", None)
+    fetch = f"hf download {model}" + (f" --revision {revision}" if revision else "")
+    why = "HF_HUB_OFFLINE forbids downloading" if constants.HF_HUB_OFFLINE else "the hub could not be reached"
+    return (f"model {model!r}{f' (revision {revision})' if revision else ''} is not (fully) in the local Hugging "
+            f"Face cache and {why}: download it where there is internet (`{fetch}`) or give --model a local "
+            "diffusers folder")
+
+
+def _report(exc: BaseException, args) -> None:
+    # Messages may quote text from files (a tensor name, a file name): dti.terminal.visible keeps each one line.
+    print(f"dti: error: {visible(_hub_cache_miss(exc, args) or exc)}", file=sys.stderr)
+
+
+def _run(argv: list[str] | None) -> int:
     from dti.jobs import lighten_gc
 
     lighten_gc()
+    # diffusers still passes huggingface_hub a deprecated argument: two lines of warning before every hub
+    # lookup, about nothing the user can change.
+    warnings.filterwarnings("ignore", message=r"The `local_dir_use_symlinks` argument is deprecated",
+                            category=UserWarning)
     try:
         args = build_parser().parse_args(argv)
-    except SystemExit as exc:  # a bad flag (one line from _Parser.error: code 2) or --help (0)
+    except SystemExit as exc:  # a bad flag (one line from _Parser.error: code 2), --help or --version (0)
         return exc.code if isinstance(exc.code, int) else 0
-    # Messages may quote text from files (a tensor name, a file name): dti.terminal.visible keeps each one line.
     try:
         args.func(args)
+    except BrokenPipeError:  # an OSError, but not the user's: main() handles it
+        raise
     except DtiError as exc:
-        print(f"dti: error: {visible(exc)}", file=sys.stderr)
+        _report(exc, args)
         return 2
     except OSError as exc:  # the OS's message names the file (permissions, a folder where a file should be)
-        print(f"dti: error: {visible(exc)}", file=sys.stderr)
+        _report(exc, args)
         return 1
     except KeyboardInterrupt:
         return 130
@@ -257,6 +341,30 @@ def main(argv: list[str] | None = None) -> int:
             return 143
         raise
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one command; its exit status.
+
+    When the reader of our output goes away (`dti inspect --json F | head -c 10`), stop quietly as Unix tools
+    do, with 141: the status a shell reports for a tool that SIGPIPE ended (128 + 13), what `cat` or `grep`
+    give there. Not 0: the output was cut short, and a script under `set -o pipefail` must be able to tell.
+    """
+    try:
+        code = _run(argv)
+        sys.stdout.flush()  # what is still buffered meets a closed pipe here, not in Python's flush at exit
+        return code
+    except BrokenPipeError:
+        # Nothing more can reach the reader; point both streams at /dev/null so that Python's flush at exit
+        # does not raise again and print a traceback of its own (stderr may be the same pipe: `2>&1 | head`).
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                os.dup2(devnull, stream.fileno())
+            except (OSError, ValueError):  # a stream replaced by one without a file descriptor
+                pass
+        os.close(devnull)
+        return 141
 
 
 if __name__ == "__main__":
