@@ -135,6 +135,28 @@ def test_the_ablation_table_puts_dti_beside_its_variants(default_run):
     assert {"clip_l.magnitude", "clip_g.magnitude"} <= set(read_state(state).parameters)
 
 
+def test_core_and_dti_with_core_run_end_to_end_beside_the_other_methods(default_run):
+    """The shared run trains CoRe and DTI + CoRe (tests/shared_run.yaml) on both tiny backbones: their rows are
+    in the summary, the LaTeX and the report's table page under their display names; DTI + CoRe keeps the
+    norm m; CoRe's norm is held over steps 5-8 (its window in the shared run) and moves outside it."""
+    summary = pd.read_parquet(default_run / f"{RUN}/tables/summary.parquet")
+    for method in ("core", "dti_core"):
+        assert set(summary.loc[summary["method"] == method, "backbone"]) == set(BACKBONES)
+    tex = (default_run / f"{RUN}/tables/summary.tex").read_text()
+    page = (default_run / f"{RUN}/report/tables/summary.html").read_text()
+    assert "DTI + CoRe" in tex and "CoRe" in tex.replace("DTI + CoRe", "")
+    assert "core" in page and "dti_core" in page
+    norms = pd.read_parquet(default_run / f"{RUN}/tables/norms.parquet")
+    assert (norms.loc[norms["method"] == "dti_core", "ratio"] - 1).abs().max() < 1e-5
+    hold = DEFAULT["methods"]["core"]
+    for backbone in BACKBONES:
+        log = default_run / f"results/{backbone}/core/spotted_pup/train_log.jsonl"
+        records = {r["step"]: r["norm"]["clip_l"][0] for r in map(json.loads, log.read_text().splitlines())}
+        held = [records[s] for s in range(hold["rescale_from"], hold["rescale_until"] + 1)]
+        assert max(held) - min(held) < 1e-5 * held[0]
+        assert abs(records[LAST_STEP] - held[0]) > 1e-5 * held[0]
+
+
 def test_latex_tables_are_written(default_run):
     tex = (default_run / f"{RUN}/tables/summary.tex").read_text()
     assert "\\toprule" in tex and "\\bottomrule" in tex and "\\textbf{" in tex
@@ -168,6 +190,7 @@ def test_the_single_file_is_named_method_subject_and_the_log_says_how_to_use_it(
     assert meta["dti.base_model"] == "sdxl"  # the tiny model's folder by its name, not its path here
     log = (default_run / "logs/train/tiny_sdxl/dti/plush_bear.log").read_text()
     assert "then write dti-plush_bear" in log and "then write embedding:dti-plush_bear" in log
+    assert "InvokeAI: install " in log  # every client of the README's table
 
 
 # --- incremental reruns -------------------------------------------------------------------------------
