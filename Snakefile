@@ -63,6 +63,7 @@ include: "rules/aggregate.smk"
 include: "rules/common_analyses.smk"
 include: "rules/interpolation.smk"
 include: "rules/analysis.smk"
+include: "rules/common_report.smk"
 include: "rules/report.smk"
 
 

@@ -1,68 +1,6 @@
 # The report's own files (local jobs): per-subject sample grids, the result tables as HTML pages, and the
 # figure of the scores over training checkpoints. `snakemake --report report.html` then gathers them with every analysis
 # figure (the outputs marked report() in all rules) into one self-contained HTML page.
-# The report helpers: which images, tables and pages the report rules read and write.
-def sample_manifests():
-    """The images of the headline checkpoint (aggregate.summary_step, default the last scored step)."""
-    return [
-        {
-            "path": f"results/{b}/{m}/{s}/samples/step-{SUMMARY['step'][b]}/manifest.parquet",
-            "backbone": b,
-            "method": m,
-            "subject": s,
-        }
-        for b in BACKBONES
-        for m in METHODS
-        for s in SUBJECTS
-    ]
-
-
-def grid_files(ext):
-    return [run_path(f"report/grids/{b}/{s}.{ext}") for b in BACKBONES for s in SUBJECTS]
-
-
-def grid_reports():
-    return [
-        reported(
-            run_path(f"report/grids/{b}/{s}.png"),
-            "sample_grid",
-            category="Samples",
-            subcategory=b,
-            labels={"subject": s, "backbone": b},
-        )
-        for b in BACKBONES
-        for s in SUBJECTS
-    ]
-
-
-def table_pages():
-    """{page name: Parquet file} of every table the report shows."""
-    pages = {name: run_path(f"tables/{name}.parquet") for name in table_names(METHODS)}
-    if PAIRS and INTERPOLATION_BACKBONES:
-        pages["interpolation"] = run_path("interpolation/summary.parquet")
-    return pages
-
-
-TABLE_NOTES = {
-    "interpolation": "Smoothness of concept interpolation per method and path (docs/analysis.md); "
-    f"LaTeX: {run_path('interpolation/summary.tex')}.",
-}
-
-
-def report_table_pages():
-    """The report's HTML page of each table."""
-    return [run_path(f"report/tables/{n}.html") for n in table_pages()]
-
-
-def report_files():
-    return [
-        *grid_files("png"),
-        *grid_files("pdf"),
-        *report_table_pages(),
-        *[run_path(f"analysis/checkpoints.{ext}") for ext in ("png", "pdf")],
-    ]
-
-
 localrules:
     sample_grids,
     report_tables,

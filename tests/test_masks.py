@@ -67,7 +67,7 @@ def scored_subject(tmp_path):
         save_image(samples / f"{i}.png", Image.open(subject_dir / f"{i:02d}.png"))
     write_parquet(samples / "manifest.parquet", pd.DataFrame({
         "backbone": "tiny", "method": "dti", "step": 12, "subject": "box", "subject_kind": "object",
-        "prompt_set": "p", "prompt_id": [0, 1], "seed": 0, "image": ["0.png", "1.png"],
+        "prompt_set": "p", "prompt_id": [0, 1], "prompt": "a {} box", "seed": 0, "image": ["0.png", "1.png"],
         "eval_prompt": "a box"}))
     return subject_dir, samples
 
