@@ -47,8 +47,8 @@ def context_positions(tokenizer, template: str, placeholder_text: str, class_wor
     tokenizer merged the word with its neighbours and the two prompts have no common context."""
     prompt = _ids(tokenizer, template.format(placeholder_text), True)
     reference = _ids(tokenizer, template.format(class_word), True)
-    prefix = _ids(tokenizer, template.split("{}")[0].strip(), False) if template.split("{}")[0].strip() else []
-    start = 1 + len(prefix)  # after the start token
+    before = template.split("{}")[0].strip()
+    start = 1 + (len(_ids(tokenizer, before, False)) if before else 0)  # after the start token
     k = len(_ids(tokenizer, placeholder_text, False))
     c = len(_ids(tokenizer, class_word, False))
     keep_prompt = list(range(start)) + list(range(start + k, len(prompt)))

@@ -41,6 +41,15 @@ class ContextRegularized:
             cache[template] = positions
         return cache[template]
 
+    def _reference(self, backbone, template: str, class_word: str) -> dict[str, torch.Tensor]:
+        """The reference prompt's conditioning, encoded once per template: it holds no trainable row and the
+        text encoders are frozen, so every step would compute the same tensors again."""
+        cache = self.__dict__.setdefault("_reference_cache", {})
+        if template not in cache:
+            with torch.no_grad():
+                cache[template] = backbone.encode_prompts([template.format(class_word)])
+        return cache[template]
+
     def extra_loss(self, inputs: StepInputs) -> torch.Tensor | None:
         w_embedding, w_attention = self.hp["context_embedding_weight"], self.hp["context_attention_weight"]
         if not (w_embedding or w_attention):
@@ -49,8 +58,7 @@ class ContextRegularized:
         template = self.prompts[int(torch.randint(len(self.prompts), (1,), generator=inputs.generator))]
         positions = self._positions(backbone, template, inputs.prompt_token, inputs.initializer)
         cond = backbone.encode_prompts([template.format(inputs.prompt_token)])
-        with torch.no_grad():  # the reference holds no trainable row
-            reference = backbone.encode_prompts([template.format(inputs.initializer)])
+        reference = self._reference(backbone, template, inputs.initializer)
         loss = torch.zeros((), device=inputs.latents.device)
         if w_embedding:
             loss = loss + w_embedding * context_embedding_loss(backbone.token_features(cond),
