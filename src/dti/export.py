@@ -44,10 +44,15 @@ def canonical_bytes(blob: bytes) -> bytes:
     return len(header).to_bytes(8, "little") + header + blob[8 + size :]
 
 
-def _save(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
+def safetensors_bytes(tensors: dict[str, torch.Tensor], metadata: dict) -> bytes:
+    """A safetensors file of `tensors` in fp32 with `metadata` (values as text), the same bytes each time."""
     blob = save({k: v.detach().float().cpu().contiguous() for k, v in tensors.items()},
                 metadata={"format": "pt", **{k: str(v) for k, v in metadata.items()}})
-    write_bytes(path, canonical_bytes(blob))  # atomically, never through a link (dti.io)
+    return canonical_bytes(blob)
+
+
+def _save(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
+    write_bytes(path, safetensors_bytes(tensors, metadata))  # atomically, never through a link (dti.io)
 
 
 def save_diffusers(out_dir: Path, placeholder: str, vectors: dict[str, torch.Tensor], metadata: dict,

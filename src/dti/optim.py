@@ -1,5 +1,5 @@
 """DTI's optimizers (docs/method.md): Riemannian SGD on the unit sphere with a von Mises-Fisher prior, and
-AdamW retracted to the sphere (an ablation)."""
+AdamW retracted to the sphere (an ablation); `Optimizers` steps a token's and an adapter's as one."""
 
 from __future__ import annotations
 
@@ -81,3 +81,44 @@ class RetractedAdamW(torch.optim.AdamW):
             for p in group["params"]:
                 p.copy_(retract(p.float()))
         return loss
+
+
+class Optimizers:
+    """Several optimizers stepped as one (a token's and an adapter's). Its state_dict numbers the parameters
+    across them in order, as one optimizer over all of them would, so a saved state (dti.state) and its
+    checks need nothing of their own."""
+
+    def __init__(self, optimizers: list[torch.optim.Optimizer]):
+        self.optimizers = list(optimizers)
+
+    @property
+    def param_groups(self) -> list[dict]:
+        return [group for optimizer in self.optimizers for group in optimizer.param_groups]
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for optimizer in self.optimizers:
+            optimizer.zero_grad(set_to_none=set_to_none)
+
+    def step(self) -> None:
+        for optimizer in self.optimizers:
+            optimizer.step()
+
+    @staticmethod
+    def _size(optimizer: torch.optim.Optimizer) -> int:
+        return sum(len(group["params"]) for group in optimizer.param_groups)
+
+    def state_dict(self) -> dict:
+        state, offset = {}, 0
+        for optimizer in self.optimizers:
+            state.update({offset + index: entries for index, entries in optimizer.state_dict()["state"].items()})
+            offset += self._size(optimizer)
+        return {"state": state, "param_groups": [o.state_dict()["param_groups"] for o in self.optimizers]}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        offset = 0
+        for optimizer in self.optimizers:
+            size = self._size(optimizer)
+            own = {index - offset: entries for index, entries in state_dict["state"].items()
+                   if offset <= index < offset + size}
+            optimizer.load_state_dict({**optimizer.state_dict(), "state": own})
+            offset += size

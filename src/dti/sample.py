@@ -20,7 +20,7 @@ import torch
 
 from dti.backbones.base import Backbone
 from dti.errors import DtiError
-from dti.export import load_diffusers, rescale
+from dti.export import diffusers_file, load_diffusers, rescale
 from dti.io import check_target, save_image
 from dti.speedups import Speedups, attention_backend
 from dti.token_names import normalize_placeholder, short_text, token_count
@@ -78,9 +78,39 @@ def load_learned_token(backbone: Backbone, embeds_dir: Path, *, rescale_to: str 
                       for s in backbone.slots}
         vectors = rescale(vectors, magnitudes)
     try:
-        return backbone.install_learned_rows(placeholder, vectors)
+        text = backbone.install_learned_rows(placeholder, vectors)
     except ValueError as err:  # diffusers' loader refuses e.g. a placeholder already in the vocabulary
         raise DtiError(f"cannot load the learned token of {embeds_dir}: {err}") from err
+    load_step_adapter(backbone, embeds_dir, step)
+    return text
+
+
+def load_step_adapter(backbone: Backbone, embeds_dir: Path, step: int | None) -> str | None:
+    """Put the adapter a run saved at `step` (dti.adapters) on the backbone's denoiser beside its token, or
+    take a previously loaded one off where the run trained none; returns its kind or None. A run of a method
+    that trains an adapter (its token files' dti.method) but lacks the folder is refused, never sampled
+    as a token alone."""
+    from dti.adapters import adapter_dir, load_adapter, remove_adapter
+
+    folder = Path(embeds_dir) / adapter_dir(step)
+    if folder.is_dir():
+        return load_adapter(backbone, folder)
+    remove_adapter(backbone)
+    method = _trained_method(Path(embeds_dir) / diffusers_file(0, step))
+    if method is not None and method.unit is not None and method.unit_class().adapter is not None:
+        raise DtiError(f"{folder} is missing: method {method.name!r} trains an adapter beside its token, and "
+                       "the token alone is not what it learned")
+    return None
+
+
+def _trained_method(token_file: Path):
+    """The registered method a token file names in its metadata, or None (other tools' files, unknown names)."""
+    from safetensors import safe_open
+
+    from dti.methods import METHODS
+
+    with safe_open(str(token_file), framework="pt") as f:
+        return METHODS.get((f.metadata() or {}).get("dti.method", ""))
 
 
 def install_learned_token(pipe, embeds_dir: str | Path, *, step: int | None = None,

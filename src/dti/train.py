@@ -27,6 +27,7 @@ import torch
 from PIL import Image
 
 from dti import __version__
+from dti.adapters import adapter_dir
 from dti.backbones.base import Backbone
 from dti.errors import DtiError
 from dti.export import diffusers_file, save_diffusers, save_single_file
@@ -36,6 +37,7 @@ from dti.methods import ResolvedMethod, resolve_method
 from dti.methods.units import SlotContext, Start, StepInputs, TokenMethod, trainable
 from dti.model_files import public_model, weights_identity
 from dti.names import check_name
+from dti.optim import Optimizers
 from dti.prompts import TRAINING_TEMPLATES, ZERO_PAD_MAX, render
 from dti.speedups import Speedups, attention_backend
 from dti.sphere import angle, normalize
@@ -178,7 +180,8 @@ class Trainer:
         self._setup_tokens()
         latent_cls = CachedLatents if settings.latent_cache else EncodeEveryStep
         self.latents = latent_cls(backbone, images, settings.resolution)
-        self.optimizer = self.unit.make_optimizer(self.layers, self.starts)
+        self.adapter = self.unit.attach_adapter(backbone)  # weights on the denoiser beside the rows, or None
+        self.optimizer = self._make_optimizer()
         self.speedups = backbone.resolve_speedups(settings.speedups)
         backbone.apply_speedups(self.speedups, vae=False)  # the VAE only encodes, once: left as it is
         self.step = 0
@@ -203,6 +206,23 @@ class Trainer:
         if len(texts) != 1:
             raise DtiError(f"the text encoders split the initializer differently: {sorted(texts)}")
         self.prompt_token = texts.pop()
+
+    def _make_optimizer(self):
+        """The method's optimizer of the rows (none if it trains no rows) and its adapter's, as one."""
+        parts = []
+        if any(trainable(layer) for layer in self.layers.values()):
+            parts.append(self.unit.make_optimizer(self.layers, self.starts))
+        if self.adapter is not None:
+            parts.append(self.unit.make_adapter_optimizer(self.adapter))
+        if not parts:
+            raise DtiError(f"method {self.settings.method!r} trains nothing: no rows and no adapter")
+        return parts[0] if len(parts) == 1 else Optimizers(parts)
+
+    def release(self) -> None:
+        """Take the method's adapter off the denoiser: a backbone used again after training is the frozen one."""
+        if self.adapter is not None:
+            self.adapter.remove()
+            self.adapter = None
 
     def _check_text_window(self, slot, ph: Placeholder) -> None:
         """Refuse, before any work, an initializer whose k tokens make a training prompt longer than the text
@@ -243,8 +263,12 @@ class Trainer:
 
     @property
     def parameters(self) -> dict[str, torch.nn.Parameter]:
-        """{"<slot>.<name>": every tensor the method trains}, in the optimizer's order within each kind."""
-        return {f"{slot}.{name}": p for slot, layer in self.layers.items() for name, p in trainable(layer).items()}
+        """{"<slot>.<name>": every tensor the method trains, "adapter.<name>": its adapter's}, in the
+        optimizer's order within each kind."""
+        params = {f"{slot}.{name}": p for slot, layer in self.layers.items() for name, p in trainable(layer).items()}
+        if self.adapter is not None:
+            params.update({f"adapter.{name}": p for name, p in self.adapter.parameters.items()})
+        return params
 
     # --- one step -----------------------------------------------------------------------------------
     def _micro_batch(self, step: int, indices: range):
@@ -292,10 +316,10 @@ class Trainer:
         prompts, latents, noise, timesteps, time_ids = self._micro_batch(step, indices)
         inputs = StepInputs(step, self.layers, self.starts, self.backbone, latents, noise, timesteps, time_ids,
                             self.prompt_token, self.settings.initializer,
-                            _generator(f"{self.settings.seed}:method:{step}:{indices.start}"))
+                            _generator(f"{self.settings.seed}:method:{step}:{indices.start}"), self.adapter)
         with self.accelerator.autocast():
             cond = self.backbone.encode_prompts(prompts)
-            loss = self.backbone.denoising_loss(latents, cond, noise, timesteps, time_ids)
+            loss = self.unit.denoising_loss(inputs, cond)
             extra = self.unit.extra_loss(inputs)
         return loss.float() if extra is None else loss.float() + extra.float()
 
@@ -311,7 +335,11 @@ class Trainer:
                 total += loss.item() / s.grad_accum
         if not math.isfinite(total):  # before the optimizer step, so no state is poisoned
             raise self._diverged(step, f"the loss is {total}")
-        grad_norms = {slot: layer.rows.grad.norm(dim=-1).tolist() for slot, layer in self.layers.items()}
+        grad_norms = {slot: layer.rows.grad.norm(dim=-1).tolist() for slot, layer in self.layers.items()
+                      if layer.rows.grad is not None}
+        if self.adapter is not None:
+            grads = [p.grad.float().norm() ** 2 for p in self.adapter.parameters.values() if p.grad is not None]
+            grad_norms["adapter"] = [float(sum(grads) ** 0.5) if grads else 0.0]
         self.unit.before_update(step, self.layers)
         try:
             self.optimizer.step()
@@ -352,6 +380,24 @@ class Trainer:
         return {"norm": norms, "angle_from_init_deg": angles, "cos_to_mu": cos_mu}
 
     # --- outputs ------------------------------------------------------------------------------------
+    def save_checkpoint(self, step: int) -> None:
+        """The token's files of `step`, and its adapter's folder where the method trains one."""
+        meta = self.provenance()
+        save_diffusers(self.out_dir, self.settings.placeholder, self.vectors(), meta, step)
+        if self.adapter is not None:
+            self.adapter.save(self.out_dir, step, meta)
+
+    def cost(self) -> dict:
+        """What the run trains and holds: parameters of the token and of the adapter, and the GPU's peak
+        memory (None on a CPU) over the run's process so far."""
+        token = sum(p.numel() for name, p in self.parameters.items() if not name.startswith("adapter."))
+        adapter = self.adapter.parameter_count() if self.adapter is not None else 0
+        peak = torch.cuda.max_memory_allocated(self.device) if self.device.type == "cuda" else None
+        return {"token_parameters": token, "adapter_parameters": adapter,
+                "adapter": self.adapter.kind.name if self.adapter is not None else None,
+                "adapter_rank": self.adapter.rank if self.adapter is not None else None,
+                "peak_gpu_memory_bytes": peak}
+
     def vectors(self) -> dict[str, torch.Tensor]:
         """The embedding rows to save: m * v for DTI, raw vectors otherwise (fp32, CPU)."""
         return {slot: layer.embedding_rows().detach().float().cpu() for slot, layer in self.layers.items()}
@@ -501,6 +547,8 @@ def _check_outputs(trainer: Trainer, out_dir: Path, root: Path) -> None:
     names = ["train_log.jsonl", "run.json", f"{s.export_name}.safetensors", "checkpoints/state.safetensors",
              "checkpoints/state.pt"]
     names += [diffusers_file(position, step) for position in range(len(trainer.slots)) for step in [None, *steps]]
+    if trainer.adapter is not None:
+        names += [adapter_dir(step) for step in [None, *steps]]
     for name in names:
         check_target(out_dir / name, root=out_dir)
 
@@ -511,13 +559,22 @@ def train(backbone: Backbone, images: list[Image.Image], settings: TrainSettings
 
     Nothing is written outside `root` (default: out_dir itself, which may be a link): a symbolic link in
     out_dir where training writes, or between `root` and out_dir, is refused before the first step."""
-    from tqdm.auto import tqdm
-
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise DtiError(f"output folder {out_dir} is a file")
     started = time.time()
     trainer = Trainer(backbone, images, settings, out_dir)
+    try:
+        return _train(trainer, out_dir, started, progress=progress, resume=resume, root=root)
+    finally:
+        trainer.release()
+
+
+def _train(trainer: Trainer, out_dir: Path, started: float, *, progress: bool, resume: bool,
+           root: str | Path | None) -> dict:
+    from tqdm.auto import tqdm
+
+    settings = trainer.settings
     trainer.check_vectors()  # e.g. a magnitude too small for fp32 gives a zero vector from the start
     _check_outputs(trainer, out_dir, Path(root) if root is not None else out_dir)
     log_path = out_dir / "train_log.jsonl"
@@ -543,7 +600,7 @@ def train(backbone: Backbone, images: list[Image.Image], settings: TrainSettings
             bar.update(1)
             bar.set_postfix(loss=f"{record['loss']:.4f}")
             if trainer.step % settings.save_every == 0 or trainer.step == settings.steps:
-                save_diffusers(out_dir, settings.placeholder, trainer.vectors(), trainer.provenance(), trainer.step)
+                trainer.save_checkpoint(trainer.step)
                 trainer.save_state()
             if stop["signal"] is not None and trainer.step < settings.steps:
                 trainer.save_state()
@@ -558,6 +615,8 @@ def finish(trainer: Trainer, out_dir: Path, resumed_from: int, seconds: float) -
     vectors, meta = trainer.vectors(), trainer.provenance()
     single = save_single_file(out_dir / f"{s.export_name}.safetensors", vectors, meta)
     final = save_diffusers(out_dir, s.placeholder, vectors, meta)
+    if trainer.adapter is not None:
+        final.append(trainer.adapter.save(out_dir, None, meta))
     stats = {slot: tokens.vocab_stats for slot, tokens in trainer.slots.items()}
     model, revision = public_model(trainer.backbone.model_id, trainer.backbone.revision)  # never a local path
     norms = [{"encoder": slot, "vector": i, "norm": float(n), "vocab_norm_mean": stats[slot]["mean"],
@@ -571,6 +630,6 @@ def finish(trainer: Trainer, out_dir: Path, resumed_from: int, seconds: float) -
            "vocab_norms": stats, "norms": norms,
            "steps": trainer.step, "resumed_from": resumed_from, "seconds": round(seconds, 3),
            "files": [p.name for p in final] + [single.name], "code_version": __version__,
-           "final": trainer.vector_stats()}
+           "final": trainer.vector_stats(), "cost": trainer.cost()}
     write_json(out_dir / "run.json", run)
     return run

@@ -60,6 +60,11 @@ def _step(value) -> str | None:
     return None if ok else "a training step: an integer in [0, 2^31)"
 
 
+def _rank(value) -> str | None:
+    ok = isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= 4096
+    return None if ok else "an integer in [1, 4096]"
+
+
 def _betas(value) -> str | None:
     ok = isinstance(value, (list, tuple)) and len(value) == 2 and all(_unit_interval(b) is None for b in value)
     return None if ok else "two numbers in [0, 1)"
@@ -96,4 +101,7 @@ HYPER_PARAMETERS: dict[str, HyperParameter] = {
     "context_attention_weight": HyperParameter(_non_negative, "CoRe's context attention regularizer weight"),
     "rescale_from": HyperParameter(_step, "CoRe: after this step the raw vector's norm is held ...", parse=int),
     "rescale_until": HyperParameter(_step, "... until this step (inclusive; from >= until: never)", parse=int),
+    "adapter_rank": HyperParameter(_rank, "the adapter's rank (LoRA's r; OFT's number of blocks r)", parse=int),
+    "adapter_lr": HyperParameter(_positive, "the adapter's AdamW learning rate (not scaled by the batch)"),
+    "dco_beta": HyperParameter(_positive, "DCO's beta: how sharply the loss rewards beating the frozen model"),
 }

@@ -65,6 +65,13 @@ _CORE_FAMILIES = dict(families=("sd", "sdxl"), families_reason=(
     "CoRe regularizes CLIP text-encoder outputs and UNet cross-attention maps; SANA's Gemma decoder and "
     "Wan's umT5 encoder have other text models and other attention, for which its formulas are not defined"))
 
+# Token plus weights (docs/method.md): the DTI authors' LoRA + DCO and OFT launchers (their exps/*dco*, *oft*):
+# rank 4 on to_q/to_k/to_v, the adapter's AdamW at 5e-5 (never scaled), DCO's beta 1000. Their TI + LoRA and
+# TI + OFT runs train the token by AdamW at 5e-5 (no --scale_lr), so ti_dco and ti_oft default to it.
+_FT = "dti.methods.fine_tuning"
+_ADAPTER_HP, _ADAPTER_DEFAULTS = ("adapter_rank", "adapter_lr"), dict(adapter_rank=4, adapter_lr=5e-5)
+_DCO_HP, _DCO_DEFAULTS = (*_ADAPTER_HP, "dco_beta"), {**_ADAPTER_DEFAULTS, "dco_beta": 1000.0}
+
 
 def _dti_ablation(name: str, display: str, description: str, unit: str = "DTI", *, accepts=_DTI_HP,
                   on_sphere: bool = True, **defaults) -> Method:
@@ -91,6 +98,21 @@ METHODS: dict[str, Method] = {m.name: m for m in [
     Method("dti_core", "DTI + CoRe", "DTI's direction at fixed m with CoRe's context regularizers",
            "dti.methods.core:DirectionalCoRe", {**_DTI_DEFAULTS, **_CORE_DEFAULTS}, (*_DTI_HP, *_CORE_HP),
            on_sphere=True, **_CORE_FAMILIES),
+    Method("dco", "DCO", "a LoRA on the denoiser's attention trained with the DCO loss; the token is the "
+           "initializer's rows, untrained", f"{_FT}:DCO", _DCO_DEFAULTS, _DCO_HP),
+    Method("oft", "OFT", "orthogonal fine-tuning of the denoiser's attention; the token is the initializer's "
+           "rows, untrained", f"{_FT}:OFT", _ADAPTER_DEFAULTS, _ADAPTER_HP),
+    Method("dti_dco", "DTI + DCO", "DTI's token and a LoRA, both trained with the DCO loss",
+           f"{_FT}:DirectionalDCO", {**_DTI_DEFAULTS, **_DCO_DEFAULTS}, (*_DTI_HP, *_DCO_HP), on_sphere=True),
+    Method("ti_dco", "TI + DCO", "TI's raw vector and a LoRA, both trained with the DCO loss",
+           f"{_FT}:TextualInversionDCO", {**_ADAPTER_DEFAULTS, **_DCO_DEFAULTS, **_ADAMW_DEFAULTS, "lr": 5e-5},
+           (*_ADAMW_HP, *_DCO_HP)),
+    Method("dti_oft", "DTI + OFT", "DTI's token and OFT of the denoiser's attention",
+           f"{_FT}:DirectionalOFT", {**_DTI_DEFAULTS, **_ADAPTER_DEFAULTS}, (*_DTI_HP, *_ADAPTER_HP),
+           on_sphere=True),
+    Method("ti_oft", "TI + OFT", "TI's raw vector and OFT of the denoiser's attention",
+           f"{_FT}:TextualInversionOFT", {**_ADAMW_DEFAULTS, **_ADAPTER_DEFAULTS, "lr": 5e-5},
+           (*_ADAMW_HP, *_ADAPTER_HP)),
     # The paper's ablations (the authors' --init_method, --train_magnitude, --optimizer, --token_scale),
     # each DTI with one part exchanged; docs/method.md says what each one changes and which choices are ours.
     _dti_ablation("dti_init_random", "DTI (random init)", "DTI started from a random direction",

@@ -9,7 +9,10 @@ A method is a `TokenMethod` subclass that chooses one part of each kind (docs/me
 - `optimizer`: Riemannian SGD with the vMF prior, or AdamW (optionally retracted to the sphere);
 - `extra_loss`: a term added to the denoising loss (CrossInit's pull, CoRe's context regularizers), given
   the step's `StepInputs`; none by default;
-- `before_update` / `after_update`: called around each optimizer step (CoRe's norm rescaling).
+- `before_update` / `after_update`: called around each optimizer step (CoRe's norm rescaling);
+- `adapter`: weights trained on the denoiser beside the rows (a kind of dti.adapters: LoRA, OFT; None by
+  default), with their own AdamW, and `denoising_loss`, the loss the step minimizes before any extra term
+  (the plain denoising MSE by default; DCO's consistency loss for the DCO methods).
 The trainer (dti.train) calls these hooks and knows no method by name; the optimizer state that a
 resumed run restores is whatever the method's optimizer keeps (dti.train checks it against a probe).
 """
@@ -65,6 +68,7 @@ class StepInputs:
     prompt_token: str  # the placeholder as a prompt writes it (its k tokens)
     initializer: str
     generator: torch.Generator
+    adapter: object = None  # the method's dti.adapters.AttachedAdapter on the denoiser, if it has one
 
 
 @dataclass
@@ -137,6 +141,15 @@ class TrainedNormDirection(FixedNormDirection):
         return layer, m
 
 
+class FrozenRows:
+    """The start's rows as they are, not trained: the token of a method that trains only an adapter."""
+
+    def install(self, ctx: SlotContext, start: Start, hp: dict) -> tuple[PlaceholderEmbedding, None]:
+        layer = install(ctx.encoder, ctx.placeholder, start.rows, magnitude=None)
+        layer.rows.requires_grad_(False)
+        return layer, None
+
+
 def trainable(layer: PlaceholderEmbedding) -> dict[str, nn.Parameter]:
     """{name: parameter} that a method trains in one slot's layer (its rows, and a trained m), in order."""
     return {name: p for name, p in layer.named_parameters() if p.requires_grad}
@@ -173,6 +186,11 @@ class AdamWSteps:
         return torch.optim.AdamW(params, **kwargs)
 
 
+# The adapter's AdamW as the DTI authors' script sets it (their adam_beta1/2, adam_epsilon, adam_weight_decay
+# defaults); its learning rate is the hyper-parameter adapter_lr, never multiplied by the batch.
+ADAPTER_ADAMW = dict(betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2)
+
+
 # --- the method -----------------------------------------------------------------------------------------
 class TokenMethod:
     """How a method learns its rows: a start, a parameterization, an optimizer and an optional extra loss.
@@ -181,6 +199,7 @@ class TokenMethod:
     start = InitializerRows()
     parameterization = RawVector()
     optimizer = AdamWSteps()
+    adapter: str | None = None  # a kind of dti.adapters (lora, oft) trained on the denoiser beside the rows
     metadata_keys: tuple[str, ...] = ()  # hyper-parameters also written as `dti.<key>` into every file
 
     def __init__(self, hyper_parameters: dict):
@@ -195,6 +214,21 @@ class TokenMethod:
 
     def make_optimizer(self, layers: dict[str, PlaceholderEmbedding], starts: dict[str, Start]):
         return self.optimizer(layers, starts, self.hp)
+
+    def attach_adapter(self, backbone):
+        """Put the method's adapter (rank adapter_rank) on the backbone's denoiser; None if it has none."""
+        if self.adapter is None:
+            return None
+        from dti.adapters import AttachedAdapter
+
+        return AttachedAdapter(backbone, self.adapter, self.hp["adapter_rank"])
+
+    def make_adapter_optimizer(self, adapter) -> torch.optim.Optimizer:
+        return torch.optim.AdamW(list(adapter.parameters.values()), lr=self.hp["adapter_lr"], **ADAPTER_ADAMW)
+
+    def denoising_loss(self, inputs: StepInputs, cond: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The loss of the micro-batch before any extra term: the backbone's denoising MSE."""
+        return inputs.backbone.denoising_loss(inputs.latents, cond, inputs.noise, inputs.timesteps, inputs.time_ids)
 
     def metadata(self) -> dict:
         """Safetensors metadata of its own, beside the hyper-parameters' JSON every file carries."""

@@ -1,0 +1,228 @@
+"""Adapter weights trained on the denoiser beside a token (LoRA, OFT): attach, save, load and describe them.
+
+Both kinds go on the denoiser's attention projections `to_q`, `to_k`, `to_v` (every attention block, self
+and cross, as the DTI authors' `peft_modules`), through peft, which diffusers' models take natively.
+Files (docs/method.md, "Token plus weights"): each saved step gets a folder `adapter-steps-{N}/` beside
+`learned_embeds-steps-{N}.safetensors`, and the final adapter is `adapter/`:
+- LoRA: `pytorch_lora_weights.safetensors` in diffusers' layout, loaded by `pipe.load_lora_weights(folder)`;
+- OFT: peft's layout (`adapter_config.json`, `adapter_model.safetensors`), loaded by `load_adapter` here or
+  by peft itself (docs/method.md has the four lines).
+The safetensors file carries the token files' provenance (dti.method, dti.base_model, dti.steps,
+dti.code_version, ...) and dti.adapter, dti.adapter_rank, dti.adapter_targets, dti.adapter_parameters.
+"""
+
+from __future__ import annotations
+
+import json
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+
+from dti.errors import DtiError
+from dti.io import atomic_dir, write_bytes, write_text
+
+TARGETS = ("to_q", "to_k", "to_v")
+ADAPTER_NAME = "dti"  # the peft adapter name: its parameters are `...to_q.lora_A.dti.weight` and the like
+LORA_FILE = "pytorch_lora_weights.safetensors"  # the name diffusers' load_lora_weights looks for
+PEFT_CONFIG, PEFT_WEIGHTS = "adapter_config.json", "adapter_model.safetensors"
+
+
+def adapter_dir(step: int | None = None) -> str:
+    """The folder of the adapter saved at `step` (None: the final one)."""
+    return "adapter" if step is None else f"adapter-steps-{step}"
+
+
+class AdapterKind:
+    """One kind of adapter: its peft config, and how its files are written and loaded."""
+
+    name = ""
+    weights_file = ""
+
+    def config(self, rank: int):
+        raise NotImplementedError
+
+    def tensors(self, denoiser, prefix: str) -> dict[str, torch.Tensor]:
+        """The adapter's weights as its file holds them."""
+        from peft.utils import get_peft_model_state_dict
+
+        return get_peft_model_state_dict(denoiser, adapter_name=ADAPTER_NAME)
+
+    def write_extra(self, folder: Path, rank: int) -> None:
+        """Files beside the weights (OFT: peft's config)."""
+
+    def load(self, backbone, folder: Path) -> None:
+        raise NotImplementedError
+
+
+class LoRA(AdapterKind):
+    """Low-rank updates B A (rank r, alpha = r so the scale is 1, A Gaussian and B zero at the start: the
+    authors' LoraConfig)."""
+
+    name, weights_file = "lora", LORA_FILE
+
+    def config(self, rank: int):
+        from peft import LoraConfig
+
+        return LoraConfig(r=rank, lora_alpha=rank, init_lora_weights="gaussian", target_modules=list(TARGETS))
+
+    def tensors(self, denoiser, prefix: str) -> dict[str, torch.Tensor]:
+        from diffusers.utils import convert_state_dict_to_diffusers
+
+        state = convert_state_dict_to_diffusers(super().tensors(denoiser, prefix))
+        return {f"{prefix}.{key}": value for key, value in state.items()}
+
+    def load(self, backbone, folder: Path) -> None:
+        backbone.pipe.load_lora_weights(str(folder), adapter_name=ADAPTER_NAME)
+
+
+class OFT(AdapterKind):
+    """Orthogonal fine-tuning: each projection's weight is multiplied by a block-diagonal orthogonal matrix
+    of r blocks, the identity at the start (the authors' OFTConfig: r, block size from r, no dropout)."""
+
+    name, weights_file = "oft", PEFT_WEIGHTS
+
+    def config(self, rank: int):
+        from peft import OFTConfig
+
+        return OFTConfig(r=rank, oft_block_size=0, target_modules=list(TARGETS), module_dropout=0.0,
+                         init_weights=True)
+
+    def write_extra(self, folder: Path, rank: int) -> None:
+        config = {key: sorted(value) if isinstance(value, set) else value
+                  for key, value in self.config(rank).to_dict().items()}
+        write_text(folder / PEFT_CONFIG, json.dumps(config, sort_keys=True, indent=2, default=str) + "\n", root=folder)
+
+    def load(self, backbone, folder: Path) -> None:
+        from peft import OFTConfig
+        from peft.utils import set_peft_model_state_dict
+        from safetensors.torch import load_file
+
+        backbone.denoiser.add_adapter(OFTConfig.from_pretrained(str(folder)), adapter_name=ADAPTER_NAME)
+        set_peft_model_state_dict(backbone.denoiser, load_file(folder / PEFT_WEIGHTS), adapter_name=ADAPTER_NAME)
+
+
+KINDS: dict[str, AdapterKind] = {kind.name: kind for kind in (LoRA(), OFT())}
+
+
+def adapter_kind(name: str) -> AdapterKind:
+    if name not in KINDS:
+        raise DtiError(f"unknown adapter kind {name!r}; known: {sorted(KINDS)}")
+    return KINDS[name]
+
+
+class AttachedAdapter:
+    """An adapter of `kind` and `rank` on a backbone's denoiser, its parameters trainable and in fp32 (the
+    denoiser may be bf16: peft runs each adapter in its own weights' precision)."""
+
+    def __init__(self, backbone, kind: str, rank: int):
+        self.backbone, self.kind, self.rank = backbone, adapter_kind(kind), int(rank)
+        denoiser = backbone.denoiser
+        if ADAPTER_NAME in (getattr(denoiser, "peft_config", None) or {}):
+            raise DtiError(f"the {backbone.denoiser_name} already has a {ADAPTER_NAME!r} adapter attached")
+        denoiser.add_adapter(self.kind.config(self.rank), adapter_name=ADAPTER_NAME)
+        self.parameters: dict[str, torch.nn.Parameter] = {}
+        for name, param in denoiser.named_parameters():
+            if f".{ADAPTER_NAME}." in name:
+                param.data = param.data.float()
+                self.parameters[name] = param.requires_grad_(True)
+        if not self.parameters:
+            raise DtiError(f"the {backbone.denoiser_name} has no {', '.join(TARGETS)} projections for "
+                           f"a {self.kind.name} adapter")
+
+    @contextmanager
+    def disabled(self):
+        """The frozen model: the adapter bypassed (LoRA's update and OFT's rotation both off), nothing copied."""
+        self.backbone.denoiser.disable_adapters()
+        try:
+            yield
+        finally:
+            self.backbone.denoiser.enable_adapters()
+
+    def remove(self) -> None:
+        """Take the adapter off the denoiser again (a backbone reused after training is the frozen one)."""
+        remove_adapter(self.backbone)
+
+    def parameter_count(self) -> int:
+        return sum(p.numel() for p in self.parameters.values())
+
+    def save(self, out_dir: Path, step: int | None, metadata: dict) -> Path:
+        """Write the adapter's folder for `step` (None: the final one) atomically into out_dir."""
+        from dti.export import safetensors_bytes
+
+        target = Path(out_dir) / adapter_dir(step)
+        meta = {**metadata, "dti.adapter": self.kind.name, "dti.adapter_rank": self.rank,
+                "dti.adapter_targets": ",".join(TARGETS), "dti.adapter_parameters": self.parameter_count()}
+        with atomic_dir(target, root=out_dir) as tmp:
+            tensors = self.kind.tensors(self.backbone.denoiser, self.backbone.denoiser_name)
+            write_bytes(tmp / self.kind.weights_file, safetensors_bytes(tensors, meta), root=tmp)
+            self.kind.write_extra(tmp, self.rank)
+        return target
+
+
+def remove_adapter(backbone) -> None:
+    """Take dti's adapter off the backbone's denoiser, if it has one."""
+    if ADAPTER_NAME in (getattr(backbone.denoiser, "peft_config", None) or {}):
+        backbone.denoiser.delete_adapters(ADAPTER_NAME)
+
+
+def read_adapter(folder: str | Path) -> tuple[str, dict[str, torch.Tensor], dict[str, str]]:
+    """(kind, weights, metadata) of a saved adapter folder; a DtiError naming it if it is none."""
+    from safetensors import SafetensorError, safe_open
+
+    folder = Path(folder)
+    for kind in KINDS.values():
+        path = folder / kind.weights_file
+        if path.is_file():
+            try:
+                with safe_open(path, "pt") as f:
+                    return kind.name, {key: f.get_tensor(key) for key in f.keys()}, dict(f.metadata() or {})
+            except (SafetensorError, OSError) as err:
+                raise DtiError(f"{path}: not a readable safetensors file ({err})") from err
+    raise DtiError(f"{folder}: no adapter weights ({' or '.join(k.weights_file for k in KINDS.values())})")
+
+
+def load_adapter(backbone, folder: str | Path) -> str:
+    """Put a saved adapter on the backbone's denoiser (replacing one loaded before); returns its kind."""
+    folder = Path(folder)
+    kind, _, _ = read_adapter(folder)
+    remove_adapter(backbone)
+    try:
+        KINDS[kind].load(backbone, folder)
+    except (ValueError, KeyError, RuntimeError) as err:
+        raise DtiError(f"cannot load the {kind} adapter of {folder}: {err}") from err
+    return kind
+
+
+def describe_adapter(folder: str | Path) -> dict:
+    """What `dti inspect` says of an adapter folder: kind, rank, targets, trainable parameters, and the
+    norm of the update it makes (LoRA: the Frobenius norm of B A summed over layers in quadrature; OFT: of
+    R - I, the rotation's distance from the identity)."""
+    kind, tensors, meta = read_adapter(folder)
+    update = 0.0
+    if kind == "lora":
+        downs = {k[: -len("lora.down.weight")]: v for k, v in tensors.items() if k.endswith("lora.down.weight")}
+        for stem, down in downs.items():
+            up = tensors[stem + "lora.up.weight"]
+            update += float((up.float() @ down.float()).norm() ** 2)
+    else:
+        for value in tensors.values():
+            update += float(_oft_rotation_offset(value.float()) ** 2)
+    layers = {key.rsplit(".", 3 if kind == "lora" else 2)[0] for key in tensors}
+    return {"kind": kind, "rank": meta.get("dti.adapter_rank"), "targets": meta.get("dti.adapter_targets"),
+            "layers": len(layers), "parameters": sum(t.numel() for t in tensors.values()),
+            "update_norm": update ** 0.5, "metadata": meta}
+
+
+def _oft_rotation_offset(packed: torch.Tensor) -> torch.Tensor:
+    """||R - I|| of peft's OFT blocks, each stored as the packed upper triangle of a skew-symmetric Q with
+    R = (I + Q)(I - Q)^-1 (the Cayley transform)."""
+    blocks, entries = packed.shape
+    size = int(round((1 + (1 + 8 * entries) ** 0.5) / 2))
+    q = torch.zeros(blocks, size, size)
+    rows, cols = torch.triu_indices(size, size, 1)
+    q[:, rows, cols] = packed
+    q = q - q.transpose(1, 2)
+    eye = torch.eye(size).expand_as(q)
+    rotation = torch.linalg.solve((eye - q).transpose(1, 2), (eye + q).transpose(1, 2)).transpose(1, 2)
+    return (rotation - eye).norm()
