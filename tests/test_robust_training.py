@@ -63,7 +63,10 @@ def _run(pristine, images, out: Path, **overrides) -> dict:
 
 def _assert_same_result(out: Path, reference: Path, names=FINAL) -> None:
     single = [f"{json.loads((out / 'run.json').read_text())['method']}-subject.safetensors"]
-    for name in (*names, *single):
+    # an adapter method's folders (dti.adapters): the final one and each checkpoint's, file by file
+    adapters = sorted(str(p.relative_to(reference)) for p in reference.glob("adapter*/*"))
+    assert adapters == sorted(str(p.relative_to(out)) for p in out.glob("adapter*/*"))
+    for name in (*names, *single, *adapters):
         assert (out / name).read_bytes() == (reference / name).read_bytes(), name
     run, ref = (json.loads((d / "run.json").read_text()) for d in (out, reference))
     for varying in ("seconds", "resumed_from"):

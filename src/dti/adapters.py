@@ -113,14 +113,18 @@ def adapter_kind(name: str) -> AdapterKind:
 
 class AttachedAdapter:
     """An adapter of `kind` and `rank` on a backbone's denoiser, its parameters trainable and in fp32 (the
-    denoiser may be bf16: peft runs each adapter in its own weights' precision)."""
+    denoiser may be bf16: peft runs each adapter in its own weights' precision). Its random start (LoRA's
+    Gaussian A) is drawn from torch's CPU generator seeded by `seed`, where peft draws it, so a run's
+    adapter starts the same whatever ran before it in the process."""
 
-    def __init__(self, backbone, kind: str, rank: int):
+    def __init__(self, backbone, kind: str, rank: int, seed: int = 0):
         self.backbone, self.kind, self.rank = backbone, adapter_kind(kind), int(rank)
         denoiser = backbone.denoiser
         if ADAPTER_NAME in (getattr(denoiser, "peft_config", None) or {}):
             raise DtiError(f"the {backbone.denoiser_name} already has a {ADAPTER_NAME!r} adapter attached")
-        denoiser.add_adapter(self.kind.config(self.rank), adapter_name=ADAPTER_NAME)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            denoiser.add_adapter(self.kind.config(self.rank), adapter_name=ADAPTER_NAME)
         self.parameters: dict[str, torch.nn.Parameter] = {}
         for name, param in denoiser.named_parameters():
             if f".{ADAPTER_NAME}." in name:

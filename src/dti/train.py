@@ -128,9 +128,13 @@ class TrainingDiverged(DtiError):
     """A non-finite loss or a non-finite or collapsed vector: stopping beats saving a wrong token."""
 
 
-def _generator(key: str) -> torch.Generator:
+def _seed(key: str) -> int:
     digest = hashlib.sha256(key.encode()).digest()
-    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & (2**63 - 1))
+    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
+
+
+def _generator(key: str) -> torch.Generator:
+    return torch.Generator().manual_seed(_seed(key))
 
 
 def sample_generator(seed: int, step: int, index: int) -> torch.Generator:
@@ -180,7 +184,8 @@ class Trainer:
         self._setup_tokens()
         latent_cls = CachedLatents if settings.latent_cache else EncodeEveryStep
         self.latents = latent_cls(backbone, images, settings.resolution)
-        self.adapter = self.unit.attach_adapter(backbone)  # weights on the denoiser beside the rows, or None
+        # weights on the denoiser beside the rows, or None; their random start has its own seeded stream
+        self.adapter = self.unit.attach_adapter(backbone, _seed(f"{settings.seed}:adapter"))
         self.optimizer = self._make_optimizer()
         self.speedups = backbone.resolve_speedups(settings.speedups)
         backbone.apply_speedups(self.speedups, vae=False)  # the VAE only encodes, once: left as it is

@@ -251,6 +251,13 @@ class Backbone:
             if getattr(speedups, name) and name not in self.speedups_supported:
                 raise DtiError(f"speedups.{name}: not available for {self.family} models (they support "
                                f"{sorted(self.speedups_supported) or 'none'}); set it to false or null")
+        if getattr(self.denoiser, "peft_config", None):
+            # diffusers fuses q, k, v from the base weights and then calls the fused layer, bypassing
+            # adapters on to_q/to_k/to_v (dti.adapters): most of a LoRA or OFT would silently do nothing.
+            if speedups.fuse_qkv:
+                raise DtiError("speedups.fuse_qkv: the fused projections bypass the adapter on the "
+                               f"{self.denoiser_name}'s to_q/to_k/to_v; set it to false or null")
+            speedups = replace(speedups, fuse_qkv=False)
         resolved = speedups.resolved(device if device is not None else self.device)
         return replace(resolved, **{n: False for n in SWITCHES if n not in self.speedups_supported})
 

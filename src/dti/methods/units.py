@@ -215,13 +215,14 @@ class TokenMethod:
     def make_optimizer(self, layers: dict[str, PlaceholderEmbedding], starts: dict[str, Start]):
         return self.optimizer(layers, starts, self.hp)
 
-    def attach_adapter(self, backbone):
-        """Put the method's adapter (rank adapter_rank) on the backbone's denoiser; None if it has none."""
+    def attach_adapter(self, backbone, seed: int):
+        """Put the method's adapter (rank adapter_rank, its random start drawn from `seed`) on the backbone's
+        denoiser; None if it has none."""
         if self.adapter is None:
             return None
         from dti.adapters import AttachedAdapter
 
-        return AttachedAdapter(backbone, self.adapter, self.hp["adapter_rank"])
+        return AttachedAdapter(backbone, self.adapter, self.hp["adapter_rank"], seed)
 
     def make_adapter_optimizer(self, adapter) -> torch.optim.Optimizer:
         return torch.optim.AdamW(list(adapter.parameters.values()), lr=self.hp["adapter_lr"], **ADAPTER_ADAMW)
