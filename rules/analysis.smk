@@ -31,7 +31,7 @@ rule norm_analysis:
 
 rule magnitude_sweep:
     input:
-        runs=lambda wc: [r["path"] for r in backbone_runs(wc.backbone)],
+        runs=lambda wc: [r["path"] for r in sweep_runs(wc)],
         subjects=list(subject_files(SUBJECTS).values()),
         model=model_json,
     output:

@@ -5,6 +5,7 @@ from dti.analysis import pick_backbones
 from dti.analysis.fidelity import pick_metrics
 from dti.analysis.magnitude import check_sweep
 from dti.analysis.interpolation import parse_interpolation, schemes_for
+from dti.methods import token_only
 
 
 def _analysis_backbones(value, where):
@@ -125,7 +126,13 @@ def backbone_runs(backbone):
 
 
 def sweep_runs(wildcards):
-    return [{k: r[k] for k in ("path", "method", "subject")} for r in backbone_runs(wildcards.backbone)]
+    """The backbone's runs of methods whose result is their token alone: rescaling a token that was trained
+    beside an adapter, and sampling it without that adapter, measures neither."""
+    return [
+        {k: r[k] for k in ("path", "method", "subject")}
+        for r in backbone_runs(wildcards.backbone)
+        if r["method"] in token_only([r["method"]])
+    ]
 
 
 def norm_analysis_files():

@@ -63,14 +63,25 @@ class InterpolationPlan:
 
 def parse_interpolation(config: dict | None, subjects: Iterable[str], methods: Iterable[str]) -> InterpolationPlan:
     """Check the `interpolation` config against the subjects and trained methods; errors name the key."""
+    from dti.methods import get_method, token_only
     from dti.prompts import analysis_prompts_and_seeds
 
     config = config or {}
-    subjects, methods = list(subjects), list(methods)
+    subjects, trained = list(subjects), list(methods)
+    # A method that trains an adapter beside its token is not its token alone: a blend of two subjects'
+    # tokens has no adapter to go with it, so such methods are not interpolated.
+    methods = token_only(trained)
+
+    def check(method: str, where: str) -> None:
+        if method in trained and get_method(method).adapter is not None:
+            raise DtiError(f"{where}: {method!r} trains an adapter beside its token; a blend of two subjects' "
+                           "tokens has no adapter to go with it")
+        if method not in methods:
+            raise DtiError(f"{where}: unknown method {method!r}; trained methods: {methods}")
+
     default_methods = config.get("methods") or methods
     for i, method in enumerate(default_methods):
-        if method not in methods:
-            raise DtiError(f"interpolation.methods[{i}]: unknown method {method!r}; trained methods: {methods}")
+        check(method, f"interpolation.methods[{i}]")
     pairs, seen = [], set()
     for i, raw in enumerate(config.get("pairs") or []):
         where = f"interpolation.pairs[{i}]"
@@ -81,8 +92,7 @@ def parse_interpolation(config: dict | None, subjects: Iterable[str], methods: I
             raise DtiError(f"{where}: a and b are both {raw['a']!r}; a pair needs two subjects")
         pair_methods = raw.get("methods") or default_methods
         for j, method in enumerate(pair_methods):
-            if method not in methods:
-                raise DtiError(f"{where}.methods[{j}]: unknown method {method!r}; trained methods: {methods}")
+            check(method, f"{where}.methods[{j}]")
         pair = Pair(raw["a"], raw["b"], tuple(dict.fromkeys(pair_methods)))
         if pair.name in seen:
             raise DtiError(f"{where}: the pair {pair.name} appears twice")

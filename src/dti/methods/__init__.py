@@ -11,8 +11,10 @@ from dti.methods.registry import (
     get_method,
     register,
     resolve_method,
+    token_only,
     trainable_methods,
 )
 
 __all__ = ["HYPER_PARAMETERS", "METHODS", "HyperParameter", "Method", "ResolvedMethod", "ablation_rows",
-           "check_hyper_parameters", "get_method", "register", "resolve_method", "trainable_methods"]
+           "check_hyper_parameters", "get_method", "register", "resolve_method", "token_only",
+           "trainable_methods"]

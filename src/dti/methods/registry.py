@@ -35,6 +35,10 @@ class Method:
     ablation_of: str | None = None  # the method it varies in one part (rows of the ablation table)
     families: tuple[str, ...] = ()  # the backbone families it is defined for (empty: every family)
     families_reason: str = ""  # why not the others, for the refusal
+    # The adapter kind it trains on the denoiser beside its token (dti.adapters; its unit class says the same);
+    # None: a token alone. Analyses that use a token without its adapter (interpolation, the magnitude sweep)
+    # leave such methods out.
+    adapter: str | None = None
 
     def check_family(self, family: str, where: str) -> None:
         """A DtiError, naming `where`, if this method is not defined for backbones of `family`."""
@@ -99,20 +103,21 @@ METHODS: dict[str, Method] = {m.name: m for m in [
            "dti.methods.core:DirectionalCoRe", {**_DTI_DEFAULTS, **_CORE_DEFAULTS}, (*_DTI_HP, *_CORE_HP),
            on_sphere=True, **_CORE_FAMILIES),
     Method("dco", "DCO", "a LoRA on the denoiser's attention trained with the DCO loss; the token is the "
-           "initializer's rows, untrained", f"{_FT}:DCO", _DCO_DEFAULTS, _DCO_HP),
+           "initializer's rows, untrained", f"{_FT}:DCO", _DCO_DEFAULTS, _DCO_HP, adapter="lora"),
     Method("oft", "OFT", "orthogonal fine-tuning of the denoiser's attention; the token is the initializer's "
-           "rows, untrained", f"{_FT}:OFT", _ADAPTER_DEFAULTS, _ADAPTER_HP),
+           "rows, untrained", f"{_FT}:OFT", _ADAPTER_DEFAULTS, _ADAPTER_HP, adapter="oft"),
     Method("dti_dco", "DTI + DCO", "DTI's token and a LoRA, both trained with the DCO loss",
-           f"{_FT}:DirectionalDCO", {**_DTI_DEFAULTS, **_DCO_DEFAULTS}, (*_DTI_HP, *_DCO_HP), on_sphere=True),
+           f"{_FT}:DirectionalDCO", {**_DTI_DEFAULTS, **_DCO_DEFAULTS}, (*_DTI_HP, *_DCO_HP), on_sphere=True,
+           adapter="lora"),
     Method("ti_dco", "TI + DCO", "TI's raw vector and a LoRA, both trained with the DCO loss",
            f"{_FT}:TextualInversionDCO", {**_ADAPTER_DEFAULTS, **_DCO_DEFAULTS, **_ADAMW_DEFAULTS, "lr": 5e-5},
-           (*_ADAMW_HP, *_DCO_HP)),
+           (*_ADAMW_HP, *_DCO_HP), adapter="lora"),
     Method("dti_oft", "DTI + OFT", "DTI's token and OFT of the denoiser's attention",
            f"{_FT}:DirectionalOFT", {**_DTI_DEFAULTS, **_ADAPTER_DEFAULTS}, (*_DTI_HP, *_ADAPTER_HP),
-           on_sphere=True),
+           on_sphere=True, adapter="oft"),
     Method("ti_oft", "TI + OFT", "TI's raw vector and OFT of the denoiser's attention",
            f"{_FT}:TextualInversionOFT", {**_ADAMW_DEFAULTS, **_ADAPTER_DEFAULTS, "lr": 5e-5},
-           (*_ADAMW_HP, *_ADAPTER_HP)),
+           (*_ADAMW_HP, *_ADAPTER_HP), adapter="oft"),
     # The paper's ablations (the authors' --init_method, --train_magnitude, --optimizer, --token_scale),
     # each DTI with one part exchanged; docs/method.md says what each one changes and which choices are ours.
     _dti_ablation("dti_init_random", "DTI (random init)", "DTI started from a random direction",
@@ -158,6 +163,11 @@ def get_method(name: str) -> Method:
     if name not in METHODS:
         raise DtiError(f"unknown method {name!r}; known: {sorted(METHODS)}")
     return METHODS[name]
+
+
+def token_only(methods) -> list[str]:
+    """Those of `methods` whose whole result is their token (no adapter on the denoiser), in order."""
+    return [m for m in methods if get_method(m).adapter is None]
 
 
 def trainable_methods() -> list[str]:
