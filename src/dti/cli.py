@@ -264,8 +264,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rescale-to", help="TI-rescaled: set each row's norm to this vocabulary statistic")
     p.set_defaults(func=cmd_sample)
 
-    p = sub.add_parser("inspect", help="norms, nearest vocabulary tokens and loaders of a textual-inversion file")
-    p.add_argument("file", help="a .safetensors embedding (pickle formats are refused, never unpickled)")
+    p = sub.add_parser("inspect", help="norms, nearest vocabulary tokens and loaders of a textual-inversion file; "
+                       "rank, size and update norm of an adapter")
+    p.add_argument("file", metavar="PATH", help="a .safetensors embedding (pickle formats are refused, never "
+                   "unpickled), an adapter folder (adapter/, adapter-steps-N/) or a run folder (its final "
+                   "learned_embeds files and adapter/)")
     p.add_argument("--model", help="HF hub id or local diffusers folder: compare with its vocabulary")
     p.add_argument("--revision")
     p.add_argument("--top", type=bounded(int, 1, 1000), default=5, help="nearest vocabulary tokens to list per "

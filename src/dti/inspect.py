@@ -17,6 +17,10 @@ the second encoder's: dti.export.diffusers_file). SDXL's two encoders may have o
 do), so a width cannot tell them apart. Against a model (--model), the width is then only checked: a named
 encoder of another width is an error naming the file, the key and both widths. Only a tensor the file names
 no encoder for (emb_params, a diffusers token from elsewhere) is matched to the model by its width.
+
+A folder is an adapter's (dti.adapters: LoRA's pytorch_lora_weights.safetensors or OFT's peft files, as a run
+writes them in adapter/ and adapter-steps-N/), described by dti.adapters.describe_adapter; or a run's (it
+holds learned_embeds.safetensors), whose final token files, one per text encoder, and adapter/ are described.
 """
 
 from __future__ import annotations
@@ -550,13 +554,7 @@ def format_report(info: dict) -> str:
         return visible(text, LIMIT)
 
     token = f", token '{shown(info['token'])}'" if info["token"] else ""
-    lines = [f"{info['file']}", f"  layout: {info['layout']}{token}"]
-    meta = {k.removeprefix("dti."): v for k, v in info["metadata"].items() if k.startswith("dti.")}
-    if meta:
-        fields = ", ".join(f"{k}={shown(meta[k])}" for k in ("method", "base_model", "steps", "kappa") if k in meta)
-        lines.append(f"  trained by dti: {fields}")
-    for problem in info.get("metadata_problems", {}).values():
-        lines.append(f"  warning: {shown(problem)}")
+    lines = [f"{info['file']}", f"  layout: {info['layout']}{token}", *_provenance_lines(info)]
     for enc in info["encoders"]:
         named = f" (by {enc['named_by']})" if enc.get("named_by") else ""
         head = f"  {enc['encoder']}{named}: {enc['vectors']} vector(s) of width {enc['width']}"
@@ -581,18 +579,118 @@ def format_report(info: dict) -> str:
     return "\n".join(visible(line) for line in lines)
 
 
+_PROVENANCE = ("method", "base_model", "steps", "kappa", "code_version")  # dti.* keys shown, in this order
+
+
+def _provenance_lines(info: dict) -> list[str]:
+    """dti's provenance of a token or adapter file (its dti.* metadata) in one line, and a line for each of its
+    numbers that is wrong (dti.numbers)."""
+    meta = {k.removeprefix("dti."): v for k, v in info["metadata"].items() if k.startswith("dti.")}
+    lines = []
+    if meta:
+        fields = ", ".join(f"{k}={visible(meta[k], LIMIT)}" for k in _PROVENANCE if k in meta)
+        lines.append(f"  trained by dti: {fields}")
+    return lines + [f"  warning: {visible(problem, LIMIT)}" for problem in info["metadata_problems"].values()]
+
+
+# --- adapters (dti.adapters) -------------------------------------------------------------------------
+_ADAPTER_NAMES = {"lora": "LoRA", "oft": "OFT"}
+_UPDATES = {"lora": "Frobenius norm of B A", "oft": "Frobenius norm of R - I, the rotation's distance from I"}
+# How each kind loads (docs/method.md, "Token plus weights"); `dti sample --embeds RUN` takes the run's token
+# with its adapter (dti.sample.load_step_adapter).
+ADAPTER_LOADERS = {
+    "lora": "dti sample --embeds RUN (token and adapter); diffusers: pipe.load_lora_weights(FOLDER)",
+    "oft": "dti sample --embeds RUN (token and adapter); dti.adapters.load_adapter(backbone, FOLDER); peft: "
+           "denoiser.add_adapter(OFTConfig.from_pretrained(FOLDER)), then set_peft_model_state_dict(denoiser, "
+           "load_file(FOLDER/adapter_model.safetensors)) (docs/method.md, \"Token plus weights\")",
+}
+
+
+def adapter_weights(folder: str | Path) -> Path | None:
+    """The weights file that makes `folder` an adapter's (dti.adapters' LoRA or OFT layout), or None."""
+    from dti.adapters import KINDS
+
+    candidates = [Path(folder) / kind.weights_file for kind in KINDS.values()]
+    return next((path for path in candidates if path.is_file()), None)
+
+
+def _count(text: str | None) -> int | str | None:
+    """A count the metadata records (dti.adapter_rank), as a number when it is one."""
+    return int(text) if text is not None and text.isdecimal() else text
+
+
+def inspect_adapter(folder: str | Path) -> dict:
+    """What `dti inspect` says of an adapter folder (dti.adapters.describe_adapter), as a JSON-ready dict;
+    weights it cannot read as an adapter's are an error naming the file, in one line."""
+    from dti.adapters import describe_adapter
+
+    folder = Path(folder)
+    weights = adapter_weights(folder)
+    try:
+        info = describe_adapter(folder)
+    except (KeyError, IndexError, ValueError, RuntimeError) as err:  # a tensor missing, or of another shape
+        why = f"no tensor {err}" if isinstance(err, KeyError) else _one_line(err)
+        raise DtiError(f"{weights}: not an adapter as dti.adapters writes it ({visible(why, LIMIT)})") from err
+    targets = info["targets"]
+    return {"folder": str(folder), "weights_file": weights.name, "kind": info["kind"], "rank": _count(info["rank"]),
+            "targets": targets.split(",") if targets else None, "layers": info["layers"],
+            "parameters": info["parameters"], "update_norm": info["update_norm"], "metadata": info["metadata"],
+            "metadata_problems": provenance_problems(weights, info["metadata"]),
+            "loads_with": ADAPTER_LOADERS[info["kind"]]}
+
+
+def format_adapter(info: dict) -> str:
+    """The human-readable form of `inspect_adapter`'s result; text from the file through dti.terminal.visible."""
+    kind = info["kind"]
+    rank = "not recorded" if info["rank"] is None else visible(info["rank"], LIMIT)
+    targets = ", ".join(visible(t, LIMIT) for t in info["targets"]) if info["targets"] else "not recorded"
+    lines = [info["folder"], f"  adapter: {_ADAPTER_NAMES[kind]} ({info['weights_file']}), rank {rank}",
+             f"  targets: {targets}; {info['layers']} adapted layers, {info['parameters']} trainable parameters",
+             f"  update norm: {info['update_norm']:.6g} ({_UPDATES[kind]}, layers in quadrature)",
+             *_provenance_lines(info), f"  loads with: {info['loads_with']}"]
+    return "\n".join(visible(line) for line in lines)
+
+
+def _described(path: Path) -> tuple[list[Path], Path | None]:
+    """(the token files, the adapter folder) `dti inspect PATH` describes: a file is a token file; a folder is
+    an adapter's, or a run's: its final token files (learned_embeds, learned_embeds_2, ...) and adapter/."""
+    if not path.is_dir():
+        return [path], None
+    if adapter_weights(path) is not None:
+        return [], path
+    if not (path / "learned_embeds.safetensors").is_file():
+        from dti.adapters import LORA_FILE, PEFT_WEIGHTS
+
+        raise DtiError(f"{path}: neither a run folder (no learned_embeds.safetensors) nor an adapter folder (no "
+                       f"{LORA_FILE} or {PEFT_WEIGHTS})")
+    files = sorted((p for p in path.glob("learned_embeds*.safetensors")
+                    if "-steps-" not in p.name and file_position(p) is not None), key=file_position)
+    return files, (path / "adapter" if (path / "adapter").is_dir() else None)
+
+
 def run_inspect(path: str, *, model: str | None = None, revision: str | None = None, as_json: bool = False,
                 top: int = 5) -> str:
-    """The CLI's work: read the file first (a bad file fails before any model is fetched), then the model's
-    family (a file trained for another is refused before any table is read), then its vocabularies."""
-    emb = read_embedding_file(path)
+    """The CLI's work on a token file, an adapter folder or a run folder: read the files first (a bad file
+    fails before any model is fetched), then the model's family (a file trained for another is refused
+    before any table is read), then its vocabularies."""
+    files, adapter_folder = _described(Path(path))
+    embeddings = [read_embedding_file(file) for file in files]
+    adapter = inspect_adapter(adapter_folder) if adapter_folder else None
     vocabularies, family = None, None
     if model:
         from dti.vocab import load_vocabularies, model_family, resolve_model_dir
 
         folder = resolve_model_dir(model, revision)
         family = model_family(folder)
-        check_trained_family(emb.path, emb.metadata, family)
-        vocabularies = load_vocabularies(folder)
-    info = inspect_file(path, vocabularies, model=model, family=family, top=top)
-    return json.dumps(info, indent=2) if as_json else format_report(info)
+        for emb in embeddings:
+            check_trained_family(emb.path, emb.metadata, family)
+        if adapter:
+            check_trained_family(Path(adapter["folder"]) / adapter["weights_file"], adapter["metadata"], family)
+        vocabularies = load_vocabularies(folder) if embeddings else None
+    reports = [inspect_file(file, vocabularies, model=model, family=family, top=top) for file in files]
+    if not Path(path).is_dir():
+        (info,) = reports
+        return json.dumps(info, indent=2) if as_json else format_report(info)
+    if as_json:  # a run folder's files and adapter, or an adapter folder's description
+        return json.dumps({"folder": path, "files": reports, "adapter": adapter} if reports else adapter, indent=2)
+    return "\n".join([*map(format_report, reports), *([format_adapter(adapter)] if adapter else [])])
