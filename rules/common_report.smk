@@ -41,9 +41,13 @@ def table_pages():
     return pages
 
 
+# A table whose page needs its own caption in workflow/report/ (the others share tables.rst).
+TABLE_CAPTIONS = {"cost": "cost_table"}
 TABLE_NOTES = {
     "interpolation": "Smoothness of concept interpolation per method and path (docs/analysis.md); "
     f"LaTeX: {run_path('interpolation/summary.tex')}.",
+    "cost": "What each method trains and what a step costs on its device (a CPU run's time says nothing "
+    "of GPU speed), beside its headline scores.",
 }
 
 

@@ -38,7 +38,7 @@ rule report_tables:
         [
             report(
                 run_path(f"report/tables/{name}.html"),
-                caption="../workflow/report/tables.rst",
+                caption=f"../workflow/report/{TABLE_CAPTIONS.get(name, 'tables')}.rst",
                 category="Tables",
                 labels={"table": name},
             )

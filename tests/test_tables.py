@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
@@ -12,7 +13,7 @@ import pytest
 
 from dti.errors import DtiError
 from dti.latex import to_latex
-from dti.tables import SCORE_COLUMNS, build_tables, caption_for, write_tables
+from dti.tables import SCORE_COLUMNS, build_tables, caption_for, table_latex, write_tables
 from dti.terms import display_name
 
 DINO = "timm:vit_small_patch16_224.dino@random"
@@ -412,7 +413,10 @@ def test_every_table_compiles_with_pdflatex_and_booktabs(tmp_path):
 
     scores = bench_scores()
     tables = build_tables(scores, frame(norm_rows("ti", "a", [2.0]), norm_rows("dti", "a", [0.4])))
-    parts = [to_latex(t, caption=caption_for(scores, n, table=t), label=f"tab:{n}") for n, t in tables.items()]
+    scores_of_runs, with_cost = cost_tables()
+    tables["cost"] = with_cost["cost"]
+    captions = {n: caption_for(scores_of_runs if n == "cost" else scores, n, table=t) for n, t in tables.items()}
+    parts = [table_latex(n, t, caption=captions[n], label=f"tab:{n}") for n, t in tables.items()]
     blends = pd.DataFrame([{"backbone": "tiny_sd", "pair": "a+b", "method": m, "scheme": "slerp", "t": t,
                             "prompt_id": 0, "seed": 0, "image": f"{m}{t}.png", "sim_a": 1 - t, "sim_b": t,
                             "text": 0.3, "norm_ratio": 1.0, "image_metric": "dino (timm:x_y@random)",
@@ -466,3 +470,245 @@ def test_no_ablation_table_without_ablations():
     assert "ablation" not in tables
     assert table_names(["ti", "dti"]) == TABLE_NAMES
     assert table_names(["dti", "dti_adamw"]) == (*TABLE_NAMES, "ablation")
+
+
+# --- the cost table -------------------------------------------------------------------------------------------
+GIB = 2**30
+
+
+def cost(token, adapter, peak_gib=None, kind=None, rank=None):
+    """A run.json "cost" record (dti.train.Trainer.cost); peak_gib None: a run on a CPU."""
+    return {"token_parameters": token, "adapter_parameters": adapter, "adapter": kind, "adapter_rank": rank,
+            "peak_gpu_memory_bytes": None if peak_gib is None else int(peak_gib * GIB)}
+
+
+# (backbone, method, subject) -> what its run.json records; cost None: a run.json written before runs recorded
+# it. sdxl's TI: a plain run, a resumed one (its seconds cover the steps after the resume) and one resumed at its
+# last step (no step run, so no step time); DTI + DCO trains a LoRA, and its run of b predates the cost record.
+# sd ran on a CPU (no GPU memory), with other parameter counts and times; its DTI + DCO run has no cost at all.
+RUNS = {
+    ("sdxl", "ti", "a"): dict(steps=400, resumed_from=0, seconds=200.0, cost=cost(2048, 0, 10.5)),
+    ("sdxl", "ti", "b"): dict(steps=400, resumed_from=100, seconds=90.0, cost=cost(2048, 0, 11.25)),
+    ("sdxl", "ti", "c"): dict(steps=400, resumed_from=400, seconds=4.0, cost=cost(2048, 0, 12.75)),
+    ("sdxl", "dti_dco", "a"): dict(steps=400, resumed_from=0, seconds=1234.5, cost=cost(2048, 1_179_648, 30.5, "lora", 4)),
+    ("sdxl", "dti_dco", "b"): dict(steps=400, resumed_from=0, seconds=1300.0, cost=None),
+    ("sd", "ti", "a"): dict(steps=200, resumed_from=0, seconds=50.0, cost=cost(768, 0)),
+    ("sd", "ti", "b"): dict(steps=200, resumed_from=50, seconds=60.0, cost=cost(768, 0)),
+    ("sd", "dti_dco", "a"): dict(steps=200, resumed_from=0, seconds=700.0, cost=None),
+}
+
+
+def cost_scores() -> dict[tuple[str, str, str, str], list[float]]:
+    """(backbone, method, subject, metric) -> its images' values: every run's method, and TI-rescaled, which has
+    no run of its own, wherever TI ran."""
+    rng = np.random.default_rng(5)
+    keys = [*RUNS, *((b, "ti_rescaled", s) for b, m, s in RUNS if m == "ti")]
+    return {(*key, metric): list(rng.uniform(0.1, 0.9, 2)) for key in keys for metric in ("dino", "clip_t")}
+
+
+def run_json(folder, backbone, method, subject, spec) -> dict:
+    """Write a run.json as dti.train.finish does (no "cost" for an old run); return the workflow's run record."""
+    run = {"method": method, "steps": spec["steps"], "resumed_from": spec["resumed_from"], "seconds": spec["seconds"],
+           "norms": [{"encoder": "clip_l", "vector": 0, "norm": 0.4, "vocab_norm_mean": 0.4, "vocab_norm_std": 0.05}]}
+    if spec["cost"] is not None:
+        run["cost"] = spec["cost"]
+    path = folder / backbone / method / subject / "run.json"
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps(run))
+    return {"path": str(path), "backbone": backbone, "method": method, "subject": subject}
+
+
+def aggregated(tmp_path, runs=RUNS):
+    """A score file and the runs' run.json files in tmp_path -> dti.pipeline.aggregate; its tables folder."""
+    from dti.io import write_parquet
+    from dti.pipeline import aggregate
+
+    steps = {b: spec["steps"] for (b, _, _), spec in RUNS.items()}  # each backbone scored at its last step
+    scores = frame(*(rows(b, m, s, values, metric=metric, model=DINO if metric == "dino" else CLIP_T, step=steps[b])
+                     for (b, m, s, metric), values in cost_scores().items()))
+    write_parquet(tmp_path / "scores.parquet", scores)
+    records = [run_json(tmp_path / "train", b, m, s, spec) for (b, m, s), spec in runs.items()]
+    aggregate([str(tmp_path / "scores.parquet")], records, str(tmp_path / "tables"), n_boot=50, seed=0)
+    return tmp_path / "tables"
+
+
+def expected_cost(backbone, method) -> dict:
+    """The cost row of (backbone, method), computed from RUNS and the scores directly."""
+    from dti.methods import get_method
+
+    trained = get_method(method).trained_as or method
+    specs = [spec for (b, m, _), spec in RUNS.items() if (b, m) == (backbone, trained)]
+    timed = [s["seconds"] / (s["steps"] - s["resumed_from"]) for s in specs if s["steps"] > s["resumed_from"]]
+    costs = [s["cost"] for s in specs if s["cost"] is not None]
+    peaks = [c["peak_gpu_memory_bytes"] / GIB for c in costs if c["peak_gpu_memory_bytes"] is not None]
+    token = max((c["token_parameters"] for c in costs), default=None)
+    adapter = max((c["adapter_parameters"] for c in costs), default=None)
+    means = {metric: np.mean([np.mean(v) for (b, m, _, mt), v in cost_scores().items()
+                              if (b, m, mt) == (backbone, method, metric)])
+             for metric in ("dino", "clip_t")}
+    return {"trained_as": trained, "token_parameters": token, "adapter_parameters": adapter,
+            "trainable_parameters": None if token is None else token + adapter,
+            "seconds_per_step": np.mean(timed) if timed else None, "peak_gpu_memory_gib": max(peaks, default=None),
+            "n_runs": len(specs), "n_without_cost": len(specs) - len(costs), **means}
+
+
+def assert_same(actual, expected, what):
+    if expected is None:
+        assert pd.isna(actual), f"{what}: expected no value, got {actual!r}"
+    elif isinstance(expected, str):
+        assert actual == expected, what
+    else:
+        assert not pd.isna(actual) and float(actual) == pytest.approx(expected), f"{what}: {actual!r} != {expected!r}"
+
+
+def test_cost_table_is_written_by_aggregate_with_every_column_from_the_runs(tmp_path):
+    from dti.tables import COST_COLUMNS, TABLE_NAMES
+
+    assert "cost" in TABLE_NAMES  # so the workflow expects it of every aggregate run
+    table = pd.read_parquet(aggregated(tmp_path) / "cost.parquet")
+    assert list(table.columns) == [*COST_COLUMNS, "dino", "clip_t"]
+    wanted = {(b, m) for b, m, _ in RUNS} | {(b, "ti_rescaled") for b, m, _ in RUNS if m == "ti"}
+    assert sorted(zip(table["backbone"], table["method"], strict=True)) == sorted(wanted)
+    for row in table.itertuples(index=False):
+        expected = expected_cost(row.backbone, row.method)
+        for column, value in expected.items():
+            assert_same(getattr(row, column), value, f"{row.backbone}/{row.method} {column}")
+        assert row.prompt_set == "object"
+        assert row.step == max(spec["steps"] for (b, _, _), spec in RUNS.items() if b == row.backbone)
+
+
+def test_cost_step_time_is_per_step_run_by_this_process_and_skips_runs_resumed_at_the_end(tmp_path):
+    row = one(pd.read_parquet(aggregated(tmp_path) / "cost.parquet"), backbone="sdxl", method="ti")
+    specs = [spec for (b, m, _), spec in RUNS.items() if (b, m) == ("sdxl", "ti")]
+    assert {s["steps"] - s["resumed_from"] for s in specs} >= {0, specs[0]["steps"]}  # a finished resume is here
+    ran = [s for s in specs if s["steps"] > s["resumed_from"]]
+    assert ran and any(s["resumed_from"] > 0 for s in ran)  # and a resumed run that took steps
+    per_step = np.mean([s["seconds"] / (s["steps"] - s["resumed_from"]) for s in ran])
+    naive = np.mean([s["seconds"] / s["steps"] for s in specs])  # every run, every step: wrong
+    assert abs(per_step - naive) > 0.05
+    assert row["seconds_per_step"] == pytest.approx(per_step)
+    assert row["n_runs"] == len(specs)
+
+
+def test_cost_keeps_backbones_apart(tmp_path):
+    table = pd.read_parquet(aggregated(tmp_path) / "cost.parquet")
+    ti = {key: spec for key, spec in RUNS.items() if key[1] == "ti"}
+    timed = {key: s["seconds"] / (s["steps"] - s["resumed_from"]) for key, s in ti.items()
+             if s["steps"] > s["resumed_from"]}
+    pooled = {"seconds_per_step": np.mean(list(timed.values())),  # both backbones' runs in one mean: wrong
+              "token_parameters": np.mean([s["cost"]["token_parameters"] for s in ti.values()])}
+    for column, wrong in pooled.items():
+        shown = {b: float(one(table, backbone=b, method="ti")[column]) for b in ("sdxl", "sd")}
+        assert shown["sdxl"] != shown["sd"]
+        for backbone, value in shown.items():
+            assert value != pytest.approx(wrong)
+            assert value == pytest.approx(expected_cost(backbone, "ti")[column])
+
+
+def test_cost_of_a_cpu_run_or_an_old_run_json_is_missing_not_an_error(tmp_path):
+    from dti.methods import get_method
+
+    folder = aggregated(tmp_path)
+    table = pd.read_parquet(folder / "cost.parquet")
+    cpu = one(table, backbone="sd", method="ti")  # its runs recorded their cost, but no GPU memory
+    assert all(RUNS[("sd", "ti", s)]["cost"]["peak_gpu_memory_bytes"] is None for s in ("a", "b"))
+    assert pd.isna(cpu["peak_gpu_memory_gib"]) and cpu["token_parameters"] == RUNS[("sd", "ti", "a")]["cost"][
+        "token_parameters"]
+    old = one(table, backbone="sd", method="dti_dco")  # its one run.json has no "cost"
+    assert pd.isna(old["token_parameters"]) and pd.isna(old["adapter_parameters"])
+    assert pd.isna(old["trainable_parameters"]) and pd.isna(old["peak_gpu_memory_gib"])
+    spec = RUNS[("sd", "dti_dco", "a")]
+    assert old["seconds_per_step"] == pytest.approx(spec["seconds"] / spec["steps"])  # timing is still known
+    assert old["n_without_cost"] == old["n_runs"] == 1
+    part = one(table, backbone="sdxl", method="dti_dco")  # one of its two runs recorded the cost: that one counts
+    known = RUNS[("sdxl", "dti_dco", "a")]["cost"]
+    assert (part["n_runs"], part["n_without_cost"]) == (2, 1)
+    assert part["adapter_parameters"] == known["adapter_parameters"]
+    assert part["peak_gpu_memory_gib"] == pytest.approx(known["peak_gpu_memory_bytes"] / GIB)
+    tex = (folder / "cost.tex").read_text()
+    caption = tex[tex.index(r"\caption{"):tex.index(r"\label{")]
+    shown = get_method("dti_dco").display
+    assert f"{shown} on sd (1 of 1)" in caption and f"{shown} on sdxl (1 of 2)" in caption
+    assert "CPU" in caption and "wall time" in caption
+    cells = parse_body(tex, 2)
+    assert cells[("sd", shown)][:3] == ["--"] * 3 and cells[("sd", "TI")][4] == "--"
+
+
+def test_ti_rescaled_shows_the_cost_of_ti_and_its_own_scores(tmp_path):
+    table = pd.read_parquet(aggregated(tmp_path) / "cost.parquet")
+    for backbone in ("sdxl", "sd"):
+        rescaled, ti = one(table, backbone=backbone, method="ti_rescaled"), one(table, backbone=backbone, method="ti")
+        assert rescaled["trained_as"] == "ti" and ti["trained_as"] == "ti"
+        for column in ("token_parameters", "adapter_parameters", "seconds_per_step", "peak_gpu_memory_gib", "n_runs"):
+            assert (pd.isna(rescaled[column]) and pd.isna(ti[column])) or rescaled[column] == ti[column]
+        assert rescaled["dino"] != ti["dino"]
+        assert rescaled["dino"] == pytest.approx(expected_cost(backbone, "ti_rescaled")["dino"])
+
+
+def test_cost_latex_shows_display_names_separated_counts_and_three_significant_digits(tmp_path):
+    from dti.methods import get_method
+
+    folder = aggregated(tmp_path)
+    table = pd.read_parquet(folder / "cost.parquet")
+    tex = (folder / "cost.tex").read_text()
+    assert r"\begin{tabular}{llcccccccc}" in tex and r"\label{tab:cost}" in tex
+    assert "Token & Adapter & Trainable & s / step & Peak GiB & Runs & DINO & CLIP-T" in tex
+    cells = parse_body(tex, 2)
+    assert len(cells) == len(table)
+    for row in table.itertuples(index=False):
+        shown = cells[(row.backbone, get_method(row.method).display)]
+        counts = [row.token_parameters, row.adapter_parameters, row.trainable_parameters]
+        assert shown[:3] == ["--" if pd.isna(c) else f"{int(c):,}" for c in counts]
+        for cell, value in zip(shown[3:5], [row.seconds_per_step, row.peak_gpu_memory_gib], strict=True):
+            if pd.isna(value):
+                assert cell == "--"
+                continue
+            digits = cell.replace(",", "").replace(".", "").lstrip("0")
+            assert "e" not in cell and len(digits) <= max(3, len(str(int(value))))
+            assert float(cell.replace(",", "")) == pytest.approx(value, rel=5e-3)
+        assert shown[5] == str(row.n_runs)
+        assert shown[6:] == [f"{v:.3f}" for v in (row.dino, row.clip_t)]
+    adapter = RUNS[("sdxl", "dti_dco", "a")]["cost"]["adapter_parameters"]
+    assert f"{adapter:,}" in tex and "," in f"{adapter:,}"  # thousands separators
+    assert get_method("ti_rescaled").display in tex
+
+
+def cost_tables() -> tuple[pd.DataFrame, dict[str, pd.DataFrame]]:
+    """Scores and tables of RUNS built in memory: one run_cost row per run.json."""
+    from dti.tables import run_cost
+
+    runs = pd.DataFrame([{"backbone": b, "method": m, "subject": s, **run_cost(spec)}
+                         for (b, m, s), spec in RUNS.items()])
+    scores = frame(*(rows(b, m, s, v, metric=mt, model=DINO if mt == "dino" else CLIP_T)
+                     for (b, m, s, mt), v in cost_scores().items()))
+    return scores, build_tables(scores, None, runs=runs)
+
+
+def test_cost_table_round_trips_through_write_tables(tmp_path):
+    scores, tables = cost_tables()
+    table = tables["cost"]
+    assert table["token_parameters"].dtype == "Int64" and table["seconds_per_step"].dtype == "float64"
+    captions = {n: caption_for(scores, n, table=t) for n, t in tables.items()}
+    write_tables(tables, tmp_path, captions=captions)
+    pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "cost.parquet"), table)
+    assert (tmp_path / "cost.tex").read_text() == table_latex("cost", table, caption=captions["cost"],
+                                                               label="tab:cost")
+
+
+def test_aggregate_without_runs_writes_no_cost_table(tmp_path):
+    from dti.io import write_parquet
+    from dti.pipeline import aggregate
+
+    write_parquet(tmp_path / "scores.parquet", unbalanced())
+    aggregate([str(tmp_path / "scores.parquet")], [], str(tmp_path / "tables"), n_boot=20, seed=0)
+    assert (tmp_path / "tables" / "summary.parquet").exists()
+    assert not (tmp_path / "tables" / "cost.parquet").exists()
+
+
+def test_run_costs_with_the_same_run_twice_fail():
+    from dti.tables import run_cost
+
+    spec = RUNS[("sdxl", "ti", "a")]
+    runs = pd.DataFrame([{"backbone": "sdxl", "method": "ti", "subject": "a", **run_cost(spec)}] * 2)
+    with pytest.raises(DtiError, match="same run"):
+        build_tables(frame(rows("sdxl", "ti", "a", [0.5])), None, runs=runs)

@@ -214,7 +214,9 @@ def score_subject(manifest_path: str, subject_json: str, out_scores: str, *, met
 # --- aggregation ------------------------------------------------------------------------------------
 def aggregate(score_files: list[str], runs: list[dict], out_dir: str, *, n_boot: int, seed: int,
               summary_prompt_set: str | None = None, summary_step: int | dict | None = None) -> None:
-    """Tables from every score file; `runs` = [{"path": run.json, "backbone", "method", "subject"}].
+    """Tables from every score file; `runs` = [{"path": run.json, "backbone", "method", "subject"}], whose
+    run.json files give the norms table and the cost table (dti.tables.run_cost: a run.json written before
+    runs recorded their cost gives unknown parameters and memory, never an error).
 
     `summary_prompt_set` / `summary_step` choose the headline prompt set and checkpoint (dti.tables).
     An input dated in the future (a node's clock ahead of this one's) is re-dated to now, naming it
@@ -222,20 +224,22 @@ def aggregate(score_files: list[str], runs: list[dict], out_dir: str, *, n_boot:
     them older than that input, and deletes them."""
     import pandas as pd
 
-    from dti.tables import build_tables, caption_for, write_tables
+    from dti.tables import build_tables, caption_for, run_cost, write_tables
 
     settle_future_times([*score_files, *(run["path"] for run in runs)])
     ensure_folder(out_dir, root=output_root(out_dir))
 
     scores = pd.concat([pd.read_parquet(f) for f in score_files], ignore_index=True)
-    norm_rows = []
+    norm_rows, cost_rows = [], []
     for run in runs:
         info = json.loads(Path(run["path"]).read_text())
+        labels = {"backbone": run["backbone"], "method": run["method"], "subject": run["subject"]}
         for row in info["norms"]:
-            norm_rows.append({"backbone": run["backbone"], "method": run["method"], "step": info["steps"],
-                              "subject": run["subject"], **row})
+            norm_rows.append({**labels, "step": info["steps"], **row})
+        cost_rows.append({**labels, **run_cost(info)})
     norms = pd.DataFrame(norm_rows) if norm_rows else None
+    costs = pd.DataFrame(cost_rows) if cost_rows else None
     tables = build_tables(scores, norms, n_boot=n_boot, seed=seed, summary_prompt_set=summary_prompt_set,
-                          summary_step=summary_step)
+                          summary_step=summary_step, runs=costs)
     captions = {name: caption_for(scores, name, n_boot=n_boot, table=table) for name, table in tables.items()}
     write_tables(tables, out_dir, captions=captions)

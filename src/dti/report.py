@@ -95,6 +95,12 @@ def table_html(table: pd.DataFrame, *, title: str, note: str = "") -> str:
     if "method" in table.columns:
         table = table.assign(method=table["method"].map(display_name))
     shown = _wide(table) if {"metric", "mean"} <= set(table.columns) else table
+    # Nullable integer columns (the cost table's parameter counts) print a missing value as <NA>, whatever
+    # na_rep says: shown as Python objects, every missing cell is "-".
+    nullable = [c for c in shown.columns if isinstance(shown[c].dtype, pd.api.extensions.ExtensionDtype)
+                and shown[c].dtype.kind in "iu"]
+    if nullable:
+        shown = shown.assign(**{c: shown[c].astype(object).where(shown[c].notna(), "-") for c in nullable})
     body = shown.to_html(index=False, float_format=lambda v: f"{v:.3f}", na_rep="-", border=0, escape=True)
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
             f"<style>{_STYLE}</style></head><body><h2>{html.escape(title)}</h2>"

@@ -21,6 +21,12 @@ scored); the summary shows one prompt set, which it names. `over_steps` gives ev
 Where DTI's ablations were run (methods with `ablation_of`, dti.methods), the `ablation` table puts them
 beside the method they vary: the summary's rows for those methods, plus each text encoder's final norm
 over the vocabulary's mean norm (per-subject mean, then the mean over subjects, with the same interval).
+
+Where the runs' records are given (`run_cost` of each run.json), the `cost` table gives each (backbone,
+method) what it trains and what its training took (dti.train.Trainer.cost): token and adapter parameters,
+seconds per step (mean over subjects), the largest peak GPU memory over subjects, beside the summary's means,
+so methods that train weights sit beside the token-only ones. An evaluation-time variant (`trained_as`)
+shows the cost of the runs it reuses. Backbones are never pooled.
 """
 
 from __future__ import annotations
@@ -34,7 +40,7 @@ import pandas as pd
 
 from dti.errors import DtiError
 from dti.io import write_parquet, write_text
-from dti.latex import to_latex
+from dti.latex import DIGITS, KEY_LABELS, escape, render, to_latex
 from dti.methods import METHODS as _METHODS
 from dti.metrics.spec import METRICS, SCORE_COLUMNS
 from dti.terms import LIVE, SUBJECT_KINDS, display_name
@@ -51,7 +57,8 @@ _CI_TABLES = {
     "by_kind": ("backbone", "prompt_set", "step", "subject_kind", "method"),
     "over_steps": ("backbone", "prompt_set", "method", "step"),
 }
-TABLE_NAMES = (*_CI_TABLES, "per_subject", "per_prompt", "norms")
+COST = "cost"
+TABLE_NAMES = (*_CI_TABLES, "per_subject", "per_prompt", "norms", COST)
 ABLATION = "ablation"
 NORM_RATIO = "norm_ratio"  # the ablation table's norm column: final norm / the vocabulary's mean norm
 
@@ -265,6 +272,202 @@ def _ablation_table(summary: pd.DataFrame, norms: pd.DataFrame, *, n_boot: int, 
     return table.drop(columns="_rank")
 
 
+# --- the cost table -------------------------------------------------------------------------------------
+# One row per run (run_cost of its run.json), labelled by the run record's backbone, method and subject.
+RUN_COST_COLUMNS = ("backbone", "method", "subject", "steps", "resumed_from", "seconds", "has_cost",
+                    "token_parameters", "adapter_parameters", "peak_gpu_memory_bytes")
+# The cost table's own columns, before one column per metric of the summary (its means).
+COST_COLUMNS = ("backbone", "prompt_set", "step", "method", "trained_as", "token_parameters", "adapter_parameters",
+                "trainable_parameters", "seconds_per_step", "peak_gpu_memory_gib", "n_runs", "n_without_cost")
+_GIB = 2**30
+
+
+def _number(value) -> float:
+    return np.nan if value is None else float(value)
+
+
+def run_cost(run: Mapping) -> dict:
+    """The cost fields of one run.json (dti.train.finish): steps, resumed_from (steps done before a resume),
+    seconds (this process's wall time), and its "cost" record's parameter counts and peak GPU memory.
+    A run.json written before runs recorded their cost has has_cost False and NaN for those."""
+    cost = run.get("cost")
+    has_cost = isinstance(cost, Mapping)
+    cost = cost if has_cost else {}
+    return {"steps": run.get("steps"), "resumed_from": run.get("resumed_from", 0),
+            "seconds": _number(run.get("seconds")), "has_cost": has_cost,
+            "token_parameters": _number(cost.get("token_parameters")),
+            "adapter_parameters": _number(cost.get("adapter_parameters")),
+            "peak_gpu_memory_bytes": _number(cost.get("peak_gpu_memory_bytes"))}
+
+
+def validate_run_costs(runs: pd.DataFrame) -> pd.DataFrame:
+    """Return a clean copy of a per-run cost frame (RUN_COST_COLUMNS, typed), or raise DtiError. Seconds,
+    parameter counts and memory may be missing (NaN); the labels, steps and resumed_from may not."""
+    row_id = ("backbone", "method", "subject")
+    if not isinstance(runs, pd.DataFrame):
+        raise DtiError(f"runs: expected a pandas DataFrame, got {type(runs).__name__}")
+    missing = [c for c in RUN_COST_COLUMNS if c not in runs.columns]
+    if missing:
+        raise DtiError(f"runs: missing column(s) {missing}; expected {list(RUN_COST_COLUMNS)}")
+    if runs.empty:
+        raise DtiError("runs: no rows")
+    frame = runs.loc[:, list(RUN_COST_COLUMNS)].reset_index(drop=True)
+    required = [*row_id, "steps", "resumed_from", "has_cost"]
+    bad = frame[required].isna().any(axis=1)
+    if bad.any():
+        raise DtiError(f"runs: {int(bad.sum())} run(s) without {[c for c in required if frame[c].isna().any()]}: "
+                       f"{_describe_rows(frame[bad], row_id)}")
+    for column in row_id:
+        frame[column] = frame[column].astype(str)
+    for column in ("steps", "resumed_from"):
+        frame[column] = _numeric(frame, column, "runs", row_id, "int64")
+    for column in ("seconds", "token_parameters", "adapter_parameters", "peak_gpu_memory_bytes"):
+        frame[column] = pd.to_numeric(frame[column], errors="coerce").astype("float64")
+    frame["has_cost"] = frame["has_cost"].astype(bool)
+    dup = frame[frame.duplicated(list(row_id), keep=False)]
+    if not dup.empty:
+        raise DtiError(f"runs: {len(dup)} record(s) of the same run: {_describe_rows(dup, row_id)}")
+    return frame
+
+
+def _trained_as(method: str) -> str:
+    """The method whose runs `method` uses: itself, or the one an evaluation-time variant reuses."""
+    return (_METHODS[method].trained_as if method in _METHODS else None) or method
+
+
+def _registry_rank(methods) -> list[str]:
+    """`methods` in registry order, unregistered ones after them, alphabetically."""
+    order = {name: i for i, name in enumerate(_METHODS)}
+    return sorted(set(methods), key=lambda m: (order.get(m, len(order)), m))
+
+
+def _metric_column_names(summary: pd.DataFrame) -> dict[tuple[str, str], str]:
+    """{(metric, metric_model): its column in the cost table}: the metric's key, with the model where the
+    summary holds one metric of two models; in the tables' metric order."""
+    pairs = summary[["metric", "metric_model"]].drop_duplicates().itertuples(index=False, name=None)
+    rank = {m: i for i, m in enumerate(METRIC_ORDER)}
+    pairs = sorted(pairs, key=lambda p: (rank.get(p[0], len(rank)), p[0], p[1]))
+    models = summary.groupby("metric")["metric_model"].nunique()
+    return {(m, model): m if models[m] == 1 else f"{m} ({model})" for m, model in pairs}
+
+
+def _cost_table(runs: pd.DataFrame, summary: pd.DataFrame) -> pd.DataFrame:
+    """One row per (backbone, method) of the runs, and per evaluation-time variant in the summary whose
+    trained method has runs on that backbone; backbones never pooled."""
+    done = runs["steps"] - runs["resumed_from"]
+    runs = runs.assign(seconds_per_step=(runs["seconds"] / done).where(done > 0),
+                       peak_gib=runs["peak_gpu_memory_bytes"] / _GIB)
+    groups = {key: part for key, part in runs.groupby(["backbone", "method"], sort=True)}
+    metric_columns = _metric_column_names(summary)
+    means = summary.set_index(["backbone", "method", "metric", "metric_model"])["mean"]
+    rows = []
+    for backbone in sorted(runs["backbone"].unique()):
+        scored = summary[summary["backbone"] == backbone]
+        shown = {m for b, m in groups if b == backbone}
+        shown |= {m for m in scored["method"].unique() if (backbone, _trained_as(m)) in groups}
+        at = scored[["prompt_set", "step"]].drop_duplicates()
+        prompt_set, step = (at.iloc[0]["prompt_set"], int(at.iloc[0]["step"])) if len(at) else (None, None)
+        for method in _registry_rank(shown):
+            source = method if (backbone, method) in groups else _trained_as(method)
+            part = groups[(backbone, source)]
+            costed = part[part["has_cost"]]
+            token = costed["token_parameters"].max()  # one count per method and backbone; the largest if not
+            adapter = costed["adapter_parameters"].max()
+            row = {"backbone": backbone, "prompt_set": prompt_set, "step": step, "method": method,
+                   "trained_as": source, "token_parameters": token, "adapter_parameters": adapter,
+                   "trainable_parameters": token + adapter, "seconds_per_step": part["seconds_per_step"].mean(),
+                   "peak_gpu_memory_gib": part["peak_gib"].max(), "n_runs": len(part),
+                   "n_without_cost": int((~part["has_cost"]).sum())}
+            for pair, column in metric_columns.items():
+                row[column] = means.get((backbone, method, *pair), np.nan)
+            rows.append(row)
+    table = pd.DataFrame(rows, columns=[*COST_COLUMNS, *metric_columns.values()])
+    ints = {c: "Int64" for c in ("step", "token_parameters", "adapter_parameters", "trainable_parameters")}
+    table = table.astype({**ints, "n_runs": "int64", "n_without_cost": "int64",
+                          "seconds_per_step": "float64", "peak_gpu_memory_gib": "float64"})
+    return table.astype({c: "float64" for c in metric_columns.values()})
+
+
+def _significant(value: float, digits: int = 3) -> str:
+    """`digits` significant digits, never in exponent form: 0.0123, 1.23, 12.3, 123, 1,234."""
+    if value == 0:
+        return "0"
+    decimals = max(0, digits - 1 - int(np.floor(np.log10(abs(value)))))
+    return f"{value:,.{decimals}f}"
+
+
+_COST_HEADERS = {"token_parameters": "Token", "adapter_parameters": "Adapter",
+                 "trainable_parameters": "Trainable", "seconds_per_step": "s / step",
+                 "peak_gpu_memory_gib": "Peak GiB", "n_runs": "Runs"}
+
+
+def cost_latex(table: pd.DataFrame, *, caption: str, label: str) -> str:
+    """The cost table as booktabs LaTeX: one row per backbone and method (its display name), parameter counts
+    with thousands separators, seconds and GiB to three significant digits, the summary's means as in the
+    other tables; "--" where nothing was recorded. `caption` is plain text (escaped here)."""
+    if table.empty:
+        raise DtiError(f"cost_latex: table {label!r} has no rows")
+    missing = [c for c in COST_COLUMNS if c not in table.columns]
+    if missing:
+        raise DtiError(f"cost_latex: table {label!r} lacks {missing}")
+    metrics = [c for c in table.columns if c not in COST_COLUMNS]
+    models = {}
+    for column in metrics:  # "clip_t" or "clip_t (open_clip:...)", as _metric_column_names named them
+        metric, _, model = column.partition(" (")
+        models[column] = (metric, model.removesuffix(")"))
+    headers = [*_COST_HEADERS.values(),
+               *(escape(display_name(m) + (f" ({model})" if model else "")) for m, model in models.values())]
+
+    def cells(row) -> list[str | None]:
+        counts = [None if pd.isna(row[c]) else f"{int(row[c]):,}"
+                  for c in ("token_parameters", "adapter_parameters", "trainable_parameters")]
+        timing = [None if pd.isna(row[c]) else _significant(float(row[c]))
+                  for c in ("seconds_per_step", "peak_gpu_memory_gib")]
+        scores = [None if pd.isna(row[c]) else f"{float(row[c]):.{DIGITS}f}" for c in metrics]
+        return [*counts, *timing, str(int(row["n_runs"])), *scores]
+
+    index = pd.MultiIndex.from_arrays([table["backbone"].astype(str), table["method"].map(display_name)],
+                                      names=[KEY_LABELS["backbone"], KEY_LABELS["method"]])
+    body = pd.DataFrame([cells(row) for _, row in table.iterrows()], index=index, columns=headers)
+    return render(body, caption=caption, label=label)
+
+
+def _cost_caption(scores: pd.DataFrame, table: pd.DataFrame | None) -> str:
+    subjects = scores["subject"].nunique()
+    text = (f"{_TITLES[COST]} Token: the trainable parameters of the learned token (every vector, every text "
+            "encoder); Adapter: those of the weights trained on the denoiser (0 for a method that learns a token "
+            "only); Trainable: their sum; as the runs recorded them in run.json. "
+            "s / step: each run's wall time (from the trainer's set-up, latents and adapter included, to its "
+            "last step; model loading excluded) over the steps that run took (after a resume, the steps since), "
+            "then the mean over subjects. Peak GiB: the largest over subjects of the peak GPU memory torch "
+            "allocated in the training process (the backbone included). Step time and memory are those of each "
+            "training job on its own device: numbers of runs on a CPU say nothing of GPU speed, and a CPU run "
+            "records no GPU memory (--). Runs: the training runs (one per subject) behind the row. ")
+    if table is not None:
+        shown = table[["prompt_set", "step"]].dropna()
+        where = _where(shown) if not shown.empty else ""
+        scored = [c for c in table.columns if c not in COST_COLUMNS]
+        if scored:
+            text += (f"{where}{', '.join(dict.fromkeys(display_name(c.partition(' (')[0]) for c in scored))}: the summary table's "
+                     f"means (per-subject means, then the unweighted mean over subjects of {subjects} "
+                     f"subject{'s' if subjects != 1 else ''}; the intervals are in the summary table); -- where a "
+                     "method has no scores there. ")
+        reused = table[table["method"] != table["trained_as"]].drop_duplicates(["method", "trained_as"])
+        if not reused.empty:
+            text += ("; ".join(f"{display_name(r.method)} reuses the trained vectors of {display_name(r.trained_as)}"
+                               for r in reused.itertuples()) + ", so their rows show the cost of those runs. ")
+        lacking = table[(table["n_without_cost"] > 0) & (table["method"] == table["trained_as"])]
+        if not lacking.empty:
+            listed = ", ".join(f"{display_name(r.method)} on {r.backbone} ({r.n_without_cost} of {r.n_runs})"
+                               for r in lacking.head(_MAX_LISTED_ROWS).itertuples())
+            more = f" and {len(lacking) - _MAX_LISTED_ROWS} more" if len(lacking) > _MAX_LISTED_ROWS else ""
+            text += (f"Runs written before run.json recorded its cost, whose parameters and memory are unknown "
+                     f"(-- where no run of a row recorded them): {listed}{more}. ")
+    text += ("Parameter counts: the largest any run of the row recorded (the runs of one method on one backbone "
+             f"train the same parameters). Metric models: {_metric_models(scores)}.")
+    return text
+
+
 def _summary_prompt_set(scores: pd.DataFrame, prompt_set: str | None) -> str:
     present = sorted(scores["prompt_set"].unique())
     if prompt_set is None:
@@ -292,9 +495,11 @@ def _summary_steps(scores: pd.DataFrame, step: int | Mapping[str, int] | None) -
 
 
 def build_tables(scores: pd.DataFrame, norms: pd.DataFrame | None, *, n_boot: int = 1000, seed: int = 0,
-                 summary_prompt_set: str | None = None,
-                 summary_step: int | Mapping[str, int] | None = None) -> dict[str, pd.DataFrame]:
-    """All result tables in long layout, keyed by name (see TABLE_NAMES); "norms" only if norms is given.
+                 summary_prompt_set: str | None = None, summary_step: int | Mapping[str, int] | None = None,
+                 runs: pd.DataFrame | None = None) -> dict[str, pd.DataFrame]:
+    """All result tables in long layout, keyed by name (see TABLE_NAMES); "norms" only if norms is given,
+    "cost" (one row per backbone and method, the summary's means as columns) only if `runs` is: one row per
+    training run, RUN_COST_COLUMNS (the run's backbone, method and subject, and `run_cost` of its run.json).
 
     `summary_prompt_set`: the summary's prompt set (needed when several were scored). `summary_step`: the
     checkpoint of the headline tables, one for all backbones or {backbone: step}; default: each backbone's
@@ -320,6 +525,8 @@ def build_tables(scores: pd.DataFrame, norms: pd.DataFrame | None, *, n_boot: in
         ablation = _ablation_table(tables["summary"], norms, n_boot=int(n_boot), seed=int(seed))
         if ablation is not None:
             tables[ABLATION] = ablation
+    if runs is not None:
+        tables[COST] = _cost_table(validate_run_costs(runs), tables["summary"])
     return tables
 
 
@@ -350,6 +557,7 @@ _TITLES = {
     "per_prompt": "Scores per prompt.",
     "norms": "Norms of the learned token embeddings.",
     ABLATION: "DTI beside its ablations, each exchanging one part of DTI (its start, norm, optimizer or m).",
+    COST: "What each method trains and what its training took, beside its scores.",
 }
 
 
@@ -382,6 +590,8 @@ def caption_for(scores: pd.DataFrame, table_name: str, *, n_boot: int = 1000,
                 "per-subject mean, then the unweighted mean over subjects; min and max over all learned vectors; "
                 "the vocabulary's mean and std of token-embedding norms; ratio = learned mean / vocabulary mean.")
     scores = validate_scores(scores)
+    if table_name == COST:
+        return _cost_caption(scores, table)
     subjects = scores.drop_duplicates("subject")
     n_live = int((subjects["subject_kind"] == LIVE).sum())
     n_subjects = len(subjects)
@@ -408,6 +618,12 @@ def caption_for(scores: pd.DataFrame, table_name: str, *, n_boot: int = 1000,
             f"Metric models: {_metric_models(scores)}.")
 
 
+def table_latex(name: str, table: pd.DataFrame, *, caption: str, label: str) -> str:
+    """The LaTeX of result table `name`: the cost table's own layout (cost_latex), else dti.latex.to_latex."""
+    render_table = cost_latex if name == COST else to_latex
+    return render_table(table, caption=caption, label=label)
+
+
 def write_tables(tables: Mapping[str, pd.DataFrame], out_dir: str | os.PathLike, *,
                  captions: Mapping[str, str], label_prefix: str = "tab:") -> list[Path]:
     """Write {name}.parquet and {name}.tex for every table, each atomically; return the paths written."""
@@ -418,7 +634,7 @@ def write_tables(tables: Mapping[str, pd.DataFrame], out_dir: str | os.PathLike,
     written = []
     for name, table in tables.items():
         # Render before writing anything so an unrenderable table leaves no half-written pair.
-        latex = to_latex(table, caption=captions[name], label=f"{label_prefix}{name}")
+        latex = table_latex(name, table, caption=captions[name], label=f"{label_prefix}{name}")
         write_parquet(out_dir / f"{name}.parquet", table)
         write_text(out_dir / f"{name}.tex", latex)
         written += [out_dir / f"{name}.parquet", out_dir / f"{name}.tex"]
