@@ -14,14 +14,17 @@ exec > >(tee -a "$OUT/log.txt") 2>&1
 quiet() { grep -v -e "should be kept in float32" -e "safety checker" -e "Loading " -e "Writing model" -e deprecate; }
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.max.sm --format=csv,noheader
 python3 -c "import torch, diffusers, transformers; print('torch', torch.__version__, 'diffusers', diffusers.__version__, 'transformers', transformers.__version__)"
+# part LIMIT COMMAND...: COMMAND under a limit of LIMIT seconds; a limit of 0 skips the part, so a rerun can
+# measure one part alone (timeout itself would read 0 as no limit).
+part() { [ "$1" != 0 ] && timeout "$@"; }
 # SAMPLE_ARGS / TRAIN_ARGS narrow a rerun to what is still to measure (see bench/README.md).
-timeout "${SDXL_SAMPLE_S:-330}" python3 bench/sample_throughput.py --family sdxl --out "$OUT/sdxl" ${SAMPLE_ARGS:-} 2>&1 | quiet
-timeout "${TRAIN_S:-150}" python3 bench/train_step.py --family sdxl --steps "${STEPS:-6}" --rounds "${ROUNDS:-3}" \
+part "${SDXL_SAMPLE_S:-330}" python3 bench/sample_throughput.py --family sdxl --out "$OUT/sdxl" ${SAMPLE_ARGS:-} 2>&1 | quiet
+part "${TRAIN_S:-150}" python3 bench/train_step.py --family sdxl --steps "${STEPS:-6}" --rounds "${ROUNDS:-3}" \
   --json "$OUT/train_sdxl.json" --profile-dir "$OUT" ${TRAIN_ARGS:-} 2>&1 | quiet
 # CoRe and DTI + CoRe against TI and DTI on full-size SDXL (docs/method.md, "CoRe"): the step-time ratios.
-timeout "${CORE_S:-120}" python3 bench/train_step.py --family sdxl --steps "${STEPS:-6}" --rounds 2 \
+part "${CORE_S:-120}" python3 bench/train_step.py --family sdxl --steps "${STEPS:-6}" --rounds 2 \
   --configs ti dti core dti_core ti_fast core_fast --json "$OUT/train_sdxl_core.json" 2>&1 | quiet
-timeout "${SD_SAMPLE_S:-60}" python3 bench/sample_throughput.py --family sd --core-only --out "$OUT/sd" \
+part "${SD_SAMPLE_S:-60}" python3 bench/sample_throughput.py --family sd --core-only --out "$OUT/sd" \
   ${SD_SAMPLE_ARGS:-} 2>&1 | quiet
 [ -n "${TRAIN_SD_S:-}" ] && timeout "$TRAIN_SD_S" python3 bench/train_step.py --family sd --steps "${STEPS:-6}" \
   --rounds 2 --json "$OUT/train_sd.json" 2>&1 | quiet
@@ -30,3 +33,10 @@ timeout "${SD_SAMPLE_S:-60}" python3 bench/sample_throughput.py --family sd --co
 # encoder and compiling both denoisers take minutes of device time.
 [ -n "${TRAIN_NEW_S:-}" ] && timeout "$TRAIN_NEW_S" python3 bench/train_step.py --family sana wan \
   --steps "${STEPS:-6}" --rounds 2 --configs ti dti ti_fast dti_fast --json "$OUT/train_sana_wan.json" 2>&1 | quiet
+# DTI + DCO and DTI + OFT against DTI on full-size SDXL, plain, with the registry's defaults (rank 4 on the UNet's
+# to_q/to_k/to_v): the step-time ratios, each configuration's peak memory and trainable parameters. Opt-in
+# (ADAPTER_S=150): about a minute and a half (one SDXL build and two more UNet copies, 3 configurations x 2 rounds
+# x 7 steps of 0.3 to 0.6 s, one FLOP-counted step each), and the default parts already take about 9 of the 10
+# minutes one device command may run. Alone: SDXL_SAMPLE_S=0 TRAIN_S=0 CORE_S=0 SD_SAMPLE_S=0 ADAPTER_S=150.
+[ -n "${ADAPTER_S:-}" ] && part "$ADAPTER_S" python3 bench/train_step.py --family sdxl --steps "${STEPS:-6}" \
+  --rounds 2 --configs dti dti_dco dti_oft --json "$OUT/train_sdxl_adapters.json" 2>&1 | quiet

@@ -33,6 +33,29 @@ def timed(out: dict, key: str):
     out[key] = time.perf_counter() - start
 
 
+class PeakMemory:
+    """The GPU's peak memory over one stretch of work (torch.cuda.max_memory_allocated, reset at its start),
+    keeping the process's peak over every stretch, which each reset would otherwise lose. Zeros on a CPU."""
+
+    def __init__(self):
+        self.before = 0  # the process's peak before the last reset
+
+    def reset(self) -> int:
+        """Start a stretch; returns the bytes allocated now (what the stretch finds resident)."""
+        if not CUDA:
+            return 0
+        self.before = max(self.before, torch.cuda.max_memory_allocated())
+        torch.cuda.reset_peak_memory_stats()
+        return torch.cuda.memory_allocated()
+
+    def peak(self) -> int:
+        """The peak since the last reset."""
+        return torch.cuda.max_memory_allocated() if CUDA else 0
+
+    def process_peak(self) -> int:
+        return max(self.before, self.peak())
+
+
 def peak_tflops() -> float | None:
     if not CUDA:
         return None
