@@ -437,7 +437,8 @@ def test_a_family_the_model_contradicts_is_refused_when_fetching_and_loading(tin
 
 def test_the_default_and_paper_configs_plan_cleanly():
     for names in (["config.yaml"], ["paper.yaml"], ["paper-sdxl.yaml"], ["paper-sana.yaml"], ["paper-wan.yaml"],
-                  ["paper.yaml", "paper-wan.yaml"], ["paper-sd15.yaml"], ["paper-sd21.yaml"]):
+                  ["paper.yaml", "paper-wan.yaml"], ["paper-sd15.yaml"], ["paper-sd21.yaml"],
+                  ["paper-finetune.yaml"]):
         config = load_config_files([REPO / "config" / name for name in names])
         assert _plan(config), names
 

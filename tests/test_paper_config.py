@@ -273,3 +273,19 @@ def test_the_ablation_layer_plans_dti_beside_its_variants_on_sdxl():
     assert eval_steps(config, "sdxl") == [400]
     assert "ablation" in table_names(config["methods"])
     assert backbone_methods(config, "sdxl")["dti"]["kappa"] == 1e-4  # the paper's settings underneath
+
+
+def test_the_finetune_layer_plans_the_adapter_methods_beside_the_paper_rows_on_sdxl():
+    from dti.benchmark_config import eval_steps as planned_steps
+    from dti.tables import table_names
+
+    config = load("paper-finetune.yaml")
+    planned(config)
+    assert list(enabled_backbones(config)) == ["sdxl"] and run_dir(config) == "results/runs/paper-finetune"
+    adapters = ["dco", "oft", "dti_dco", "ti_dco", "dti_oft", "ti_oft"]
+    assert sorted(trained_methods(config["methods"])) == sorted([*METHODS, *adapters])
+    # the authors stop DCO at 250 steps and OFT at 150: both are checkpoints this run scores
+    assert {150, 250} <= set(planned_steps(config, "sdxl"))
+    assert "cost" in table_names(config["methods"])
+    for method in adapters:
+        assert backbone_methods(config, "sdxl")[method] == {}  # every setting is the registry's (the authors')

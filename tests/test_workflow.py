@@ -157,6 +157,30 @@ def test_core_and_dti_with_core_run_end_to_end_beside_the_other_methods(default_
         assert abs(records[LAST_STEP] - held[0]) > 1e-5 * held[0]
 
 
+def test_token_plus_weights_methods_run_end_to_end_with_their_adapters(default_run):
+    """The shared run trains DTI + DCO and TI + OFT (tests/shared_run.yaml) on both tiny backbones: each run
+    saved an adapter per checkpoint (with its provenance), the sampled checkpoints are scored, and the
+    cost table records the adapter's parameters beside the token's."""
+    from dti.adapters import adapter_dir, describe_adapter
+
+    summary = pd.read_parquet(default_run / f"{RUN}/tables/summary.parquet")
+    cost = pd.read_parquet(default_run / f"{RUN}/tables/cost.parquet")
+    for method, kind in (("dti_dco", "lora"), ("ti_oft", "oft")):
+        assert set(summary.loc[summary["method"] == method, "backbone"]) == set(BACKBONES)
+        for backbone in BACKBONES:
+            run = default_run / f"results/{backbone}/{method}/spotted_pup"
+            for step in (*range(SAVE_EVERY, LAST_STEP + 1, SAVE_EVERY), None):
+                described = describe_adapter(run / adapter_dir(step))
+                assert described["kind"] == kind and described["update_norm"] > 0
+                assert described["metadata"]["dti.method"] == method
+            recorded = json.loads((run / "run.json").read_text())["cost"]
+            assert recorded["adapter"] == kind and recorded["adapter_parameters"] == described["parameters"]
+            row = cost[(cost["backbone"] == backbone) & (cost["method"] == method)]
+            assert len(row) == 1 and int(row["adapter_parameters"].iloc[0]) == described["parameters"]
+    token_only = cost[cost["method"] == "dti"]
+    assert (token_only["adapter_parameters"] == 0).all()
+
+
 def test_latex_tables_are_written(default_run):
     tex = (default_run / f"{RUN}/tables/summary.tex").read_text()
     assert "\\toprule" in tex and "\\bottomrule" in tex and "\\textbf{" in tex
