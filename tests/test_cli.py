@@ -85,6 +85,19 @@ def test_an_ablation_with_its_own_flag_and_zero_pad_trains_from_the_cli(tiny_sd,
     assert main(_train_args(tiny_sd, subject_dir, tmp_path / "x", method="dti", **{"magnitude-lr": 0.01})) == 2
 
 
+def test_an_adapter_method_trains_samples_and_says_how_to_load_both_from_the_cli(tiny_sd, subject_dir, tmp_path,
+                                                                                  capsys):
+    out = tmp_path / "oft"
+    assert main(_train_args(tiny_sd, subject_dir, out, method="ti_oft", **{"adapter-rank": 2, "adapter-lr": 0.01})) == 0
+    said = capsys.readouterr().out
+    assert f"with its oft adapter, {out / 'adapter'}" in said and "dti.adapters.load_adapter" in said
+    run = json.loads((out / "run.json").read_text())
+    assert run["hyper_parameters"]["adapter_rank"] == 2 and run["cost"]["adapter"] == "oft"
+    assert main(["sample", "--quiet", "--model", str(tiny_sd), "--embeds", str(out), "--prompt", "a photo of {}",
+                 "--out", str(tmp_path / "images"), "--steps", "2", "--resolution", "64"]) == 0
+    assert list((tmp_path / "images").glob("*.png"))
+
+
 def _corrupt_folder(subject_dir, tmp_path):
     folder = tmp_path / "corrupt"
     shutil.copytree(subject_dir, folder)

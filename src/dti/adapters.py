@@ -152,7 +152,7 @@ class AttachedAdapter:
 
     def save(self, out_dir: Path, step: int | None, metadata: dict) -> Path:
         """Write the adapter's folder for `step` (None: the final one) atomically into out_dir."""
-        from dti.export import safetensors_bytes
+        from dti.tensor_files import safetensors_bytes
 
         target = Path(out_dir) / adapter_dir(step)
         meta = {**metadata, "dti.adapter": self.kind.name, "dti.adapter_rank": self.rank,

@@ -158,6 +158,13 @@ def cmd_train(args) -> None:
     run = train(backbone, images, settings, args.out, progress=not args.quiet)
     print(f"learned {run['tokens']} with {args.method} in {run['seconds']} s -> {args.out}")
     print(how_to_use(args.out, settings.placeholder, settings.export_name, backbone.family))
+    kind = run["cost"]["adapter"]
+    if kind is not None:  # the token was learned with weights on the denoiser: alone it is not the result
+        from dti.inspect import ADAPTER_LOADERS
+
+        folder = Path(args.out) / "adapter"
+        print(f"with its {kind} adapter, {folder}: the token was learned together with it, so load both: "
+              + ADAPTER_LOADERS[kind].replace("RUN", str(args.out)).replace("FOLDER", str(folder)))
 
 
 def _check_sample_args(args) -> None:

@@ -15,40 +15,23 @@ kappa NaN, m 1e39 or -3 steps is damaged or forged; `load_diffusers` refuses it,
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save
 
 from dti.errors import DtiError
 from dti.inspect import check_trained_family
 from dti.io import write_bytes
 from dti.numbers import provenance_problems
 from dti.sphere import normalize
+from dti.tensor_files import safetensors_bytes
 
 
 def diffusers_file(position: int, step: int | None = None) -> str:
     """The file of the backbone's `position`-th text encoder (0: learned_embeds, 1: learned_embeds_2, ...)."""
     name = "learned_embeds" if position == 0 else f"learned_embeds_{position + 1}"
     return f"{name}.safetensors" if step is None else f"{name}-steps-{step}.safetensors"
-
-
-def canonical_bytes(blob: bytes) -> bytes:
-    """Sort the safetensors JSON header: the library writes it in hash-map order, so the same tensors and
-    metadata would give different bytes on each call (and a resumed run could never byte-match)."""
-    size = int.from_bytes(blob[:8], "little")
-    header = json.dumps(json.loads(blob[8 : 8 + size]), sort_keys=True, separators=(",", ":")).encode()
-    header += b" " * (-len(header) % 8)  # the format pads the header to a multiple of 8 bytes
-    return len(header).to_bytes(8, "little") + header + blob[8 + size :]
-
-
-def safetensors_bytes(tensors: dict[str, torch.Tensor], metadata: dict) -> bytes:
-    """A safetensors file of `tensors` in fp32 with `metadata` (values as text), the same bytes each time."""
-    blob = save({k: v.detach().float().cpu().contiguous() for k, v in tensors.items()},
-                metadata={"format": "pt", **{k: str(v) for k, v in metadata.items()}})
-    return canonical_bytes(blob)
 
 
 def _save(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:

@@ -23,8 +23,8 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save
 
-from dti.export import canonical_bytes
 from dti.io import write_bytes
+from dti.tensor_files import canonical_bytes
 
 FORMAT = 2  # 1: rows.<slot> only (read as unreadable: training starts over)
 _META_KEY = "dti.state"
