@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 
@@ -14,6 +15,10 @@ job = types.SimpleNamespace(log=[sys.argv[1]], threads=3)  # what Snakemake hand
 
 def work(x, *, y, step, job):  # keyword arguments named like run_job's own reach the step
     import torch
+    from dti.progress import ProgressLog
+
+    progress = ProgressLog("sampled", 3, every_s=0)  # its lines must reach the job's log, timestamped
+    progress.advance(3)
     print("gc", gc.get_threshold()[0], "offline", os.environ.get("HF_HUB_OFFLINE"),
           "gpu", os.environ.get("CUDA_VISIBLE_DEVICES"), "threads", torch.get_num_threads())
     return x + y + step + job
@@ -38,6 +43,7 @@ def _job(tmp_path, kind: str) -> str:
 def test_a_gpu_job_runs_offline_on_its_threads_holding_a_gpu(tmp_path):
     log = _job(tmp_path, "gpu")
     assert "gc 70000 offline 1 gpu 0 threads 3" in log
+    assert re.search(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d sampled 3/3 images", log, re.M), log
     assert "result 433 gpu after None" in log  # the GPU is given back when the step ends
 
 

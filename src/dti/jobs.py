@@ -24,6 +24,7 @@ def run_job(job, step: Callable, /, *args, gpu: bool = False, **kwargs):
     if gpu:
         work_offline()
     redirect_output(job.log[0] if job.log else None)
+    log_progress()
     from dti.io import settle_future_times, use_output_roots
 
     use_output_roots()  # every write stays inside the top folder of its output (results/, resources/)
@@ -68,6 +69,19 @@ def set_threads(threads: int) -> None:
     import torch
 
     torch.set_num_threads(max(1, int(threads)))
+
+
+def log_progress() -> None:
+    """dti.progress's lines (images done / total, rate) into the job's log, timestamped: unconfigured,
+    logging drops INFO lines, and `tail -f` on a long job's log would show nothing between start and end."""
+    import logging
+    import sys
+
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%Y-%m-%d %H:%M:%S"))
+    logger = logging.getLogger("dti.progress")
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
 
 
 def redirect_output(log_path: str | os.PathLike | None) -> None:

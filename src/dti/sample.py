@@ -229,6 +229,8 @@ def generate(backbone: Backbone, jobs: list[SampleJob], settings: SampleSettings
     (`check_text_windows`), checked before anything else."""
     from tqdm.auto import tqdm
 
+    from dti.progress import ProgressLog
+
     if not jobs:
         return
     root = Path(root) if root is not None else None
@@ -243,6 +245,7 @@ def generate(backbone: Backbone, jobs: list[SampleJob], settings: SampleSettings
     speedups = prepare_modules(backbone, settings)
     pool = ThreadPoolExecutor(settings.png_workers, thread_name_prefix="png") if settings.png_workers else None
     pending: list[Future] = []
+    saved = ProgressLog("sampled", len(jobs))  # lines in the job's log, where the tqdm bar is off
     try:
         with attention_backend(speedups.attention):
             for indices in tqdm(batches(len(jobs), size), disable=not progress, desc="sampling"):
@@ -252,9 +255,12 @@ def generate(backbone: Backbone, jobs: list[SampleJob], settings: SampleSettings
                 pixels = to_uint8(backbone.decode_latents(latents))
                 for future in pending:  # at most one batch waits for its PNGs: host memory stays bounded
                     future.result()
+                saved.advance(len(pending))  # the previous batch's PNGs, written by the pool
                 pending = _save_all(pool, batch, pixels, root)
+                saved.advance(len(batch) - len(pending))  # those written inline (no pool)
         for future in pending:
             future.result()
+        saved.advance(len(pending))
     finally:
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)

@@ -11,6 +11,7 @@ from PIL import Image
 from dti.errors import DtiError
 from dti.metrics.encoders import OpenClipEncoder, TimmImageEncoder, build_encoder
 from dti.metrics.spec import MANIFEST_COLUMNS, SCORE_COLUMNS, MetricSpec, family_metrics, parse_metric_specs
+from dti.progress import ProgressLog
 
 _KEY_COLUMNS = list(SCORE_COLUMNS[:9])
 
@@ -143,6 +144,7 @@ def score_samples(
     # The encoder's label: transformers encoders add the image transform they read from the model.
     labels = {name: models[key].metric_model for key, spec in specs.items() for name in spec.metrics}
     values: dict[str, list[float]] = {name: [] for name in metric_order}
+    scored = ProgressLog("scored", len(rows))  # lines in the job's log, as sampling writes them
     for start in range(0, len(rows), batch_size):
         images = [_open_image(path) for path in paths[start : start + batch_size]]
         scores = _batch_scores(
@@ -150,6 +152,7 @@ def score_samples(
         )
         for name in metric_order:
             values[name].extend(scores[name].double().tolist())
+        scored.advance(len(images))
 
     # Rows: image-major, metrics in config order within each image.
     frames = []
