@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import ast
+import dataclasses
+import functools
+import importlib
+import importlib.util
 import math
 import os
 import re
@@ -54,6 +59,47 @@ class Bounded:
 
 def bounded(kind: type, minimum: float | None = None, maximum: float | None = None, what: str | None = None):
     return Bounded(kind, minimum, maximum, what)
+
+
+def default_of(module: str, settings: str, name: str):
+    """The default of field `name` of the settings dataclass `settings` in `module` (dti.train TrainSettings,
+    dti.sample SampleSettings): the one home of a setting's default, which the flags of build_parser take and
+    config/schema.yaml repeats (tests/test_defaults.py checks both against it). A literal default is read
+    from the module's source, not by importing it: dti.train and dti.sample import torch, seconds that
+    `dti --help`, --version or a mistyped flag should not cost. Any other default (a default_factory)
+    imports the module and asks dataclasses.fields."""
+    literals = _literal_defaults(module, settings)
+    if name in literals:
+        return literals[name]
+    for field in dataclasses.fields(getattr(importlib.import_module(module), settings)):
+        if field.name == name:
+            if field.default is not dataclasses.MISSING:
+                return field.default
+            if field.default_factory is not dataclasses.MISSING:
+                return field.default_factory()
+            raise LookupError(f"{module}.{settings}.{name} has no default")
+    raise LookupError(f"{module}.{settings} has no field {name!r}")
+
+
+@functools.cache
+def _literal_defaults(module: str, settings: str) -> dict:
+    """{field: default} for the fields of class `settings` whose default is a literal (`steps: int = 400`),
+    from the module's source; empty where there is no source (default_of then imports the module)."""
+    spec = importlib.util.find_spec(module)
+    source = spec.loader.get_source(module) if spec is not None and spec.loader is not None else None
+    if source is None:
+        return {}
+    for node in ast.parse(source).body:
+        if isinstance(node, ast.ClassDef) and node.name == settings:
+            found = {}
+            for item in node.body:
+                if isinstance(item, ast.AnnAssign) and isinstance(item.target, ast.Name) and item.value:
+                    try:
+                        found[item.target.id] = ast.literal_eval(item.value)
+                    except ValueError:  # field(default_factory=...) and the like: not a literal
+                        pass
+            return found
+    return {}
 
 
 class HyperParameterFlag(argparse.Action):
@@ -225,24 +271,38 @@ def build_parser() -> argparse.ArgumentParser:
                        help="frozen weights' dtype (auto: bf16 on CUDA, fp32 on CPU)")
         p.add_argument("--quiet", action="store_true")
 
+    # The defaults of the flags that set a field of TrainSettings (SampleSettings below) are the dataclass's:
+    # one home for each, so the command, the library and config/schema.yaml cannot drift apart.
+    def train_default(name):
+        return default_of("dti.train", "TrainSettings", name)
+
     p = sub.add_parser("train", help="learn a subject token with DTI, TI, CrossInit or one of DTI's ablations")
     model_args(p)
     p.add_argument("--images", required=True, help="folder of subject photos")
+    # Required although TrainSettings has a default ("object"): the words a token starts from are the
+    # subject's, and a generic word would silently start every subject from the same place.
     p.add_argument("--initializer", required=True, help="words to start from, e.g. the class noun")
-    p.add_argument("--method", choices=trainable_methods(), default="dti")
+    p.add_argument("--method", choices=trainable_methods(), default=train_default("method"))
     p.add_argument("--out", required=True)
-    p.add_argument("--placeholder", default="<subject>", help="the token diffusers prompts use (stored in lower "
-                   "case: CLIP tokenizers lower-case prompts)")
+    p.add_argument("--placeholder", default=train_default("placeholder"), help="the token diffusers prompts "
+                   "use (stored in lower case: CLIP tokenizers lower-case prompts)")
+    # No default here (TrainSettings' None names the file from the placeholder): cmd_train names it from the
+    # --out folder instead, which tells runs apart that share the default placeholder.
     p.add_argument("--name", help="name of the single-file export, its trigger word in AUTOMATIC1111, Forge and "
                    "SD.Next (default: METHOD-FOLDER, the --out folder's name, e.g. dti-bear)")
-    p.add_argument("--steps", type=bounded(int, 1), default=400)
-    p.add_argument("--batch-size", type=bounded(int, 1), default=4)
-    p.add_argument("--grad-accum", type=bounded(int, 1), default=1)
+    p.add_argument("--steps", type=bounded(int, 1), default=train_default("steps"))
+    p.add_argument("--batch-size", type=bounded(int, 1), default=train_default("batch_size"))
+    p.add_argument("--grad-accum", type=bounded(int, 1), default=train_default("grad_accum"))
     # The backbone checks the multiple of its latent grid; the photos are reduced to 4096 px at most.
-    p.add_argument("--resolution", type=bounded(int, 1, 4096), default=768)
-    p.add_argument("--seed", type=bounded(int, 0, SEED_MAX, "an integer in [0, 2^63)"), default=42)
-    p.add_argument("--save-every", type=bounded(int, 1), default=50, help="write learned_embeds-steps-N every N steps")
-    p.add_argument("--mixed-precision", choices=["auto", "no", "bf16"], default="auto")
+    p.add_argument("--resolution", type=bounded(int, 1, 4096), default=train_default("resolution"))
+    p.add_argument("--seed", type=bounded(int, 0, SEED_MAX, "an integer in [0, 2^63)"),
+                   default=train_default("seed"))
+    p.add_argument("--save-every", type=bounded(int, 1), default=train_default("save_every"),
+                   help="write learned_embeds-steps-N every N steps")
+    p.add_argument("--mixed-precision", choices=["auto", "no", "bf16"],
+                   default=train_default("mixed_precision"))
+    # Two switches, off unless given: latent_cache is on by default (the flag turns it off) and zero_pad off
+    # (the flag turns it on); tests/test_defaults.py checks that the dataclass still says so.
     p.add_argument("--no-latent-cache", action="store_true", help="re-encode images every step (slower)")
     p.add_argument("--zero-pad", action="store_true", help="prepend 0-15 all-zero padding tokens to each training "
                    "prompt (the DTI authors' SANA runs; docs/method.md)")
@@ -254,20 +314,26 @@ def build_parser() -> argparse.ArgumentParser:
                            action=HyperParameterFlag, help=f"{hp.help} [{takers}]")
     p.set_defaults(func=cmd_train)
 
+    def sample_default(name):
+        return default_of("dti.sample", "SampleSettings", name)
+
     p = sub.add_parser("sample", help="generate images with a learned token")
     model_args(p)
     p.add_argument("--embeds", required=True, help="folder with learned_embeds*.safetensors")
     p.add_argument("--prompt", required=True, help="with {} where the token goes, e.g. 'a {} in the snow'")
+    # No settings field (one SampleJob per seed): this default lives here alone.
     p.add_argument("--seeds", type=bounded(int, 0, SEED_MAX, "integers in [0, 2^63)"), nargs="+",
                    default=[0, 1, 2, 3])
     p.add_argument("--out", required=True)
-    p.add_argument("--steps", type=bounded(int, 1), default=50)
-    p.add_argument("--guidance-scale", type=bounded(float, 0), default=5.0)
+    p.add_argument("--steps", type=bounded(int, 1), default=sample_default("steps"))
+    p.add_argument("--guidance-scale", type=bounded(float, 0), default=sample_default("guidance_scale"))
     # The backbone checks the multiple of its latent grid once the model is loaded.
-    p.add_argument("--resolution", type=bounded(int, 1, 8192), default=1024,
+    p.add_argument("--resolution", type=bounded(int, 1, 8192), default=sample_default("resolution"),
                    help="image height (and width unless --width)")
-    p.add_argument("--width", type=bounded(int, 1, 8192), help="image width (default: --resolution)")
-    p.add_argument("--batch-size", type=bounded(int, 1), default=4)
+    p.add_argument("--width", type=bounded(int, 1, 8192), default=sample_default("width"),
+                   help="image width (default: --resolution)")
+    # An integer only: "auto" (SampleSettings takes it too) sizes batches by free GPU memory, a config option.
+    p.add_argument("--batch-size", type=bounded(int, 1), default=sample_default("batch_size"))
     p.add_argument("--rescale-to", help="TI-rescaled: set each row's norm to this vocabulary statistic")
     p.set_defaults(func=cmd_sample)
 
