@@ -78,3 +78,13 @@ def image_axes(ax) -> None:
     ax.set_yticks([])
     for spine in ax.spines.values():
         spine.set_visible(False)
+
+
+def metric_axis_label(metric: str) -> str:
+    """'dino' -> 'DINO (cosine similarity)': an axis names the metric and what its numbers are."""
+    from dti.metrics.spec import METRICS
+    from dti.terms import display_name
+
+    score = METRICS[metric].score if metric in METRICS else None
+    unit = {"cosine": "cosine similarity", "sigmoid": "match probability"}.get(score)
+    return display_name(metric) + (f" ({unit})" if unit else "")

@@ -67,11 +67,25 @@ def histogram_figure(norms: pd.DataFrame, *, title: str):
     return fig
 
 
+def _spread_note(table: pd.DataFrame) -> str:
+    """What magnitude_figure's error bars are: dti.analysis.magnitude.sweep_table's std column is the sample
+    standard deviation over subjects of each subject's mean over prompts and seeds (0 with one subject)."""
+    counts = sorted(int(n) for n in table["n_subjects"].unique()) if "n_subjects" in table.columns else []
+    if counts and counts[-1] < 2:
+        return "mean over subjects; one subject, so no error bars (no spread over subjects)"
+    n = ("" if not counts else f" ({counts[0]} subjects)" if len(counts) == 1
+         else f" ({counts[0]}-{counts[-1]} subjects)")
+    return (f"mean over subjects; bars: \u00b11 std over subjects{n},\n"
+            "each subject's score the mean over its prompts and seeds")
+
+
 def magnitude_figure(table: pd.DataFrame, *, title: str, image_metric: str, text_metric: str):
     """Subject and text fidelity against the token's norm (a multiple of m, log scale), one line per method's
-    directions (mean over subjects, bars: +- one standard deviation); a dotted line in the method's colour
-    marks where its trained norm sits."""
-    fig, axes = new_figure(10, 3.4, 1, 2)
+    directions (mean over subjects, bars: +- one standard deviation over subjects, each subject's score the
+    mean over its prompts and seeds); a dotted line in the method's colour marks where its trained norm sits.
+    The legend's title says what the bars are."""
+    height = 4.2
+    fig, axes = new_figure(10, height, 1, 2)
     for ax, column, label in ((axes[0][0], "subject", f"subject fidelity, {metric_name(image_metric)}"),
                               (axes[0][1], "text", f"text fidelity, {metric_name(text_metric)}")):
         methods = sorted(table["method"].unique())
@@ -79,14 +93,19 @@ def magnitude_figure(table: pd.DataFrame, *, title: str, image_metric: str, text
             rows = table[table["method"] == method].sort_values("scale")
             color = method_color(method)
             shift = 2 ** (0.05 * (i - (len(methods) - 1) / 2))  # side by side, so the error bars stay apart
-            ax.errorbar(rows["scale"] * shift, rows[f"{column}_mean"], yerr=rows[f"{column}_std"], color=color,
-                        marker="o", markersize=4, capsize=2, elinewidth=0.8, label=f"{display_name(method)}'s directions")
+            ax.errorbar(rows["scale"] * shift, rows[f"{column}_mean"], yerr=rows[f"{column}_std"],
+                        color=color, marker="o", markersize=4, capsize=2, elinewidth=0.8,
+                        label=f"{display_name(method)}'s directions")
             ax.axvline(rows["trained_ratio"].iloc[0], color=color, linestyle=":", linewidth=1.2)
         ax.set_xscale("log", base=2)
         ax.set_xlabel("norm / vocabulary mean m  (dotted: as trained)")
         ax.set_ylabel(label)
-    axes[0][0].legend(fontsize=7)
     fig.suptitle(title)
-    fig.tight_layout()
+    # The legend, and with it the note on the bars, in a 0.7-inch band below the panels, off the data;
+    # the metric models footnote goes under it.
+    fig.tight_layout(rect=(0, 0.7 / height, 1, 1))
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", bbox_to_anchor=(0.5, 0.0), ncols=min(len(labels), 4),
+               fontsize=8, title=_spread_note(table), title_fontsize=8)
     model_footnote(fig, image_metric, text_metric)
     return fig
