@@ -34,20 +34,33 @@ def grid_reports():
 
 
 def table_pages():
-    """{page name: Parquet file} of every table the report shows."""
+    """{page name: Parquet file} of every table the report shows, in reading order: the summary first, then
+    its breakdowns, the scores over checkpoints, the norms, the cost, the ablations, the interpolation (a
+    table not named here after them); the report lists them in this order (report_tables' labels)."""
     pages = {name: run_path(f"tables/{name}.parquet") for name in table_names(METHODS)}
     if PAIRS and INTERPOLATION_BACKBONES:
         pages["interpolation"] = run_path("interpolation/summary.parquet")
-    return pages
+    order = [
+        "summary",
+        "by_prompt_set",
+        "by_kind",
+        "per_subject",
+        "per_prompt",
+        "over_steps",
+        "norms",
+        "cost",
+        "ablation",
+        "interpolation",
+    ]
+    first = [name for name in order if name in pages]
+    return {name: pages[name] for name in [*first, *(n for n in pages if n not in order)]}
 
 
 # A table whose page needs its own caption in workflow/report/ (the others share tables.rst).
 TABLE_CAPTIONS = {"cost": "cost_table"}
+# A page's caption is its LaTeX table's (the .tex beside its Parquet file); a table without one shows its note.
 TABLE_NOTES = {
-    "interpolation": "Smoothness of concept interpolation per method and path (docs/analysis.md); "
-    f"LaTeX: {run_path('interpolation/summary.tex')}.",
-    "cost": "What each method trains and what a step costs on its device (a CPU run's time says nothing "
-    "of GPU speed), beside its headline scores.",
+    "interpolation": "Smoothness of concept interpolation per method and path (docs/analysis.md).",
 }
 
 

@@ -31,18 +31,21 @@ rule sample_grids:
         "../workflow/scripts/sample_grids.py"
 
 
+# Each page's caption is its LaTeX table's (the .tex beside the Parquet file). The report lists results by their
+# labels' text: the numbered ones keep table_pages' order, the summary first.
 rule report_tables:
     input:
-        list(table_pages().values()),
+        tables=list(table_pages().values()),
+        latex=[os.path.splitext(path)[0] + ".tex" for path in table_pages().values()],
     output:
         [
             report(
                 run_path(f"report/tables/{name}.html"),
                 caption=f"../workflow/report/{TABLE_CAPTIONS.get(name, 'tables')}.rst",
                 category="Tables",
-                labels={"table": name},
+                labels={"table": f"{number:02d} {name.replace('_', ' ')}"},
             )
-            for name in table_pages()
+            for number, name in enumerate(table_pages(), start=1)
         ],
     log:
         "logs/report_tables.log",

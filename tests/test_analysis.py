@@ -272,7 +272,9 @@ def test_html_table_is_wide_with_intervals():
                           "ci_high": [0.6, 0.3], "n_subjects": [2, 2], "n_images": [8, 8]})
     page = table_html(table, title="summary & co", note="note <b>")
     assert "<table" in page and "summary &amp; co" in page and "note &lt;b&gt;" in page
-    assert "0.500 [0.400, 0.600]" in page and "0.250 [0.200, 0.300]" in page
+    # each cell is mean ± half-width of its interval, as in the LaTeX; the bounds are in the cell's title
+    assert "0.500 ± 0.100" in page and "0.250 ± 0.050" in page
+    assert 'title="95% interval [0.400, 0.600]"' in page and 'title="95% interval [0.200, 0.300]"' in page
     assert page.count("<tr") == 2  # header + one row: the two metrics are columns
     assert "<td>DTI</td>" in page and "<th>DINO</th>" in page and "<th>CLIP-T</th>" in page  # display names
 
