@@ -123,6 +123,16 @@ except DtiError as exc:
     _config_error(str(exc))
 
 
+# The report's sections in the README's order. Snakemake's report lists its categories sorted by name, so
+# each name starts with its place.
+REPORT_SECTIONS = {
+    name: f"{place}. {name}"
+    for place, name in enumerate(
+        ["Tables", "Samples", "Interpolation", "Norms and directions", "Checkpoints"], 1
+    )
+}
+
+
 def run_path(path):
     """`path` in this config's own folder, results/runs/{run_name}/: the outputs that depend on the config
     as a whole (tables, analyses, report files), so two configs in one working folder keep theirs apart."""

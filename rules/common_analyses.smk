@@ -96,7 +96,7 @@ def interpolation_reports(kind):
         reported(
             run_path(f"interpolation/{b}/{p}/{kind}.png"),
             f"interpolation_{kind}",
-            category="Interpolation",
+            category=REPORT_SECTIONS["Interpolation"],
             subcategory={"strip": "Strips", "curves": "Curves"}[kind],
             labels={"backbone": b, "pair": p},
         )
@@ -163,7 +163,7 @@ def analysis_reports(kind, caption, subcategory, backbones=BACKBONES):
         reported(
             run_path(f"analysis/{kind}/{b}.png"),
             caption,
-            category="Norms and directions",
+            category=REPORT_SECTIONS["Norms and directions"],
             subcategory=subcategory,
             labels={"backbone": b},
         )

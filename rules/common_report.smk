@@ -24,7 +24,7 @@ def grid_reports():
         reported(
             run_path(f"report/grids/{b}/{s}.png"),
             "sample_grid",
-            category="Samples",
+            category=REPORT_SECTIONS["Samples"],
             subcategory=b,
             labels={"subject": s, "backbone": b},
         )

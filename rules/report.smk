@@ -42,7 +42,7 @@ rule report_tables:
             report(
                 run_path(f"report/tables/{name}.html"),
                 caption=f"../workflow/report/{TABLE_CAPTIONS.get(name, 'tables')}.rst",
-                category="Tables",
+                category=REPORT_SECTIONS["Tables"],
                 labels={"table": f"{number:02d} {name.replace('_', ' ')}"},
             )
             for number, name in enumerate(table_pages(), start=1)
@@ -70,7 +70,7 @@ rule checkpoint_sweep:
         figure=report(
             run_path("analysis/checkpoints.png"),
             caption="../workflow/report/checkpoints.rst",
-            category="Checkpoints",
+            category=REPORT_SECTIONS["Checkpoints"],
             labels={"figure": "scores over training steps"},
         ),
         pdf=run_path("analysis/checkpoints.pdf"),
