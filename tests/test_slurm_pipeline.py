@@ -47,7 +47,10 @@ def test_embedded_default_on_slurm_matches_the_local_run(slurm_run, default_run)
         local = pd.read_parquet(default_run / f"{RUN}/tables/{name}.parquet")
         local = local[local["method"].isin(_DEFAULT["methods"])].reset_index(drop=True)
         remote = pd.read_parquet(work / f"{RUN}/tables/{name}.parquet")
-        pd.testing.assert_frame_equal(remote, local, check_exact=True)
+        # The cost table's wall time and memory are each job's own measurement, never equal between runs.
+        measured = [c for c in ("seconds_per_step", "peak_gpu_memory_gib") if c in local.columns]
+        assert remote[measured].notna().eq(local[measured].notna()).all().all()
+        pd.testing.assert_frame_equal(remote.drop(columns=measured), local.drop(columns=measured), check_exact=True)
     # Every GPU job left its log where the README says.
     assert len(list(work.glob("logs/train/*/*/*.log"))) == CHAINS
 
