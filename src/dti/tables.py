@@ -88,9 +88,8 @@ def _describe_rows(frame: pd.DataFrame, columns: tuple[str, ...]) -> str:
     return "; ".join(rows) + more
 
 
-def _validate(frame: pd.DataFrame, required: tuple[str, ...], what: str,
-              row_id: tuple[str, ...]) -> pd.DataFrame:
-    """Check columns, emptiness and missing values; return a copy restricted to the contract columns."""
+def _contract_columns(frame: pd.DataFrame, required: tuple[str, ...], what: str) -> pd.DataFrame:
+    """Check the type, the columns and that there are rows; return a copy restricted to `required`."""
     if not isinstance(frame, pd.DataFrame):
         raise DtiError(f"{what}: expected a pandas DataFrame, got {type(frame).__name__}")
     missing = [c for c in required if c not in frame.columns]
@@ -98,7 +97,13 @@ def _validate(frame: pd.DataFrame, required: tuple[str, ...], what: str,
         raise DtiError(f"{what}: missing column(s) {missing}; expected {list(required)}")
     if frame.empty:
         raise DtiError(f"{what}: no rows")
-    frame = frame.loc[:, list(required)].reset_index(drop=True)
+    return frame.loc[:, list(required)].reset_index(drop=True)
+
+
+def _validate(frame: pd.DataFrame, required: tuple[str, ...], what: str,
+              row_id: tuple[str, ...]) -> pd.DataFrame:
+    """Check columns, emptiness and missing values; return a copy restricted to the contract columns."""
+    frame = _contract_columns(frame, required, what)
     bad = frame.isna().any(axis=1)
     if bad.any():
         columns = [c for c in required if frame[c].isna().any()]
@@ -304,14 +309,7 @@ def validate_run_costs(runs: pd.DataFrame) -> pd.DataFrame:
     """Return a clean copy of a per-run cost frame (RUN_COST_COLUMNS, typed), or raise DtiError. Seconds,
     parameter counts and memory may be missing (NaN); the labels, steps and resumed_from may not."""
     row_id = ("backbone", "method", "subject")
-    if not isinstance(runs, pd.DataFrame):
-        raise DtiError(f"runs: expected a pandas DataFrame, got {type(runs).__name__}")
-    missing = [c for c in RUN_COST_COLUMNS if c not in runs.columns]
-    if missing:
-        raise DtiError(f"runs: missing column(s) {missing}; expected {list(RUN_COST_COLUMNS)}")
-    if runs.empty:
-        raise DtiError("runs: no rows")
-    frame = runs.loc[:, list(RUN_COST_COLUMNS)].reset_index(drop=True)
+    frame = _contract_columns(runs, tuple(RUN_COST_COLUMNS), "runs")
     required = [*row_id, "steps", "resumed_from", "has_cost"]
     bad = frame[required].isna().any(axis=1)
     if bad.any():
