@@ -82,7 +82,7 @@ try:  # the subject table, names, per-method and per-backbone settings, prompt s
     }
 except DtiError as exc:
     _config_error(str(exc))
-METHODS = config["methods"]  # the methods that run, on every backbone
+METHODS = config["methods"]  # the methods that run: on every backbone, unless its only_methods names fewer
 PROMPT_SETS = config["prompt_sets"]
 SEEDS = config["seeds"]
 
@@ -314,7 +314,7 @@ def score_files():
     return [
         f"results/{b}/{m}/{s}/scores/step-{n}.parquet"
         for b in BACKBONES
-        for m in METHODS
+        for m in BACKBONE_METHODS[b]
         for s in SUBJECTS
         for n in EVAL_STEPS[b]
     ]
@@ -324,7 +324,7 @@ def run_records():
     return [
         {"path": f"{train_dir(b, m, s)}/run.json", "backbone": b, "method": m, "subject": s}
         for b in BACKBONES
-        for m in TRAINED_METHODS
+        for m in trained_methods(BACKBONE_METHODS[b])
         for s in SUBJECTS
     ]
 

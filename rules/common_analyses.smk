@@ -56,6 +56,12 @@ def subject_files(names):
 
 
 # --- interpolation ---------------------------------------------------------------------------------------
+def pair_methods(backbone, pair):
+    """The pair's methods that train on this backbone (a backbone's only_methods may leave some out)."""
+    trained = trained_methods(BACKBONE_METHODS[backbone])
+    return [m for m in PAIRS[pair].methods if m in trained]
+
+
 def pair_runs(wildcards):
     """{method: {"a": run.json, "b": run.json}} of the pair on this backbone."""
     pair = PAIRS[wildcards.pair]
@@ -64,7 +70,7 @@ def pair_runs(wildcards):
             end: f"{train_dir(wildcards.backbone, m, s)}/run.json"
             for end, s in (("a", pair.a), ("b", pair.b))
         }
-        for m in pair.methods
+        for m in pair_methods(wildcards.backbone, wildcards.pair)
     }
 
 
@@ -73,7 +79,19 @@ def pair_run_files(wildcards):
 
 
 def pair_schemes(wildcards):
-    return {m: list(schemes_for(get_method(m).on_sphere)) for m in PAIRS[wildcards.pair].methods}
+    return {
+        m: list(schemes_for(get_method(m).on_sphere))
+        for m in pair_methods(wildcards.backbone, wildcards.pair)
+    }
+
+
+for _backbone in INTERPOLATION_BACKBONES:  # every pair interpolates some method on each of its backbones
+    for _pair in PAIRS:
+        if not pair_methods(_backbone, _pair):
+            _config_error(
+                f"interpolation: none of pair {_pair}'s methods ({', '.join(PAIRS[_pair].methods)}) trains "
+                f"on backbone {_backbone} (backbones.{_backbone}.only_methods)"
+            )
 
 
 def pair_subject(end):

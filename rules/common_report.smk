@@ -10,7 +10,7 @@ def sample_manifests():
             "subject": s,
         }
         for b in BACKBONES
-        for m in METHODS
+        for m in BACKBONE_METHODS[b]
         for s in SUBJECTS
     ]
 

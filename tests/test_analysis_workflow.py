@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 import torch
 import yaml
-from workflow_run import REPO, SHARED, planned_jobs, snakemake
+from workflow_run import REPO, SHARED, SHARED_METHODS, planned_jobs, snakemake
 
 from dti.analysis.interpolation import schemes_for, t_label
 from dti.benchmark_config import load_config_files
@@ -24,9 +24,10 @@ DEFAULT = copy.deepcopy(SHARED)  # the shared run's config (tests/shared_run.yam
 RUN = f"results/runs/{DEFAULT['run_name']}"  # the run's tables, analyses and report files
 BACKBONES = sorted(DEFAULT["backbones"])
 SUBJECTS = sorted(s["name"] for s in DEFAULT["subjects"])
-TRAINED = sorted({get_method(m).trained_as or m for m in DEFAULT["methods"]})
+# The methods trained on each backbone (the shared run gives each added method one backbone: only_methods).
+TRAINED = {b: sorted({get_method(m).trained_as or m for m in SHARED_METHODS[b]}) for b in BACKBONES}
 # Interpolation and the magnitude sweep use tokens alone, so they leave out methods that train an adapter.
-TOKEN_ONLY = token_only(TRAINED)
+TOKEN_ONLY = {b: token_only(TRAINED[b]) for b in BACKBONES}
 INTERP = DEFAULT["interpolation"]
 PAIRS = [(p["a"], p["b"]) for p in INTERP["pairs"]]
 SWEEP = DEFAULT["analysis"]["magnitude"]
@@ -46,8 +47,8 @@ def write_config(path, change):
     return path
 
 
-def variants():
-    return [(m, s) for m in TOKEN_ONLY for s in schemes_for(get_method(m).on_sphere)]
+def variants(backbone):
+    return [(m, s) for m in TOKEN_ONLY[backbone] for s in schemes_for(get_method(m).on_sphere)]
 
 
 def test_every_analysis_output_is_written(default_run):
@@ -78,7 +79,7 @@ def test_training_curves_hold_dti_at_m_and_show_ti_inflating(default_run):
         last = curves[(curves["method"] == "ti") & (curves["step"] == steps)]
         assert (last["norm"] / last["vocab_norm_mean"] > 1.5).all()  # as the norms table shows
         hist = pd.read_parquet(default_run / f"{RUN}/analysis/vocab_norms/{backbone}.parquet")
-        assert sorted(hist.loc[hist["kind"] == "learned", "method"].unique()) == TRAINED
+        assert sorted(hist.loc[hist["kind"] == "learned", "method"].unique()) == TRAINED[backbone]
 
 
 def test_interpolated_embeddings_are_loadable_files(default_run):
@@ -86,7 +87,7 @@ def test_interpolated_embeddings_are_loadable_files(default_run):
     for backbone in INTERP_BACKBONES:
         for a, b in PAIRS:
             folder = default_run / f"{RUN}/interpolation/{backbone}/{a}+{b}/embeddings"
-            for method, scheme in variants():
+            for method, scheme in variants(backbone):
                 for t in INTERP["t"]:
                     here = folder / f"{method}-{scheme}" / t_label(t)
                     _, rows = load_diffusers(here, SLOTS[family[backbone]])
@@ -111,7 +112,7 @@ def test_interpolated_embeddings_are_loadable_files(default_run):
 
 def test_interpolation_table_covers_every_method_and_path(default_run):
     summary = pd.read_parquet(default_run / f"{RUN}/interpolation/summary.parquet")
-    expected = {(b, m, s) for b in INTERP_BACKBONES for m, s in variants()}
+    expected = {(b, m, s) for b in INTERP_BACKBONES for m, s in variants(b)}
     assert set(zip(summary["backbone"], summary["method"], summary["scheme"], strict=True)) == expected
     assert (summary["n_paths"] == len(PAIRS) * len(INTERP["prompts"]) * len(INTERP["seeds"])).all()
     assert (summary["n_steps"] == len(INTERP["t"]) - 1).all()
@@ -126,11 +127,11 @@ def test_magnitude_sweep_covers_every_token_and_scale(default_run):
     assert sorted(p.stem for p in (default_run / f"{RUN}/analysis/magnitude").glob("*.png")) == sorted(SWEEP_BACKBONES)
     for backbone in SWEEP_BACKBONES:
         scores = pd.read_parquet(default_run / f"{RUN}/magnitude/{backbone}/fidelity.parquet")
-        assert len(scores) == len(TOKEN_ONLY) * len(SUBJECTS) * len(SWEEP["scales"]) * len(SWEEP["prompts"]) * len(
+        assert len(scores) == len(TOKEN_ONLY[backbone]) * len(SUBJECTS) * len(SWEEP["scales"]) * len(SWEEP["prompts"]) * len(
             SWEEP["seeds"])
         assert scores[["subject_fidelity", "text_fidelity"]].notna().all().all()
         table = pd.read_parquet(default_run / f"{RUN}/analysis/magnitude/{backbone}.parquet")
-        assert len(table) == len(TOKEN_ONLY) * len(SWEEP["scales"])
+        assert len(table) == len(TOKEN_ONLY[backbone]) * len(SWEEP["scales"])
         assert (table["n_subjects"] == len(SUBJECTS)).all()
 
 
@@ -170,6 +171,10 @@ def test_a_pair_of_different_lengths_fails_naming_it_and_writes_nothing(default_
     (lambda c: c["analysis"]["magnitude"].update(scales=[1, -2]), "analysis.magnitude.scales[1]: -2.0 is not a"),
     (lambda c: c["interpolation"].update(backbones=["tiny_sd3"]), "interpolation.backbones[0]: unknown backbone"),
     (lambda c: c["analysis"]["magnitude"].update(backbones=[]), "analysis.magnitude.backbones: the list is empty"),
+    (lambda c: c["backbones"]["tiny_sd"].update(only_methods=["dti", "magic"]),
+     "backbones.tiny_sd.only_methods[1]: 'magic' is not one of `methods`"),
+    (lambda c: (c["interpolation"].update(backbones=["tiny_sd"]), c["interpolation"]["pairs"][0].update(
+        methods=["dti_core"])), "none of pair striped_box+spotted_pup's methods (dti_core) trains on backbone tiny_sd"),
 ])
 def test_bad_analysis_config_stops_with_one_line_naming_it(tmp_path, change, needle):
     result = snakemake(tmp_path, "-n", "--configfile", str(write_config(tmp_path / "c.yaml", change)), check=False)

@@ -207,6 +207,23 @@ def test_planning_refuses_core_on_a_sana_backbone_and_accepts_it_on_sdxl_alone()
     assert planned(config)
 
 
+def test_a_backbone_leaves_core_out_with_only_methods_and_the_others_still_run_it():
+    from test_paper_config import load, planned
+
+    from dti.benchmark_config import backbone_methods
+
+    config = load("paper.yaml")
+    config["methods"]["core"] = {}
+    with pytest.raises(DtiError, match=r"list the methods sana runs in backbones.sana.only_methods"):
+        planned(config)
+    for name in ("sana", "wan"):
+        config["backbones"][name]["only_methods"] = [m for m in config["methods"] if m != "core"]
+    assert planned(config)
+    assert "core" in backbone_methods(config, "sdxl")
+    assert "core" not in backbone_methods(config, "sana")
+    assert list(backbone_methods(config, "wan")) == [m for m in config["methods"] if m != "core"]
+
+
 def test_training_refuses_core_on_sana_before_any_work(tiny_sana, subject_images, tmp_path):
     with pytest.raises(DtiError, match="training core: method 'core' runs on sd, sdxl backbones only, not sana"):
         _trainer(tiny_sana, subject_images, tmp_path / "run", "core")

@@ -158,7 +158,11 @@ def _set(path: str, value):
 
 @pytest.mark.parametrize(("change", "needle"), [
     (_set("backbones.sana.methods.magic", {"lr": 0.1}),
-     "backbones.sana.methods.magic: 'magic' is not one of `methods`"),
+     "backbones.sana.methods.magic: 'magic' does not run on sana (ti, crossinit, dti)"),
+    (_set("backbones.sana.only_methods", ["dti", "magic"]),
+     "backbones.sana.only_methods[1]: 'magic' is not one of `methods` (ti, crossinit, dti)"),
+    (lambda c: c["backbones"]["sana"].update(only_methods=["dti"], methods={"ti": {"lr": 0.1}}),
+     "backbones.sana.methods.ti: 'ti' does not run on sana (dti)"),
     (_set("backbones.sana.methods.ti.kappa", 1e-4),
      "backbones.sana.methods.ti: method 'ti' takes no hyper-parameter 'kappa'"),
     (_set("backbones.wan.methods.dti.lr", float("nan")), "backbones.wan.methods.dti: method 'dti': lr must be"),

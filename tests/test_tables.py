@@ -462,6 +462,19 @@ def test_ablation_table_puts_dti_beside_its_ablations_with_the_norm_ratio():
     assert r"\textbf{0.600" in latex  # DTI's DINO, the best score, is
 
 
+def test_a_backbone_without_ablations_has_no_block_in_the_ablation_table():
+    """A run whose ablations train on one backbone (a backbone's only_methods) shows that backbone alone: the
+    other backbone's DTI row is in the summary, not in the ablation table."""
+    scores = frame(rows("sdxl", "dti", "a", [0.5]), rows("sdxl", "dti_m_max", "a", [0.2]),
+                   rows("sd", "dti", "a", [0.6]), rows("sd", "ti", "a", [0.9]))
+    norms = frame(norm_rows("dti", "a", [0.4]), norm_rows("dti_m_max", "a", [0.8]),
+                  norm_rows("dti", "a", [0.4], backbone="sd"), norm_rows("ti", "a", [2.0], backbone="sd"))
+    tables = build_tables(scores, norms)
+    assert set(tables["ablation"]["backbone"]) == {"sdxl"}
+    assert set(tables["summary"]["backbone"]) == {"sd", "sdxl"}
+    assert one(tables["ablation"], method="dti", metric="dino")["mean"] == pytest.approx(0.5)
+
+
 def test_no_ablation_table_without_ablations():
     from dti.tables import TABLE_NAMES, table_names
 

@@ -17,12 +17,14 @@ import pandas as pd
 import pytest
 import yaml
 from PIL import Image
-from workflow_run import REPO, SHARED, planned_jobs, snakemake
+from workflow_run import REPO, SHARED, SHARED_METHODS, planned_jobs, snakemake
 
 DEFAULT = copy.deepcopy(SHARED)  # the shared run's config (tests/shared_run.yaml)
 RUN = f"results/runs/{DEFAULT['run_name']}"  # the run's tables, analyses and report files
 BACKBONES = sorted(DEFAULT["backbones"])
 METHODS = sorted(DEFAULT["methods"])
+# Each backbone runs its own methods (tests/shared_run.yaml gives each added method one backbone).
+RUNS_ON = {(b, m) for b, methods in SHARED_METHODS.items() for m in methods}
 SUBJECTS = sorted(s["name"] for s in DEFAULT["subjects"])
 SEEDS = DEFAULT["seeds"]
 PROMPTS_PER_SET = DEFAULT["prompt_limit"]
@@ -31,7 +33,7 @@ TRAIN = {b: DEFAULT["backbones"][b]["train"] for b in BACKBONES}
 assert len({(t["steps"], t["save_every"]) for t in TRAIN.values()}) == 1  # the checks below assume one schedule
 LAST_STEP, SAVE_EVERY = TRAIN[BACKBONES[0]]["steps"], TRAIN[BACKBONES[0]]["save_every"]
 STEPS = DEFAULT.get("eval_steps") or [LAST_STEP]
-CHAINS = len(BACKBONES) * len(METHODS) * len(SUBJECTS)
+CHAINS = len(RUNS_ON) * len(SUBJECTS)
 AUTHORS_PROMPTS = next((p for p in (REPO.parent / "shared/third_party/kunheek-dti/prompts.py",
                                     Path("/work/shared/third_party/kunheek-dti/prompts.py")) if p.is_file()), None)
 
@@ -84,7 +86,7 @@ def test_tables_cover_the_whole_grid(default_run):
 
     # The headline tables: the first prompt set (never pooled with the other) at the last step.
     summary = pd.read_parquet(default_run / f"{RUN}/tables/summary.parquet")
-    grid = {(b, m, x) for b in BACKBONES for m in METHODS for x in metrics}
+    grid = {(b, m, x) for b, m in RUNS_ON for x in metrics}
     assert set(zip(summary["backbone"], summary["method"], summary["metric"], strict=True)) == grid
     assert set(summary["prompt_set"]) == {PROMPT_SETS[0]} and set(summary["step"]) == {max(STEPS)}
     assert (summary["n_subjects"] == len(SUBJECTS)).all()
@@ -98,7 +100,7 @@ def test_tables_cover_the_whole_grid(default_run):
     per_subject = pd.read_parquet(default_run / f"{RUN}/tables/per_subject.parquet")
     assert len(per_subject) == CHAINS * len(PROMPT_SETS) * len(metrics)
     over_steps = pd.read_parquet(default_run / f"{RUN}/tables/over_steps.parquet")
-    assert len(over_steps) == len(BACKBONES) * len(PROMPT_SETS) * len(METHODS) * len(STEPS) * len(metrics)
+    assert len(over_steps) == len(RUNS_ON) * len(PROMPT_SETS) * len(STEPS) * len(metrics)
     assert "Step" in (default_run / f"{RUN}/tables/over_steps.tex").read_text()
 
 
@@ -121,8 +123,11 @@ def test_the_ablation_table_puts_dti_beside_its_variants(default_run):
     table = pd.read_parquet(default_run / f"{RUN}/tables/ablation.parquet")
     assert sorted(table["method"].unique()) == sorted(["dti", *variants])
     ratio = table[table["metric"] == "norm_ratio"]
+    ablated = [b for b in BACKBONES if any(REGISTRY[m].ablation_of for m in SHARED_METHODS[b])]
+    assert ablated == ["tiny_sdxl"]
+    assert set(table["backbone"]) == set(ablated)  # tiny_sd runs DTI but no ablation of it: no block of its own
     assert set(zip(ratio["backbone"], ratio["metric_model"], strict=True)) == {
-        ("tiny_sd", "clip_l"), ("tiny_sdxl", "clip_l"), ("tiny_sdxl", "clip_g")}
+        ("tiny_sdxl", "clip_l"), ("tiny_sdxl", "clip_g")}
     fixed = ratio[ratio["method"].map(lambda m: REGISTRY[m].on_sphere)]
     assert (fixed["mean"] - 1).abs().max() < 1e-5  # DTI and the retracted AdamW keep the norm m exactly
     trained = ratio[ratio["method"] == "dti_trained_norm"]
@@ -136,12 +141,13 @@ def test_the_ablation_table_puts_dti_beside_its_variants(default_run):
 
 
 def test_core_and_dti_with_core_run_end_to_end_beside_the_other_methods(default_run):
-    """The shared run trains CoRe and DTI + CoRe (tests/shared_run.yaml) on both tiny backbones: their rows are
+    """The shared run trains CoRe and DTI + CoRe (tests/shared_run.yaml), one tiny backbone each: their rows are
     in the summary, the LaTeX and the report's table page under their display names; DTI + CoRe keeps the
     norm m; CoRe's norm is held over steps 5-8 (its window in the shared run) and moves outside it."""
     summary = pd.read_parquet(default_run / f"{RUN}/tables/summary.parquet")
-    for method in ("core", "dti_core"):
-        assert set(summary.loc[summary["method"] == method, "backbone"]) == set(BACKBONES)
+    for method, backbone in (("core", "tiny_sd"), ("dti_core", "tiny_sdxl")):
+        assert {b for b, m in RUNS_ON if m == method} == {backbone}
+        assert set(summary.loc[summary["method"] == method, "backbone"]) == {backbone}
     tex = (default_run / f"{RUN}/tables/summary.tex").read_text()
     page = (default_run / f"{RUN}/report/tables/summary.html").read_text()
     for shown in (tex, page):
@@ -149,7 +155,7 @@ def test_core_and_dti_with_core_run_end_to_end_beside_the_other_methods(default_
     norms = pd.read_parquet(default_run / f"{RUN}/tables/norms.parquet")
     assert (norms.loc[norms["method"] == "dti_core", "ratio"] - 1).abs().max() < 1e-5
     hold = DEFAULT["methods"]["core"]
-    for backbone in BACKBONES:
+    for backbone in sorted(b for b, m in RUNS_ON if m == "core"):
         log = default_run / f"results/{backbone}/core/spotted_pup/train_log.jsonl"
         records = {r["step"]: r["norm"]["clip_l"][0] for r in map(json.loads, log.read_text().splitlines())}
         held = [records[s] for s in range(hold["rescale_from"], hold["rescale_until"] + 1)]
@@ -158,25 +164,25 @@ def test_core_and_dti_with_core_run_end_to_end_beside_the_other_methods(default_
 
 
 def test_token_plus_weights_methods_run_end_to_end_with_their_adapters(default_run):
-    """The shared run trains DTI + DCO and TI + OFT (tests/shared_run.yaml) on both tiny backbones: each run
+    """The shared run trains DTI + DCO and TI + OFT (tests/shared_run.yaml), one tiny backbone each: each run
     saved an adapter per checkpoint (with its provenance), the sampled checkpoints are scored, and the
     cost table records the adapter's parameters beside the token's."""
     from dti.adapters import adapter_dir, describe_adapter
 
     summary = pd.read_parquet(default_run / f"{RUN}/tables/summary.parquet")
     cost = pd.read_parquet(default_run / f"{RUN}/tables/cost.parquet")
-    for method, kind in (("dti_dco", "lora"), ("ti_oft", "oft")):
-        assert set(summary.loc[summary["method"] == method, "backbone"]) == set(BACKBONES)
-        for backbone in BACKBONES:
-            run = default_run / f"results/{backbone}/{method}/spotted_pup"
-            for step in (*range(SAVE_EVERY, LAST_STEP + 1, SAVE_EVERY), None):
-                described = describe_adapter(run / adapter_dir(step))
-                assert described["kind"] == kind and described["update_norm"] > 0
-                assert described["metadata"]["dti.method"] == method
-            recorded = json.loads((run / "run.json").read_text())["cost"]
-            assert recorded["adapter"] == kind and recorded["adapter_parameters"] == described["parameters"]
-            row = cost[(cost["backbone"] == backbone) & (cost["method"] == method)]
-            assert len(row) == 1 and int(row["adapter_parameters"].iloc[0]) == described["parameters"]
+    for method, kind, backbone in (("dti_dco", "lora", "tiny_sd"), ("ti_oft", "oft", "tiny_sdxl")):
+        assert {b for b, m in RUNS_ON if m == method} == {backbone}
+        assert set(summary.loc[summary["method"] == method, "backbone"]) == {backbone}
+        run = default_run / f"results/{backbone}/{method}/spotted_pup"
+        for step in (*range(SAVE_EVERY, LAST_STEP + 1, SAVE_EVERY), None):
+            described = describe_adapter(run / adapter_dir(step))
+            assert described["kind"] == kind and described["update_norm"] > 0
+            assert described["metadata"]["dti.method"] == method
+        recorded = json.loads((run / "run.json").read_text())["cost"]
+        assert recorded["adapter"] == kind and recorded["adapter_parameters"] == described["parameters"]
+        row = cost[(cost["backbone"] == backbone) & (cost["method"] == method)]
+        assert len(row) == 1 and int(row["adapter_parameters"].iloc[0]) == described["parameters"]
     token_only = cost[cost["method"] == "dti"]
     assert (token_only["adapter_parameters"] == 0).all()
 
@@ -228,7 +234,7 @@ def test_replaced_photo_reruns_only_that_subject(default_run, tmp_path):
     Image.new("RGB", (96, 96), (200, 30, 30)).save(photo)
     jobs = planned_jobs(work)
     counts = jobs_by_rule(jobs)
-    per_subject = len(BACKBONES) * len(METHODS)
+    per_subject = len(RUNS_ON)
     assert counts == Counter({"prepare_subject": 1, "train": per_subject, "sample": per_subject * len(STEPS),
                               "score": per_subject * len(STEPS), "aggregate": 1, "all": 1}) + ANALYSIS_RERUN
     assert {wc.get("subject") for rule, wc in jobs if rule in ("prepare_subject", "train", "sample", "score")} == {
@@ -246,7 +252,7 @@ def test_new_initializer_reruns_only_that_subject(default_run, tmp_path):
     jobs = planned_jobs(work, "--configfile", str(write_config(tmp_path / "c.yaml", change)))
     assert {wc.get("subject") for rule, wc in jobs if rule in ("prepare_subject", "train", "sample", "score")} == {
         "plush_bear"}
-    assert jobs_by_rule(jobs)["train"] == len(BACKBONES) * len(METHODS)
+    assert jobs_by_rule(jobs)["train"] == len(RUNS_ON)
 
 
 def test_new_learning_rate_reruns_only_that_method(default_run, tmp_path):

@@ -11,7 +11,7 @@ import threading
 import time
 from pathlib import Path
 
-from dti.benchmark_config import load_config_files
+from dti.benchmark_config import backbone_methods, load_config_files
 
 REPO = Path(__file__).resolve().parents[1]
 SNAKEFILE = REPO / "Snakefile"
@@ -19,6 +19,8 @@ SNAKEFILE = REPO / "Snakefile"
 # workflow sees it; a call that names no config of its own runs with it.
 SHARED_CONFIG = REPO / "tests" / "shared_run.yaml"
 SHARED = load_config_files([SHARED_CONFIG])
+# {backbone: [method]}: the methods the shared run runs on each backbone (its only_methods).
+SHARED_METHODS = {b: list(backbone_methods(SHARED, b)) for b in SHARED["backbones"]}
 EMBEDDED_DEFAULT = REPO / "config" / "config.yaml"
 
 

@@ -64,12 +64,16 @@ def check_config(config: dict, subjects: list[tuple[str, dict]]) -> dict[str, di
             raise DtiError(f"backbones: the name {key!r} is reserved ({RUNS_DIR}/ holds each run's tables); "
                            "rename the backbone")
     check_methods(config["methods"])
-    for key, spec in enabled_backbones(config).items():  # a method defined for some families only (CoRe)
-        for name in config["methods"]:
-            get_method(name).check_family(spec["family"], f"backbones.{key}")
     for key in config["backbones"]:  # every backbone, also those only_backbones leaves out
         backbone_methods(config, key)
         eval_steps(config, key)
+    for key, spec in enabled_backbones(config).items():  # a method defined for some families only (CoRe)
+        for name in backbone_methods(config, key):
+            try:
+                get_method(name).check_family(spec["family"], f"backbones.{key}")
+            except DtiError as err:
+                raise DtiError(f"{err}; to run it on the other backbones, list the methods {key} runs in "
+                               f"backbones.{key}.only_methods") from err
     # The hyper-parameters were checked as their flags check them (above); every other number of the config
     # as `dti`'s flags would take it: not NaN or infinite, within 64 bits or float32, seeds >= 0.
     check_numbers(config)
@@ -234,16 +238,25 @@ def trained_methods(methods) -> list[str]:
 
 
 def backbone_methods(config: dict, backbone: str) -> dict[str, dict]:
-    """{method: hyper-parameters} on `backbone`: each global `methods` entry with the backbone's own
-    `methods` entry for it merged over it, key by key. The methods that run are the global ones: a
-    backbone entry for another method is an error, as is a merged setting the method does not take."""
+    """{method: hyper-parameters} of the methods that run on `backbone`: the global `methods` (or those of
+    them its `only_methods` names, in the global order), each with the backbone's own `methods` entry for
+    it merged over it, key by key. A name in either that is not a method running there is an error, as is
+    a merged setting the method does not take."""
     methods = config["methods"]
-    overrides = config["backbones"][backbone].get("methods") or {}
+    spec = config["backbones"][backbone]
+    only = spec.get("only_methods")
+    if only is not None:
+        for i, name in enumerate(only):
+            if name not in methods:
+                raise DtiError(f"backbones.{backbone}.only_methods[{i}]: {name!r} is not one of `methods` "
+                               f"({', '.join(methods)}); a backbone picks among the global methods")
+        methods = {name: hp for name, hp in methods.items() if name in only}
+    overrides = spec.get("methods") or {}
     where = f"backbones.{backbone}.methods"
     for name in overrides:
         if name not in methods:
-            raise DtiError(f"{where}.{name}: {name!r} is not one of `methods` ({', '.join(methods)}); the "
-                           "methods that run are the global ones, a backbone only changes their settings")
+            raise DtiError(f"{where}.{name}: {name!r} does not run on {backbone} ({', '.join(methods)}); a "
+                           "backbone only changes the settings of the methods that run on it")
     settings = {name: {**(hp or {}), **(overrides.get(name) or {})} for name, hp in methods.items()}
     for name in overrides:
         try:

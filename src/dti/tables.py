@@ -258,11 +258,14 @@ def _norms_table(norms: pd.DataFrame) -> pd.DataFrame:
 
 
 def _ablation_table(summary: pd.DataFrame, norms: pd.DataFrame, *, n_boot: int, seed: int) -> pd.DataFrame | None:
-    """The summary's rows of DTI's ablations and the methods they vary, with the final norm ratio per encoder."""
+    """The summary's rows of DTI's ablations and the methods they vary, with the final norm ratio per encoder;
+    a block per backbone that ran an ablation (one that ran only the methods varied has none)."""
     rows = ablation_methods(summary["method"].unique())
     if not rows:
         return None
-    scores = summary[summary["method"].isin(rows)]
+    ablated = {b for b, part in summary.groupby("backbone") if any(_METHODS[m].ablation_of
+                                                                     for m in part["method"].unique() if m in _METHODS)}
+    scores = summary[summary["method"].isin(rows) & summary["backbone"].isin(ablated)]
     at = scores.drop_duplicates("backbone").set_index("backbone")[["prompt_set", "step"]]
     norms = norms[norms["method"].isin(rows) & norms["backbone"].isin(at.index)]
     per_subject = (norms.assign(ratio=norms["norm"] / norms["vocab_norm_mean"])
