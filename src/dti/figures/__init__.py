@@ -15,8 +15,14 @@ import matplotlib
 matplotlib.use("Agg")  # before pyplot: jobs and tests have no display
 
 METHOD_COLORS = {"dti": "#1f5fbf", "ti": "#d1372e", "crossinit": "#2e9a4a", "ti_rescaled": "#e08a1e"}
+# The other registered methods take these in the registry's order (dti.methods.METHODS), one each: chosen
+# greedily to lie far apart from one another and from METHOD_COLORS in CIELAB (every pair at least 20
+# apart), none too light to read on white.
+METHOD_PALETTE = ("#8c6d31", "#7b4fa0", "#17a2b8", "#e7298a", "#e7969c", "#636363", "#843c39", "#9e9ac8",
+                  "#e377c2", "#8ca252", "#fc8d62", "#1f78b4", "#66a61e", "#bd9e39", "#a65628", "#e6550d",
+                  "#1b9e77", "#d6616b", "#393b79", "#999999")
 SCHEME_STYLES = {"slerp": "-", "lerp": "--"}
-_FALLBACK = ["#7b4fa0", "#8c6d31", "#17a2b8", "#666666"]
+_GOLDEN = 0.6180339887498949
 PNG_DPI = 110
 
 
@@ -31,10 +37,31 @@ def model_footnote(fig, *labels: str) -> None:
     fig.text(0.01, 0.0, "metric models: " + "; ".join(labels), fontsize=6.5, color="#666666", va="top")
 
 
+def _spread_color(n: int) -> str:
+    """The n-th of an endless sequence of hues a golden-ratio turn apart (a mid lightness, readable)."""
+    from colorsys import hsv_to_rgb
+
+    from matplotlib.colors import to_hex
+
+    return to_hex(hsv_to_rgb((0.11 + n * _GOLDEN) % 1.0, 0.7, 0.72 if n % 2 else 0.55))
+
+
 def method_color(method: str) -> str:
+    """A method's colour in every figure: fixed for DTI, TI, CrossInit and TI-rescaled, then
+    METHOD_PALETTE in the registry's order (so every registered method has its own, and registering one
+    later changes no earlier method's colour); past the palette, and for names the registry does not hold,
+    a hue of their own (from the registry index, or a CRC of the name)."""
+    import zlib
+
+    from dti.methods import METHODS
+
     if method in METHOD_COLORS:
         return METHOD_COLORS[method]
-    return _FALLBACK[sum(map(ord, method)) % len(_FALLBACK)]
+    others = [m for m in METHODS if m not in METHOD_COLORS]
+    if method in others:
+        index = others.index(method)
+        return METHOD_PALETTE[index] if index < len(METHOD_PALETTE) else _spread_color(index)
+    return _spread_color(zlib.crc32(str(method).encode()) % 1000)
 
 
 def new_figure(width: float, height: float, rows: int = 1, cols: int = 1, **kwargs):
