@@ -22,6 +22,13 @@ class Slot:
     encoder: str  # its pipeline component (and model subfolder): text_encoder, text_encoder_2
     tokenizer: str  # its tokenizer's: tokenizer, tokenizer_2
     table: str  # how the token-embedding table's key ends in the encoder's safetensors (read without a model)
+    # How it adds position: "absolute" (a learned row added to the token's before the first LayerNorm: the
+    # positional probe of dti.analysis.positional applies), "rotary" or "relative" (inside attention: no
+    # position row to drown, so the probe does not apply).
+    positions: str = "absolute"
+    # A decoder-only language model whose head is its input table (Gemma-2): its tokens can be decoded
+    # back to text (dti.analysis.decoding).
+    language_model: bool = False
 
 
 @dataclass(frozen=True)
@@ -40,9 +47,11 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
     Family("sd", "StableDiffusionPipeline", _ONE),
     Family("sdxl", "StableDiffusionXLPipeline",
            _ONE + (Slot("clip_g", "text_encoder_2", "tokenizer_2", _CLIP_TABLE),)),
-    Family("sana", "SanaPipeline", (Slot("gemma2", "text_encoder", "tokenizer", "embed_tokens.weight"),),
+    Family("sana", "SanaPipeline", (Slot("gemma2", "text_encoder", "tokenizer", "embed_tokens.weight",
+                                         positions="rotary", language_model=True),),
            textual_inversion_clients=False),
-    Family("wan", "WanPipeline", (Slot("umt5", "text_encoder", "tokenizer", "shared.weight"),),
+    Family("wan", "WanPipeline", (Slot("umt5", "text_encoder", "tokenizer", "shared.weight",
+                                       positions="relative"),),
            textual_inversion_clients=False),
 )}
 

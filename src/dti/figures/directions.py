@@ -40,20 +40,12 @@ def directions_caption(projection, initializer: str = "initializer") -> str:
             f"plane: {kept}.")
 
 
-def directions_figure(projection, *, title: str, initializer: str = "initializer", words=(),
-                      caption: bool = True):
-    """Scatter of a DirectionProjection on its first two components: the vocabulary sample as light grey
-    points (those whose text is in `words` labelled, when the projection has token text), each token's
-    vectors as points in its method's colour (dti.figures.method_color), its initializer as a black cross.
-    Labels follow dti.analysis.directions: "method[/detail]", and `initializer` (or "initializer/word")
-    for the initializer's rows. Axes give each component's share of the variance; `caption` puts
-    directions_caption under the plot, so the figure explains itself outside the report."""
+def _draw(ax, projection, *, initializer: str, words=()) -> None:
+    """One projection's scatter into `ax` (directions_figure says what it shows)."""
     points = projection.points
     ratios = projection.explained_variance_ratio
     if len(ratios) < 2:
         raise ValueError("a direction scatter needs a projection on at least two components")
-    fig, axes = new_figure(7.4, 5.0)
-    ax = axes[0][0]
     vocab = points[points["kind"] == "vocabulary"]
     ax.scatter(vocab["pc1"], vocab["pc2"], s=5, color=_VOCAB_GREY, linewidths=0, alpha=0.7, zorder=1,
                label=f"vocabulary ({len(vocab)} tokens)")
@@ -80,13 +72,48 @@ def directions_figure(projection, *, title: str, initializer: str = "initializer
     ax.set_aspect("equal", adjustable="datalim")
     ax.axhline(0, color="#eeeeee", linewidth=0.8, zorder=0)
     ax.axvline(0, color="#eeeeee", linewidth=0.8, zorder=0)
+
+
+def _caption_under(fig, text: str, width: int) -> None:
+    import textwrap
+
+    fig.text(0.01, 0.0, "\n".join(textwrap.wrap(text, width)), fontsize=6.5, color="#666666", va="top")
+
+
+def directions_figure(projection, *, title: str, initializer: str = "initializer", words=(),
+                      caption: bool = True):
+    """Scatter of a DirectionProjection on its first two components: the vocabulary sample as light grey
+    points (those whose text is in `words` labelled, when the projection has token text), each token's
+    vectors as points in its method's colour (dti.figures.method_color), its initializer as a black cross.
+    Labels follow dti.analysis.directions: "method[/detail]", and `initializer` (or "initializer/word")
+    for the initializer's rows. Axes give each component's share of the variance; `caption` puts
+    directions_caption under the plot, so the figure explains itself outside the report."""
+    fig, axes = new_figure(7.4, 5.0)
+    ax = axes[0][0]
+    _draw(ax, projection, initializer=initializer, words=words)
     ax.legend(fontsize=7.5, loc="upper left", bbox_to_anchor=(1.01, 1.0), markerscale=1.0)
     ax.set_title(title)
     fig.tight_layout()
     if caption:
-        import textwrap
-
-        text = "\n".join(textwrap.wrap(directions_caption(projection, initializer), 110))
-        fig.text(0.01, 0.0, text, fontsize=6.5, color="#666666", va="top")
+        _caption_under(fig, directions_caption(projection, initializer), 110)
     return fig
 
+
+def directions_panels(projections, *, title: str, initializer: str = "initializer", caption: bool = True):
+    """directions_figure for several text encoders side by side ({encoder name: projection}, one panel
+    each, in order), one legend for all (the same labels in every panel) and each panel's caption line."""
+    projections = dict(projections)
+    if not projections:
+        raise ValueError("no projection to draw")
+    fig, axes = new_figure(4.6 * len(projections) + 2.2, 4.8, cols=len(projections))
+    for ax, (name, projection) in zip(axes[0], projections.items(), strict=True):
+        _draw(ax, projection, initializer=initializer)
+        ax.set_title(name, fontsize=9)
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    axes[0][-1].legend(handles, labels, fontsize=7.5, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    fig.suptitle(title)
+    fig.tight_layout()
+    if caption:
+        _caption_under(fig, " ".join(f"{name}: {directions_caption(p, initializer)}"
+                                     for name, p in projections.items()), 60 * len(projections) + 50)
+    return fig

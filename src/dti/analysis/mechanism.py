@@ -1,0 +1,380 @@
+"""The mechanism analyses as jobs: every trained token of one backbone measured inside its text encoder(s).
+
+Each function here is one workflow job's work (rules/mechanism.smk; definitions in docs/analysis.md,
+"Mechanism"): it loads the backbone once, installs every run's learned rows, measures, and writes a Parquet
+table with its figure (PNG + PDF). The measurements themselves live in dti.analysis.positional,
+dti.analysis.residual, dti.analysis.directions, dti.analysis.attention and dti.analysis.decoding.
+
+Tokens. A run's rows are installed under a name of their own (`<mechanism-{method}-{subject}>`), since every
+method's token of a subject shares the subject's placeholder. Beside the methods, a reference token named
+"vocabulary" per subject holds the vocabulary rows of the subject's initializer (its class noun, unless
+the run started elsewhere), installed the same way: an ordinary word measured by the same code path.
+
+Pooling. A method's numbers pool its subjects: the probe scores every row of every subject's token at
+every position; the residual ratio and the contextualization distance are bootstrapped over (subject,
+prompt) units, and a distance compares two prompts of the same subject only.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from dti.errors import DtiError
+
+SCALES = (0.5, 1.0, 2.0, 4.0, 8.0, 16.0)
+VOCABULARY = "vocabulary"  # the reference token's method label: the initializer's own vocabulary rows
+PROBE_DEFAULTS = {"steps": 1000, "batch_size": 32, "seed": 0}
+DIRECTIONS_DEFAULTS = {"sample": 2000, "nearest": 5}
+ATTENTION_DEFAULTS = {"prompts": ["a photo of a {}"], "scales": [4.0], "seeds": [0]}
+N_BOOT = 1000
+
+
+# --- settings -------------------------------------------------------------------------------------------
+def _positive_scales(values, key: str) -> list[float]:
+    scales = [float(s) for s in values]
+    if not scales:
+        raise DtiError(f"{key}: the list is empty")
+    for i, scale in enumerate(scales):
+        if not (scale > 0 and math.isfinite(scale)):
+            raise DtiError(f"{key}[{i}]: {scale} is not a positive number")
+    return sorted(set(scales))
+
+
+def check_mechanism(config: dict) -> dict:
+    """The `analysis.mechanism` settings, checked, with defaults; errors name the key."""
+    from dti.prompts import analysis_prompts_and_seeds, check_template
+
+    key = "analysis.mechanism"
+    scales = _positive_scales(config.get("scales", SCALES), f"{key}.scales")
+    prompts = config.get("prompts")
+    if prompts is not None:
+        if len(prompts) < 2:
+            raise DtiError(f"{key}.prompts: give at least two templates (contextualization compares prompts)")
+        for i, prompt in enumerate(prompts):
+            check_template(prompt, f"{key}.prompts[{i}]")
+    probe = {**PROBE_DEFAULTS, **(config.get("probe") or {})}
+    for name in ("steps", "batch_size"):
+        if int(probe[name]) < 1:
+            raise DtiError(f"{key}.probe.{name}: {probe[name]} is not at least 1")
+    directions = {**DIRECTIONS_DEFAULTS, **(config.get("directions") or {})}
+    for name in ("sample", "nearest"):
+        if int(directions[name]) < 1:
+            raise DtiError(f"{key}.directions.{name}: {directions[name]} is not at least 1")
+    attention = {**ATTENTION_DEFAULTS, **(config.get("attention") or {})}
+    attention_prompts, seeds = analysis_prompts_and_seeds(attention, f"{key}.attention")
+    attention = {"prompts": attention_prompts, "seeds": seeds,
+                 "scales": _positive_scales(attention["scales"], f"{key}.attention.scales")}
+    return {"scales": scales, "prompts": prompts, "probe": probe, "directions": directions,
+            "attention": attention}
+
+
+def measured_templates(templates: Sequence[str] | None) -> list[str]:
+    """The templates the residual and contextualization jobs fill with each token: the given ones, or the
+    project's complex prompt set (src/dti/data/prompts/complex.txt), the prompts whose context the paper
+    says an inflated token ignores."""
+    from dti.data import DATA_DIR
+    from dti.prompts import read_prompt_file
+
+    return list(templates) if templates else read_prompt_file(DATA_DIR / "prompts" / "complex.txt")
+
+
+# --- tokens ---------------------------------------------------------------------------------------------
+def run_tokens(runs: list[dict], slots: Sequence[str]) -> list[dict]:
+    """Per run ({"path": run.json, "method", "subject"}): its method, subject, initializer and final rows
+    {slot: [k, d] fp32}."""
+    from dti.export import load_diffusers
+
+    tokens = []
+    for run in runs:
+        record = json.loads(Path(run["path"]).read_text())
+        _, vectors = load_diffusers(Path(run["path"]).parent, list(slots))
+        tokens.append({"method": run["method"], "subject": run["subject"],
+                       "initializer": record["settings"]["initializer"],
+                       "vectors": {s: v.detach().float().cpu() for s, v in vectors.items()}})
+    if not tokens:
+        raise DtiError("no trained run to measure on this backbone")
+    return tokens
+
+
+def vocabulary_tokens(backbone, tokens: list[dict]) -> list[dict]:
+    """One reference token per subject: the vocabulary rows of its initializer, in every slot."""
+    from dti.tokens import initializer_ids
+
+    seen, out = set(), []
+    for token in tokens:
+        if token["subject"] in seen:
+            continue
+        seen.add(token["subject"])
+        vectors = {}
+        for slot in backbone.slots:
+            ids = initializer_ids(slot.tokenizer, token["initializer"])
+            table = slot.encoder.get_input_embeddings().weight
+            vectors[slot.name] = table[ids].detach().float().cpu()
+        out.append({"method": VOCABULARY, "subject": token["subject"], "initializer": token["initializer"],
+                    "vectors": vectors})
+    return out
+
+
+def install(backbone, token: dict) -> str:
+    """Install the token's rows under its own name; returns its name (what dti.analysis.residual resolves)."""
+    from dti.sample import set_token_rows
+
+    name = f"<mechanism-{token['method']}-{token['subject']}>"
+    set_token_rows(backbone, name, token["vectors"])
+    return name
+
+
+def token_text(backbone, name: str, k: int) -> str:
+    """How the installed token's k pieces are written in a prompt (each piece its own tokenizer entry)."""
+    from dti.token_names import placeholder_tokens
+
+    return backbone.prompt_text(placeholder_tokens(name, k))
+
+
+def vocab_norm(slot) -> float:
+    """m: the mean norm of the slot's vocabulary rows (dti.tokens.resolve_magnitude)."""
+    from dti.tokens import resolve_magnitude
+
+    return float(resolve_magnitude(slot.encoder.get_input_embeddings().weight, "mean"))
+
+
+# --- 1. positional attenuation --------------------------------------------------------------------------
+def probe_slots(backbone) -> list:
+    """The backbone's text encoders that add a learned position row to each token (family table)."""
+    from dti.families import check_family
+
+    kinds = {s.name: s.positions for s in check_family(backbone.family).slots}
+    return [slot for slot in backbone.slots if kinds[slot.name] == "absolute"]
+
+
+def write_probes(model_json: str, out_file: str, *, steps: int, batch_size: int, seed: int,
+                 device: str | None = None) -> None:
+    """Train one position probe per text encoder with absolute positions (dti.analysis.positional), on the
+    project's corpus (`probe_corpus`), seeded; all of them in one safetensors file, their recipes in its
+    metadata."""
+    import torch
+
+    from dti.analysis.positional import probe_corpus, train_probe
+    from dti.io import write_bytes
+    from dti.model_record import load_recorded_backbone
+    from dti.tensor_files import safetensors_bytes
+
+    backbone = load_recorded_backbone(model_json, device)
+    slots = probe_slots(backbone)
+    if not slots:
+        raise DtiError(f"backbone family {backbone.family}: no text encoder adds absolute positions, so the "
+                       "position probe does not apply (docs/analysis.md)")
+    corpus = probe_corpus()
+    tensors, meta = {}, {}
+    for slot in slots:
+        with torch.enable_grad():
+            probe = train_probe(slot.encoder, slot.tokenizer, corpus, seed=seed, steps=steps, batch_size=batch_size)
+        tensors.update({f"{slot.name}.{k}": v.contiguous() for k, v in probe.state.items()})
+        meta[slot.name] = probe.meta
+    write_bytes(out_file, safetensors_bytes(tensors, {"dti.probes": json.dumps(meta, sort_keys=True)}))
+
+
+def read_probes(path: str) -> dict:
+    """{slot: Probe} from write_probes' file."""
+    from safetensors import safe_open
+
+    from dti.analysis.positional import Probe
+
+    with safe_open(path, "pt") as f:
+        meta = json.loads(f.metadata()["dti.probes"])
+        tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is not a dict)
+    return {slot: Probe({k.split(".", 1)[1]: v for k, v in tensors.items() if k.split(".", 1)[0] == slot}, info)
+            for slot, info in meta.items()}
+
+
+def positional_table(backbone, probes: dict, tokens: list[dict], scales: Sequence[float], *,
+                     labels: dict) -> pd.DataFrame:
+    """Probe accuracy per encoder: the vocabulary's own tokens as they are and rescaled to k x m, and every
+    method's learned rows (all subjects pooled) at every real position, as trained and rescaled."""
+    import torch
+
+    from dti.analysis.positional import HELD_OUT_NOUNS, _tokenize, probe_corpus, scale_sweep
+
+    prompts = probe_corpus(HELD_OUT_NOUNS)
+    frames = []
+    for slot in probe_slots(backbone):
+        m = vocab_norm(slot)
+        learned = {}
+        for token in tokens:
+            learned.setdefault(token["method"], []).append(token["vectors"][slot.name])
+        learned = {method: torch.cat(rows) for method, rows in learned.items()}
+        table = scale_sweep(probes[slot.name], slot.encoder, slot.tokenizer, prompts, scales=scales,
+                            learned=learned)
+        ids, real = _tokenize(slot.encoder, slot.tokenizer, prompts)
+        rows = slot.encoder.get_input_embeddings().weight.detach().float().cpu()
+        as_is = {"vocabulary": rows[ids[real]].norm(dim=-1).mean().item() / m,
+                 **{method: r.norm(dim=-1).mean().item() / m for method, r in learned.items()}}
+        table = table.rename(columns={"token": "method"})
+        table["norm_ratio"] = [s if not np.isnan(s) else as_is[t] for t, s in zip(table["method"], table["scale"],
+                                                                                    strict=True)]
+        frames.append(table.assign(**labels, encoder=slot.name))
+    if not frames:
+        raise DtiError(f"backbone family {backbone.family}: no text encoder for the position probe")
+    table = pd.concat(frames, ignore_index=True)
+    first = [*labels, "encoder", "method", "scale", "norm_ratio"]
+    return table[first + [c for c in table.columns if c not in first]]
+
+
+def write_positional(probe_file: str, model_json: str, runs: list[dict], out_stem: str, *, labels: dict,
+                     scales: Sequence[float], device: str | None = None) -> None:
+    """The positional-attenuation table and figure of one backbone (out_stem.parquet, .png, .pdf)."""
+    from dti.model_record import load_recorded_backbone
+
+    backbone = load_recorded_backbone(model_json, device)
+    tokens = run_tokens(runs, [s.name for s in backbone.slots])
+    table = positional_table(backbone, read_probes(probe_file), tokens, scales, labels=labels)
+    _write(table, out_stem, "positional_figure",
+           f"Position left after the first LayerNorm: {labels.get('backbone', backbone.family)}")
+
+
+# --- 2 and 3. residual updates and contextualization ----------------------------------------------------
+def encoder_sweeps(backbone, tokens: list[dict], templates: Sequence[str], scales: Sequence[float],
+                   ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """dti.analysis.residual.norm_sweep of every token (the vocabulary references included) in every text
+    encoder, as trained and at each k x m: the raw residual and distance tables, with `encoder`, `method`,
+    `subject` and prompt ids made unique per subject (so a bootstrap over prompts resamples (subject,
+    prompt) units and a distance never pairs two subjects)."""
+    from dti.analysis.residual import FEATURES, norm_sweep
+    from dti.prompts import render
+
+    residual, context = [], []
+    m = {slot.name: vocab_norm(slot) for slot in backbone.slots}  # before any install grows the tables
+    everything = [*tokens, *vocabulary_tokens(backbone, tokens)]
+    subjects = {s: i for i, s in enumerate(dict.fromkeys(t["subject"] for t in everything))}
+    for token in everything:
+        name = install(backbone, token)
+        k = next(iter(token["vectors"].values())).shape[0]
+        prompts = [render(t, token_text(backbone, name, k)) for t in templates]
+        offset = subjects[token["subject"]] * len(prompts)
+        for slot in backbone.slots:
+            r, c = norm_sweep(slot.encoder, slot.tokenizer, prompts, name, [None, *scales],
+                              features=FEATURES[backbone.family], vocab_norm=m[slot.name])
+            who = {"encoder": slot.name, "method": token["method"], "subject": token["subject"]}
+            residual.append(r.assign(**who, prompt_id=r["prompt_id"] + offset))
+            context.append(c.assign(**who, prompt_a=c["prompt_a"] + offset, prompt_b=c["prompt_b"] + offset))
+    return pd.concat(residual, ignore_index=True), pd.concat(context, ignore_index=True)
+
+
+def _method_order(methods) -> list[str]:
+    from dti.methods import METHODS
+
+    names = list(dict.fromkeys(methods))
+    return ([VOCABULARY] if VOCABULARY in names else []) + [m for m in METHODS if m in names]
+
+
+def _ratio_of(raw: pd.DataFrame, keys: list[str]) -> pd.Series:
+    return raw.groupby(keys, sort=True, dropna=False)["norm_ratio"].mean()
+
+
+def residual_summary(raw: pd.DataFrame, *, labels: dict, seed: int = 0) -> pd.DataFrame:
+    """Per encoder, method and scale (NaN: as trained): the mean residual-update ratio per block (`layer`)
+    and over all blocks (`layer` <NA>), with 95% bootstrap intervals over (subject, prompt)."""
+    from dti.analysis.residual import summarize
+
+    keys = ["encoder", "method", "scale"]
+    per_layer = summarize(raw, "ratio", [*keys, "layer"], n_boot=N_BOOT, seed=seed)
+    overall = summarize(raw, "ratio", keys, n_boot=N_BOOT, seed=seed).assign(layer=pd.NA)
+    table = pd.concat([per_layer, overall], ignore_index=True)
+    table["layer"] = table["layer"].astype("Int64")
+    table = table.join(_ratio_of(raw, keys), on=keys)
+    return _labelled(table, labels, ["encoder", "method", "scale", "norm_ratio", "layer"])
+
+
+def context_summary(raw: pd.DataFrame, *, labels: dict, seed: int = 0) -> pd.DataFrame:
+    """Per encoder, method and scale: the mean contextualization distance over prompt pairs, with its 95%
+    bootstrap interval over (subject, prompt)."""
+    from dti.analysis.residual import summarize_pairs
+
+    keys = ["encoder", "method", "scale"]
+    table = summarize_pairs(raw, keys, n_boot=N_BOOT, seed=seed).join(_ratio_of(raw, keys), on=keys)
+    return _labelled(table, labels, ["encoder", "method", "scale", "norm_ratio"])
+
+
+def _labelled(table: pd.DataFrame, labels: dict, first: list[str]) -> pd.DataFrame:
+    order = {m: i for i, m in enumerate(_method_order(table["method"]))}
+    table = table.assign(_rank=table["method"].map(order)).sort_values(
+        ["encoder", "_rank", "scale"], kind="stable", na_position="first").drop(columns="_rank")
+    table = table.assign(**labels)
+    lead = [*labels, *first]
+    return table[lead + [c for c in table.columns if c not in lead]].reset_index(drop=True)
+
+
+def write_encoder_measure(model_json: str, runs: list[dict], out_stem: str, *, measure: str, labels: dict,
+                          scales: Sequence[float], templates: Sequence[str] | None,
+                          device: str | None = None) -> None:
+    """`measure` "residual" (the residual-update ratio) or "context" (the contextualization distance) of
+    every method's tokens on one backbone: out_stem.parquet, .png, .pdf."""
+    from dti.model_record import load_recorded_backbone
+
+    if measure not in ("residual", "context"):
+        raise DtiError(f"unknown encoder measure {measure!r}; one of residual, context")
+    backbone = load_recorded_backbone(model_json, device)
+    tokens = run_tokens(runs, [s.name for s in backbone.slots])
+    residual, context = encoder_sweeps(backbone, tokens, measured_templates(templates), scales)
+    name = labels.get("backbone", backbone.family)
+    if measure == "residual":
+        _write(residual_summary(residual, labels=labels), out_stem, "residual_figure",
+               f"Residual-update ratio at the token: {name}")
+    else:
+        _write(context_summary(context, labels=labels), out_stem, "context_figure",
+               f"How much the token's output changes with its prompt: {name}")
+
+
+def _write(table: pd.DataFrame, out_stem: str, figure: str, title: str) -> None:
+    """The table, then its figure (PNG + PDF), each written atomically."""
+    from dti.figures import mechanism, save_figure
+    from dti.io import write_parquet
+
+    write_parquet(f"{out_stem}.parquet", table)
+    save_figure(getattr(mechanism, figure)(table, title=title), f"{out_stem}.png", f"{out_stem}.pdf")
+
+
+# --- 4. semantic directions -----------------------------------------------------------------------------
+def write_directions(model_json: str, runs: list[dict], out_dir: str, *, labels: dict, sample: int, nearest: int,
+                     device: str | None = None) -> None:
+    """Per subject, every method's learned rows and the initializer's among the vocabulary's unit directions
+    (dti.analysis.directions), one panel per text encoder: out_dir/{subject}.png and .pdf; every point of
+    every panel in out_dir/points.parquet, and each token's nearest vocabulary words, by direction and by
+    vector, in out_dir/nearest.parquet."""
+    from dti.analysis.directions import direction_projection, nearest_words_table
+    from dti.figures import save_figure
+    from dti.figures.directions import directions_panels
+    from dti.io import write_parquet
+    from dti.model_record import load_recorded_backbone
+    from dti.tokens import initializer_ids
+
+    backbone = load_recorded_backbone(model_json, device)
+    tokens = run_tokens(runs, [s.name for s in backbone.slots])
+    tables = {slot.name: slot.encoder.get_input_embeddings().weight.detach().float().cpu() for slot in backbone.slots}
+    out = Path(out_dir)
+    points, words = [], []
+    for subject in dict.fromkeys(t["subject"] for t in tokens):
+        mine = [t for t in tokens if t["subject"] == subject]
+        initializer = mine[0]["initializer"]
+        projections = {}
+        for slot in backbone.slots:
+            ids = initializer_ids(slot.tokenizer, initializer)
+            rows = {t["method"]: t["vectors"][slot.name] for t in mine}
+            rows[f"initializer/{initializer}"] = tables[slot.name][ids]
+            projections[slot.name] = direction_projection(tables[slot.name], rows, sample=sample, include_ids=ids,
+                                                          tokenizer=slot.tokenizer)
+            who = {**labels, "encoder": slot.name, "subject": subject}
+            points.append(projections[slot.name].points.assign(**who))
+            words.append(nearest_words_table(tables[slot.name], slot.tokenizer, rows, k=nearest).assign(**who))
+        name = labels.get("backbone", backbone.family)
+        fig = directions_panels(projections, title=f"{subject} ({initializer}) on {name}: unit directions of "
+                                                   "the learned tokens among the vocabulary")
+        save_figure(fig, out / f"{subject}.png", out / f"{subject}.pdf")
+    write_parquet(out / "nearest.parquet", pd.concat(words, ignore_index=True))
+    write_parquet(out / "points.parquet", pd.concat(points, ignore_index=True))
