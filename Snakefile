@@ -63,6 +63,8 @@ include: "rules/aggregate.smk"
 include: "rules/common_analyses.smk"
 include: "rules/interpolation.smk"
 include: "rules/analysis.smk"
+include: "rules/common_mechanism.smk"
+include: "rules/mechanism.smk"
 include: "rules/common_report.smk"
 include: "rules/report.smk"
 
@@ -77,4 +79,5 @@ rule all:
         table_files(),
         interpolation_files(),
         analysis_files(),
+        mechanism_files(),
         report_files(),

@@ -128,7 +128,7 @@ except DtiError as exc:
 REPORT_SECTIONS = {
     name: f"{place}. {name}"
     for place, name in enumerate(
-        ["Tables", "Samples", "Interpolation", "Norms and directions", "Checkpoints"], 1
+        ["Tables", "Samples", "Interpolation", "Norms and directions", "Checkpoints", "Mechanism"], 1
     )
 }
 

@@ -35,7 +35,9 @@ INTERP_BACKBONES = INTERP.get("backbones") or BACKBONES
 SWEEP_BACKBONES = SWEEP.get("backbones") or BACKBONES
 SLOTS = {"sd": ["clip_l"], "sdxl": ["clip_l", "clip_g"]}
 ANALYSIS_RULES = ("interpolate", "score_interpolation", "interpolation_outputs", "norm_analysis", "magnitude_sweep",
-                  "score_magnitude_sweep", "magnitude_outputs", "sample_grids", "report_tables", "checkpoint_sweep")
+                  "score_magnitude_sweep", "magnitude_outputs", "sample_grids", "report_tables", "checkpoint_sweep",
+                  "position_probe", "positional_attenuation", "residual_updates", "contextualization",
+                  "semantic_directions", "attention_maps")
 
 pytestmark = pytest.mark.slow
 
@@ -135,6 +137,40 @@ def test_magnitude_sweep_covers_every_token_and_scale(default_run):
         assert (table["n_subjects"] == len(SUBJECTS)).all()
 
 
+MECHANISM = DEFAULT["analysis"]["mechanism"]
+MEASURED = MECHANISM.get("backbones") or BACKBONES
+
+
+def test_mechanism_measures_every_trained_token_of_its_backbones(default_run):
+    """The shared run measures the mechanism on its SDXL-shaped backbone (tests/shared_run.yaml): every table
+    holds each method trained there and the vocabulary reference, per CLIP encoder; the attention maps show
+    the token-only methods of the first two subjects; DTI's tokens sit at m, rescaled rows at k x m."""
+    family = {b: DEFAULT["backbones"][b]["family"] for b in BACKBONES}
+    for backbone in MEASURED:
+        folder = default_run / f"{RUN}/analysis/mechanism/{backbone}"
+        methods = set(TRAINED[backbone]) | {"vocabulary"}
+        for kind in ("positional", "residual", "context"):
+            table = pd.read_parquet(folder / f"{kind}.parquet")
+            assert set(table["method"]) == methods, kind
+            assert set(table["encoder"]) == set(SLOTS[family[backbone]]) and table["backbone"].eq(backbone).all()
+            scaled = table[table["scale"].notna()]
+            assert (scaled["norm_ratio"] - scaled["scale"]).abs().max() < 1e-4 * scaled["scale"].max()
+            dti = table[(table["method"] == "dti") & table["scale"].isna()]
+            assert len(dti) and (dti["norm_ratio"] - 1).abs().max() < 1e-3
+        context = pd.read_parquet(folder / "context.parquet")
+        assert (context["mean"] > 0).all()  # the mechanism prompts vary the words before the token
+        attention = pd.read_parquet(folder / "attention.parquet")
+        shown = [s["name"] for s in DEFAULT["subjects"]][:2]
+        assert set(zip(attention["method"], attention["subject"], strict=True)) == {
+            (m, s) for m in TOKEN_ONLY[backbone] for s in shown}
+        nearest = pd.read_parquet(folder / "directions/nearest.parquet")
+        for subject in SUBJECTS:
+            labels = set(nearest.loc[nearest["subject"] == subject, "label"])
+            assert set(TRAINED[backbone]) <= labels and any(x.startswith("initializer/") for x in labels)
+            assert (folder / f"directions/{subject}.png").stat().st_size > 0
+        assert not (folder / "decoding.parquet").exists()  # CLIP is no language model
+
+
 def test_new_interpolation_settings_rerun_only_the_interpolation(default_run, tmp_path):
     work = shutil.copytree(default_run, tmp_path / "run", symlinks=True)
     config = write_config(tmp_path / "c.yaml", lambda c: c["interpolation"].update(t=[0, 0.5, 1]))
@@ -184,12 +220,12 @@ def test_bad_analysis_config_stops_with_one_line_naming_it(tmp_path, change, nee
     assert not (tmp_path / "results").exists()
 
 
-@pytest.mark.parametrize(("config", "interpolated", "swept"), [
-    ("paper-sdxl.yaml", 1, 1),  # SDXL alone (extends config/paper.yaml)
-    ("paper-sana.yaml", 0, 1),  # the paper's interpolation runs on SDXL only
-    ("paper-sd15.yaml", 1, 1),
+@pytest.mark.parametrize(("config", "interpolated", "swept", "clip"), [
+    ("paper-sdxl.yaml", 1, 1, True),  # SDXL alone (extends config/paper.yaml)
+    ("paper-sana.yaml", 0, 1, False),  # the paper's interpolation runs on SDXL only; Gemma-2, no CLIP
+    ("paper-sd15.yaml", 1, 1, True),
 ])
-def test_paper_configs_plan_the_analyses_and_the_report(tmp_path, config, interpolated, swept):
+def test_paper_configs_plan_the_analyses_and_the_report(tmp_path, config, interpolated, swept, clip):
     paper = load_config_files([REPO / "config" / config])
     counts = Counter(rule for rule, _ in planned_jobs(tmp_path, "--configfile", str(REPO / "config" / config)))
     n_pairs = len(paper["interpolation"]["pairs"])
@@ -198,3 +234,10 @@ def test_paper_configs_plan_the_analyses_and_the_report(tmp_path, config, interp
     assert counts["magnitude_sweep"] == counts["score_magnitude_sweep"] == swept  # no `backbones`: all kept
     for rule in ("norm_analysis", "magnitude_outputs", "sample_grids", "report_tables", "checkpoint_sweep"):
         assert counts[rule] == 1, rule
+    # The mechanism, on the one backbone: the probe where an encoder adds position rows (CLIP), attention
+    # maps where the UNet reads the tokenizer's positions, decoding where the encoder is a language model.
+    for rule in ("residual_updates", "contextualization", "semantic_directions"):
+        assert counts[rule] == 1, rule
+    for rule in ("position_probe", "positional_attenuation", "attention_maps"):
+        assert counts[rule] == int(clip), rule
+    assert counts["token_decoding"] == int(not clip)

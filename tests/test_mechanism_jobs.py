@@ -94,6 +94,9 @@ def test_encoder_measures(sdxl_runs, tmp_path, measure):
             assert by_scale[4.0] < by_scale[1.0]
     else:
         assert table["mean"].between(0, 2).all()
+        # The templates put different words before the token, which causal CLIP encoders do read: its output
+        # changes with the prompt (the prompts' first words alone would leave it at exactly 0).
+        assert (table["mean"] > 1e-6).all()
     # Bootstrap units are (subject, prompt): the vocabulary reference has a token per subject, each method one.
     units = table.set_index("method")["n_prompts"]
     assert set(units[["dti", "ti"]]) == {len(TEMPLATES)} and set(units[["vocabulary"]]) == {2 * len(TEMPLATES)}
@@ -141,4 +144,48 @@ def test_bad_settings_are_named(change, needle):
 def test_defaults():
     settings = mechanism.check_mechanism({})
     assert settings["scales"] == sorted(mechanism.SCALES) and settings["probe"]["steps"] == 1000
-    assert len(mechanism.measured_templates(None)) >= 10  # the complex prompt set
+    templates = mechanism.measured_templates(None)
+    assert len(templates) >= 10 and len({t.split("{}")[0] for t in templates}) == len(templates)  # varied left
+
+
+def test_attention_maps_job(sdxl_runs, tmp_path):
+    record, runs, _ = sdxl_runs
+    stem = tmp_path / "attention"
+    mechanism.write_attention(str(record), runs, str(stem), labels={"backbone": "tiny_sdxl"},
+                              prompts=["a photo of {}"], scales=[4.0], seeds=[0],
+                              sample={"steps": 2, "guidance_scale": 5.0, "resolution": 64})
+    assert (tmp_path / "attention.png").stat().st_size > 0 and (tmp_path / "attention.pdf").stat().st_size > 0
+    table = pd.read_parquet(f"{stem}.parquet")
+    assert len(table) == len(runs) * 2  # each run as trained and at 4 m
+    assert set(zip(table["method"], table["subject"], strict=True)) == {("dti", "pup"), ("ti", "bear")}
+    np.testing.assert_allclose(table.loc[table["scale"] == 4.0, "norm_ratio"], 4.0, rtol=1e-4)
+    dti = table[(table["method"] == "dti") & table["scale"].isna()]
+    np.testing.assert_allclose(dti["norm_ratio"], 1.0, rtol=1e-3)
+    for _, row in table.iterrows():
+        values = np.asarray(row["map"])
+        assert len(values) == row["map_rows"] * row["map_cols"]
+        assert 0 <= values.min() and values.max() <= 1  # a share of a softmax
+        assert row["mean_attention"] == pytest.approx(values.mean(), rel=1e-5)
+
+
+def test_decoding_job_on_a_language_model_encoder(trained_run, tiny_models, tmp_path):
+    record = tmp_path / "sana.json"
+    write_model_record(record, model=str(tiny_models["sana"]), family="sana", revision=None, source="local")
+    run = trained_run("sana", "dti")
+    runs = [{"path": str(run.out_dir / "run.json"), "method": "dti", "subject": "pup"}]
+    out = tmp_path / "decoding.parquet"
+    mechanism.write_decoding(str(record), runs, str(out), labels={"backbone": "tiny_sana"}, max_new_tokens=4, top_k=3)
+    table = pd.read_parquet(out)
+    assert set(table["method"]) == {"dti", "vocabulary"} and set(table["encoder"]) == {"gemma2"}
+    assert set(table["kind"]) == {"next", "lens"} and table["backbone"].eq("tiny_sana").all()
+    assert table.groupby(["method", "kind", "question_id", "vector"], dropna=False).size().eq(3).all()  # top 3
+    again = tmp_path / "again.parquet"
+    mechanism.write_decoding(str(record), runs, str(again), labels={"backbone": "tiny_sana"}, max_new_tokens=4, top_k=3)
+    pd.testing.assert_frame_equal(pd.read_parquet(again), table)  # greedy: the same answers every time
+
+
+def test_decoding_is_refused_without_a_language_model(sdxl_runs, tmp_path):
+    record, runs, _ = sdxl_runs
+    with pytest.raises(DtiError, match="family sdxl: no text encoder is a language model"):
+        mechanism.write_decoding(str(record), runs, str(tmp_path / "d.parquet"), labels={})
+    assert not (tmp_path / "d.parquet").exists()

@@ -39,7 +39,8 @@ pytestmark = pytest.mark.slow
 DEFAULT = copy.deepcopy(SHARED)  # the shared run's config (tests/shared_run.yaml)
 RUN = f"results/runs/{DEFAULT['run_name']}"  # the run's tables, analyses and report files
 # The README's order; each name starts with its place, since the report lists its categories sorted by name.
-SECTIONS = ["1. Tables", "2. Samples", "3. Interpolation", "4. Norms and directions", "5. Checkpoints"]
+SECTIONS = ["1. Tables", "2. Samples", "3. Interpolation", "4. Norms and directions", "5. Checkpoints",
+            "6. Mechanism"]
 # What headless Chromium needs in a container: no sandbox (root), no GPU, and nothing that phones home.
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync"]
@@ -215,6 +216,11 @@ def expected_results(run_dir: Path) -> set[str]:
     files |= {f"{RUN}/report/grids/{b}/{s}.png" for b in backbones for s in subjects}
     files |= {f"{RUN}/report/tables/{p.stem}.html" for p in (run_dir / f"{RUN}/tables").glob("*.parquet")}
     files |= {f"{RUN}/report/tables/interpolation.html", f"{RUN}/analysis/checkpoints.png"}
+    mechanism = DEFAULT["analysis"]["mechanism"]
+    measured = mechanism.get("backbones") or backbones  # every one of them SDXL-shaped (two CLIPs, a UNet)
+    files |= {f"{RUN}/analysis/mechanism/{b}/{kind}.png" for b in measured
+              for kind in ("positional", "residual", "context", "attention")}
+    files |= {f"{RUN}/analysis/mechanism/{b}/directions/{s}.png" for b in measured for s in subjects}
     assert all((run_dir / f).is_file() for f in files), sorted(f for f in files if not (run_dir / f).is_file())
     return files
 

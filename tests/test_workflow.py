@@ -40,15 +40,19 @@ AUTHORS_PROMPTS = next((p for p in (REPO.parent / "shared/third_party/kunheek-dt
 pytestmark = pytest.mark.slow
 
 
-# What a retrained token reruns beyond its own chain in the embedded default: its pair's interpolation (the
-# one pair holds every method and striped_box) and the magnitude sweep, on the backbones they run on, and
-# the figures and tables.
+# What a retrained token reruns beyond its own chain in the shared run: its pair's interpolation (the one
+# pair holds every method and striped_box), the magnitude sweep and the mechanism measurements (the
+# attention maps show striped_box; the probe depends on the model alone), on the backbones they run on,
+# and the figures and tables.
 _INTERPOLATED = len(DEFAULT["interpolation"].get("backbones") or BACKBONES)
 _SWEPT = len(DEFAULT["analysis"]["magnitude"].get("backbones") or BACKBONES)
+_MEASURED = len(DEFAULT["analysis"]["mechanism"].get("backbones") or BACKBONES)  # the mechanism, but the probe
 ANALYSIS_RERUN = Counter({"interpolate": _INTERPOLATED, "score_interpolation": _INTERPOLATED,
                           "magnitude_sweep": _SWEPT, "score_magnitude_sweep": _SWEPT, "interpolation_outputs": 1,
                           "norm_analysis": 1, "magnitude_outputs": 1, "sample_grids": 1, "report_tables": 1,
-                          "checkpoint_sweep": 1})
+                          "checkpoint_sweep": 1, "positional_attenuation": _MEASURED, "residual_updates": _MEASURED,
+                          "contextualization": _MEASURED, "semantic_directions": _MEASURED,
+                          "attention_maps": _MEASURED})
 # What any new score reruns: the report's table pages and its figure of scores over checkpoints.
 REPORT_RERUN = Counter({"report_tables": 1, "checkpoint_sweep": 1})
 

@@ -39,6 +39,9 @@ class Family:
     # Its pipeline has diffusers' load_textual_inversion, and AUTOMATIC1111 / ComfyUI load its embeddings
     # (CLIP text encoders); else only dti's own loader (dti sample, dti.sample.install_learned_token) does.
     textual_inversion_clients: bool = True
+    # Its denoiser's cross-attention can be read per text position (dti.analysis.attention: a UNet's
+    # unmasked cross-attention over the tokenizer's positions); SANA's and Wan's mask and crop their text.
+    token_attention_maps: bool = True
 
 
 _CLIP_TABLE = "embeddings.token_embedding.weight"
@@ -49,10 +52,10 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
            _ONE + (Slot("clip_g", "text_encoder_2", "tokenizer_2", _CLIP_TABLE),)),
     Family("sana", "SanaPipeline", (Slot("gemma2", "text_encoder", "tokenizer", "embed_tokens.weight",
                                          positions="rotary", language_model=True),),
-           textual_inversion_clients=False),
+           textual_inversion_clients=False, token_attention_maps=False),
     Family("wan", "WanPipeline", (Slot("umt5", "text_encoder", "tokenizer", "shared.weight",
                                        positions="relative"),),
-           textual_inversion_clients=False),
+           textual_inversion_clients=False, token_attention_maps=False),
 )}
 
 

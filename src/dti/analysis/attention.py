@@ -53,8 +53,10 @@ import torch
 import torch.nn.functional as F
 
 from dti.errors import DtiError
+from dti.families import FAMILIES
 
-SUPPORTED = ("sd", "sdxl")
+# The families whose cross-attention reads the tokenizer's positions unmasked (the family table says which).
+SUPPORTED = tuple(name for name, family in FAMILIES.items() if family.token_attention_maps)
 UNSUPPORTED = {
     "sana": "sana: its pipeline prepends a long instruction to the prompt and keeps only the sequence's tail, "
             "and masks padding inside the cross-attention, so the tokenizer's positions and an unmasked "

@@ -68,7 +68,7 @@ def check_mechanism(config: dict) -> dict:
             raise DtiError(f"{key}.directions.{name}: {directions[name]} is not at least 1")
     attention = {**ATTENTION_DEFAULTS, **(config.get("attention") or {})}
     attention_prompts, seeds = analysis_prompts_and_seeds(attention, f"{key}.attention")
-    attention = {"prompts": attention_prompts, "seeds": seeds,
+    attention = {"prompts": attention_prompts, "seeds": seeds, "subjects": attention.get("subjects"),
                  "scales": _positive_scales(attention["scales"], f"{key}.attention.scales")}
     return {"scales": scales, "prompts": prompts, "probe": probe, "directions": directions,
             "attention": attention}
@@ -76,12 +76,14 @@ def check_mechanism(config: dict) -> dict:
 
 def measured_templates(templates: Sequence[str] | None) -> list[str]:
     """The templates the residual and contextualization jobs fill with each token: the given ones, or the
-    project's complex prompt set (src/dti/data/prompts/complex.txt), the prompts whose context the paper
-    says an inflated token ignores."""
+    project's mechanism prompts (src/dti/data/mechanism_prompts.txt), which put the token after a clause
+    that varies. CLIP's encoders (and Gemma) attend causally: the output at the token depends only on the
+    words before it, so prompts that all begin "a {}" (as the complex prompt set does) would measure no
+    contextualization at all, whatever the token."""
     from dti.data import DATA_DIR
     from dti.prompts import read_prompt_file
 
-    return list(templates) if templates else read_prompt_file(DATA_DIR / "prompts" / "complex.txt")
+    return list(templates) if templates else read_prompt_file(DATA_DIR / "mechanism_prompts.txt")
 
 
 # --- tokens ---------------------------------------------------------------------------------------------
@@ -378,3 +380,93 @@ def write_directions(model_json: str, runs: list[dict], out_dir: str, *, labels:
         save_figure(fig, out / f"{subject}.png", out / f"{subject}.pdf")
     write_parquet(out / "nearest.parquet", pd.concat(words, ignore_index=True))
     write_parquet(out / "points.parquet", pd.concat(points, ignore_index=True))
+
+
+# --- 5. attention ----------------------------------------------------------------------------------------
+def write_attention(model_json: str, runs: list[dict], out_stem: str, *, labels: dict, prompts: Sequence[str],
+                    scales: Sequence[float], seeds: Sequence[int], sample: dict, device: str | None = None) -> None:
+    """Cross-attention maps of every run's token (dti.analysis.attention), as trained and at each k x m, for
+    each prompt and seed: one image grid (rows: method and norm; columns: subject and prompt) in
+    out_stem.png/.pdf, and every map with its numbers in out_stem.parquet (`mean_attention`: the map's
+    mean over the image, the share of the image's attention the token draws)."""
+    from dti.analysis.attention import token_attention_maps
+    from dti.figures import save_figure
+    from dti.figures.attention import attention_caption, attention_grid
+    from dti.io import write_parquet
+    from dti.model_record import load_recorded_backbone
+    from dti.prompts import render
+    from dti.sample import SampleSettings
+
+    settings = SampleSettings(**sample)
+    backbone = load_recorded_backbone(model_json, device)
+    tokens = run_tokens(runs, [s.name for s in backbone.slots])
+    cells, records = [], []
+    for token in tokens:
+        k = next(iter(token["vectors"].values())).shape[0]
+        # One name per vector count, its rows overwritten per run: the vocabulary the maps' m is taken
+        # over then holds at most a couple of added rows.
+        name = install(backbone, {**token, "method": "attention", "subject": f"k{k}"})
+        for template in prompts:
+            prompt = render(template, token_text(backbone, name, k))
+            label = f"{token['subject']}: {template}"
+            for seed in seeds:
+                for result in token_attention_maps(backbone, prompt, name, seed=seed, steps=settings.steps,
+                                                   guidance_scale=settings.guidance_scale,
+                                                   resolution=settings.resolution, scales=[None, *scales]):
+                    scale = result["scale"]
+                    cells.append({"method": token["method"], "scale": scale, "prompt": label,
+                                  "image": result["image"], "map": result["map"], "norm_ratio": result["norm_ratio"]})
+                    records.append({**labels, "method": token["method"], "subject": token["subject"],
+                                    "prompt": template, "seed": int(seed),
+                                    "scale": np.nan if scale is None else float(scale),
+                                    "norm_ratio": result["norm_ratio"], "positions": list(result["positions"]),
+                                    "mean_attention": float(np.mean(result["map"])),
+                                    "peak_attention": float(np.max(result["map"])),
+                                    "map_rows": result["map"].shape[0], "map_cols": result["map"].shape[1],
+                                    "map": result["map"].astype("float32").ravel().tolist()})
+    name = labels.get("backbone", backbone.family)
+    fig = attention_grid(cells, title=f"Cross-attention to the learned token: {name}",
+                         caption=attention_caption(steps=settings.steps, guidance_scale=settings.guidance_scale))
+    write_parquet(f"{out_stem}.parquet", pd.DataFrame.from_records(records))
+    save_figure(fig, f"{out_stem}.png", f"{out_stem}.pdf")
+
+
+# --- 4b. decoding by the text encoder's language model ----------------------------------------------------
+def decoding_slots(backbone) -> list:
+    """The backbone's text encoders that are language models (family table)."""
+    from dti.families import check_family
+
+    kinds = {s.name: s.language_model for s in check_family(backbone.family).slots}
+    return [slot for slot in backbone.slots if kinds[slot.name]]
+
+
+def write_decoding(model_json: str, runs: list[dict], out_file: str, *, labels: dict, max_new_tokens: int = 32,
+                   top_k: int = 10, device: str | None = None) -> None:
+    """What each text encoder that is a language model says about every run's token and about its
+    initializer's own words (dti.analysis.decoding: greedy answers to questions, next-token and lens top-k),
+    one table (out_file, Parquet)."""
+    from dti.analysis.decoding import causal_lm_from_encoder, decode_token
+    from dti.io import write_parquet
+    from dti.model_record import load_recorded_backbone
+    from dti.tokens import initializer_ids
+
+    backbone = load_recorded_backbone(model_json, device)
+    slots = decoding_slots(backbone)
+    if not slots:
+        raise DtiError(f"backbone family {backbone.family}: no text encoder is a language model, so there is "
+                       "nothing to decode with (docs/analysis.md)")
+    tokens = run_tokens(runs, [s.name for s in backbone.slots])
+    frames = []
+    for slot in slots:
+        lm = causal_lm_from_encoder(slot.encoder)
+        for subject, initializer in dict.fromkeys((t["subject"], t["initializer"]) for t in tokens):
+            word = decode_token(lm, slot.tokenizer, initializer_ids(slot.tokenizer, initializer),
+                                max_new_tokens=max_new_tokens, top_k=top_k)
+            frames.append(word.assign(method=VOCABULARY, subject=subject, encoder=slot.name))
+        for token in tokens:
+            name = install(backbone, token)
+            table = decode_token(lm, slot.tokenizer, name, max_new_tokens=max_new_tokens, top_k=top_k)
+            frames.append(table.assign(method=token["method"], subject=token["subject"], encoder=slot.name))
+    table = pd.concat(frames, ignore_index=True).assign(**labels)
+    lead = [*labels, "encoder", "method", "subject"]
+    write_parquet(out_file, table[lead + [c for c in table.columns if c not in lead]])

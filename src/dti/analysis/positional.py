@@ -178,7 +178,7 @@ def train_probe(encoder, tokenizer, prompts: Sequence[str], *, seed: int, steps:
 
 def probe_accuracy(probe: Probe, encoder, tokenizer, prompts: Sequence[str], *, scale: float | None = None,
                    token_rows=None, at_position: int | Sequence[int] | None = None, n_boot: int = 1000,
-                   seed: int = 0) -> dict:
+                   seed: int = 0, tokenized=None) -> dict:
     """How often the probe names the right position, with a 95% interval.
 
     Scored slots: the real positions of every prompt (start token through end token), or only those in
@@ -191,12 +191,13 @@ def probe_accuracy(probe: Probe, encoder, tokenizer, prompts: Sequence[str], *, 
     Interval: percentile bootstrap over prompts (`n_boot` resamples of the prompts with replacement, each
     giving the pooled accuracy of its prompts; seeded), because the slots of one prompt are not independent.
     Baseline `chance`: the accuracy of always naming the most common scored position.
+    `tokenized`: `_tokenize`'s (ids, real) of these prompts, when a caller scores them many times.
     """
     import torch
 
     from dti.tokens import resolve_magnitude
 
-    ids, real = _tokenize(encoder, tokenizer, prompts)
+    ids, real = tokenized if tokenized is not None else _tokenize(encoder, tokenizer, prompts)
     if ids.shape[1] != probe.meta["n_positions"]:
         raise DtiError(f"the probe knows {probe.meta['n_positions']} positions, "
                        f"the prompts have {ids.shape[1]} slots")
@@ -250,8 +251,9 @@ def scale_sweep(probe: Probe, encoder, tokenizer, prompts: Sequence[str], *, sca
     """`probe_accuracy` of the vocabulary's own tokens and of each learned token ({name: rows (n, dim)}), each
     as it is (scale NaN) and rescaled to every k * m in `scales`: one row per token and scale."""
     tokens = {"vocabulary": None, **(learned or {})}
+    tokenized = _tokenize(encoder, tokenizer, prompts)  # once for every token and scale
     records = [{"token": name, "scale": np.nan if k is None else float(k),
                 **probe_accuracy(probe, encoder, tokenizer, prompts, scale=k, token_rows=rows,
-                                 at_position=at_position)}
+                                 at_position=at_position, tokenized=tokenized)}
                for name, rows in tokens.items() for k in [None, *scales]]
     return pd.DataFrame.from_records(records)
