@@ -33,7 +33,10 @@ LEAN = {
     "metrics": {"dino": {"backend": "timm", "model": "vit_small_patch16_224.dino", "pretrained": False,
                          "image_size": 64}},
     "aggregate": {"n_boot": 100, "seed": 0},
-    "analysis": {"magnitude": {"enabled": False}},  # the analyses need a text metric; this run scores DINO only
+    # The sweep needs a text metric; this run scores DINO only. The mechanism on SANA: Gemma-2's residual
+    # stream, contextualization, directions and the decoding of its tokens by Gemma-2 itself.
+    "analysis": {"magnitude": {"enabled": False},
+                 "mechanism": {"backbones": ["tiny_sana"], "scales": [1, 8]}},
 }
 RUN = f"results/runs/{LEAN['run_name']}"  # the run's tables
 
@@ -64,6 +67,20 @@ def test_sana_and_wan_run_the_whole_dag(lean_run):
                 assert img.size == (spec["sample"].get("width", 64), 64)  # Wan's single frame is the image
     norms = pd.read_parquet(lean_run / f"{RUN}/tables/norms.parquet")
     assert set(norms["backbone"]) == set(LEAN["backbones"])
+
+
+def test_the_mechanism_on_sana_measures_gemma_and_decodes_its_tokens(lean_run):
+    """Gemma-2 adds no position rows (no probe) and SANA's denoiser masks its text (no attention maps); its
+    residual stream and contextualization are measured, and Gemma-2 itself decodes every token."""
+    folder = lean_run / f"{RUN}/analysis/mechanism/tiny_sana"
+    for kind in ("residual", "context"):
+        table = pd.read_parquet(folder / f"{kind}.parquet")
+        assert set(table["method"]) == {*METHODS, "vocabulary"} and set(table["encoder"]) == {"gemma2"}
+    decoding = pd.read_parquet(folder / "decoding.parquet")
+    assert set(decoding["method"]) == {*METHODS, "vocabulary"} and set(decoding["kind"]) == {"next", "lens"}
+    assert decoding.loc[decoding["kind"] == "next", "continuation"].notna().all()
+    assert not (folder / "positional.parquet").exists() and not (folder / "attention.parquet").exists()
+    assert not (lean_run / f"{RUN}/analysis/mechanism/tiny_wan").exists()  # mechanism.backbones names SANA only
 
 
 # --- the paper configs of the new backbones ---------------------------------------------------------
