@@ -30,6 +30,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from PIL import Image
 from workflow_run import SHARED, snakemake
@@ -241,6 +242,23 @@ def test_report_embeds_every_result(report, default_run):
     for path, entry in results.items():
         assert entry["data_uri"].startswith(f"data:{entry['mime_type']}"), path
         assert entry["caption"].strip(), f"{path} has no caption"
+
+
+def test_table_pages_in_the_built_report_read_like_their_latex(report, default_run):
+    """The summary as the report carries it: the LaTeX table's caption, every method and metric by its
+    display name (never a registry key), and as many best values in bold as the .tex has."""
+    from dti.report import latex_caption
+    from dti.terms import display_name
+
+    results = embedded(report.read_text(), "results")
+    page = base64.b64decode(results[f"{RUN}/report/tables/summary.html"]["data_uri"].split(",", 1)[1]).decode()
+    tex = (default_run / f"{RUN}/tables/summary.tex").read_text()
+    assert html.escape(latex_caption(tex)) in page
+    summary = pd.read_parquet(default_run / f"{RUN}/tables/summary.parquet")
+    for method in summary["method"].unique():
+        assert f">{html.escape(display_name(method))}<" in page, method
+    assert ">dti_trained_norm<" not in page and ">clip_t<" not in page
+    assert page.count("<strong>") == tex.count("\\textbf{") > 0
 
 
 # The page's DOM as drawn: a copy without its scripts (the embedded data, megabytes of it, is not drawn).

@@ -237,7 +237,7 @@ def write_positional(probe_file: str, model_json: str, runs: list[dict], out_ste
     tokens = run_tokens(runs, [s.name for s in backbone.slots])
     table = positional_table(backbone, read_probes(probe_file), tokens, scales, labels=labels)
     _write(table, out_stem, "positional_figure",
-           f"Position left after the first LayerNorm: {labels.get('backbone', backbone.family)}")
+           f"Position left after the first LayerNorm: {_named(backbone, labels)}")
 
 
 # --- 2 and 3. residual updates and contextualization ----------------------------------------------------
@@ -324,13 +324,21 @@ def write_encoder_measure(model_json: str, runs: list[dict], out_stem: str, *, m
     backbone = load_recorded_backbone(model_json, device)
     tokens = run_tokens(runs, [s.name for s in backbone.slots])
     residual, context = encoder_sweeps(backbone, tokens, measured_templates(templates), scales)
-    name = labels.get("backbone", backbone.family)
+    name = _named(backbone, labels)
     if measure == "residual":
         _write(residual_summary(residual, labels=labels), out_stem, "residual_figure",
                f"Residual-update ratio at the token: {name}")
     else:
         _write(context_summary(context, labels=labels), out_stem, "context_figure",
                f"How much the token's output changes with its prompt: {name}")
+
+
+def _named(backbone, labels: dict) -> str:
+    """The backbone as a figure's title names it: its config name and its model (a hub id, never a path)."""
+    from dti.model_files import public_model
+
+    model, _ = public_model(backbone.model_id, backbone.revision)
+    return f"{labels.get('backbone', backbone.family)} ({model})"
 
 
 def _write(table: pd.DataFrame, out_stem: str, figure: str, title: str) -> None:
@@ -374,7 +382,7 @@ def write_directions(model_json: str, runs: list[dict], out_dir: str, *, labels:
             who = {**labels, "encoder": slot.name, "subject": subject}
             points.append(projections[slot.name].points.assign(**who))
             words.append(nearest_words_table(tables[slot.name], slot.tokenizer, rows, k=nearest).assign(**who))
-        name = labels.get("backbone", backbone.family)
+        name = _named(backbone, labels)
         fig = directions_panels(projections, title=f"{subject} ({initializer}) on {name}: unit directions of "
                                                    "the learned tokens among the vocabulary")
         save_figure(fig, out / f"{subject}.png", out / f"{subject}.pdf")
@@ -424,7 +432,7 @@ def write_attention(model_json: str, runs: list[dict], out_stem: str, *, labels:
                                     "peak_attention": float(np.max(result["map"])),
                                     "map_rows": result["map"].shape[0], "map_cols": result["map"].shape[1],
                                     "map": result["map"].astype("float32").ravel().tolist()})
-    name = labels.get("backbone", backbone.family)
+    name = _named(backbone, labels)
     fig = attention_grid(cells, title=f"Cross-attention to the learned token: {name}",
                          caption=attention_caption(steps=settings.steps, guidance_scale=settings.guidance_scale))
     write_parquet(f"{out_stem}.parquet", pd.DataFrame.from_records(records))
