@@ -387,7 +387,7 @@ CONFIG_CASES = {  # case: (change(config, tmp, models), culprit named in the mes
     "placeholder with a space": (_set("training", {"placeholder": "<{subject} x>"}), "one word without spaces"),
     "a backbone's entry for a method that does not run": (
         _set("backbones.tiny_sd.methods", {"ti_rescaled": {"magnitude": "mean"}}),
-        "backbones.tiny_sd.methods.ti_rescaled: 'ti_rescaled' is not one of `methods`"),
+        "backbones.tiny_sd.methods.ti_rescaled: 'ti_rescaled' does not run on tiny_sd (ti, crossinit, dti)"),
     "kappa under ti on one backbone": (_set("backbones.tiny_sdxl.methods", {"ti": {"kappa": 0.1}}),
                                        "backbones.tiny_sdxl.methods.ti: method 'ti' takes no hyper-parameter"),
     "a run name escaping": (_set("run_name", "../other"), "'../other'"),

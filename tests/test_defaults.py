@@ -121,6 +121,17 @@ def _sweep_default(key: str):
     return check
 
 
+def _mechanism_default(key: str):
+    def check(value) -> bool:
+        from dti.analysis.mechanism import check_mechanism
+
+        given = value
+        for part in reversed(key.split(".")):  # "probe.steps" -> {"probe": {"steps": value}}
+            given = {part: given}
+        return check_mechanism({}) == check_mechanism(given)
+    return check
+
+
 def _report_grid_default(key: str):
     def check(value) -> bool:
         # rules/common_analyses.smk falls back to a dict of its own (GRID = {...literals..., **config}).
@@ -138,6 +149,9 @@ CODE_DEFAULTS = {
         "pairs", "methods", "t", "prompts", "seeds", "neutral")},
     **{f"analysis.magnitude.{key}": _sweep_default(key) for key in ("scales", "prompts", "seeds")},
     **{f"report.grid.{key}": _report_grid_default(key) for key in ("prompts", "seeds", "thumb")},
+    **{f"analysis.mechanism.{key}": _mechanism_default(key) for key in (
+        "scales", "prompts", "probe.steps", "probe.batch_size", "probe.seed", "directions.sample",
+        "directions.nearest", "attention.subjects", "attention.prompts", "attention.scales", "attention.seeds")},
 }
 
 # Schema defaults with no other home, and why.
@@ -159,6 +173,9 @@ NO_OTHER_HOME = {
     "interpolation.backbones": _WORKFLOW + " (null: all, dti.analysis.pick_backbones)",
     "analysis.magnitude.enabled": _WORKFLOW,
     "analysis.magnitude.backbones": _WORKFLOW + " (null: all, dti.analysis.pick_backbones)",
+    "analysis.mechanism.enabled": _WORKFLOW,
+    "analysis.mechanism.backbones": _WORKFLOW + " (null: all, dti.analysis.pick_backbones)",
+    "backbones.*.only_methods": _WORKFLOW + " (null: every global method, dti.benchmark_config.backbone_methods)",
     "definitions.metric.enabled": "a metric is on unless `enabled: false` (dti.metrics.spec, "
                                   "dti.analysis.fidelity): a switch, no settings field",
 }
