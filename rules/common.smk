@@ -22,12 +22,13 @@ from dti.benchmark_config import (
     trained_methods,
 )
 from dti.benchmark_config import train_settings as train_settings_for
-from dti.dti_prompts import is_dti_prompt_set, read_prompts_file
+from dti.dti_prompts import is_dti_prompt_set
 from dti.dti_prompts import reference as dti_prompt_reference
 from dti.errors import DtiError
 from dti.images import IMAGE_SUFFIXES
 from dti.methods import get_method
 from dti.metrics.spec import tiny_families
+from dti.planning import check_dti_prompts, check_prompt_sets, summary_prompt_set, uses_dti_prompts
 from dti.prompts import DEFAULT_PROMPTS_DIR, load_prompt_set
 from dti.subject_schema import subject_problem
 from dti.tables import table_names
@@ -88,22 +89,12 @@ SEEDS = config["seeds"]
 
 # The DTI authors' sets come from their pinned prompts.py: checked here when data.dti_prompts names a
 # local copy, otherwise downloaded and checked by fetch_dti_prompts on the login node.
-USES_DTI_PROMPTS = any(is_dti_prompt_set(s) for s in PROMPT_SETS)
-if USES_DTI_PROMPTS and config["data"].get("dti_prompts"):
-    try:
-        read_prompts_file(config["data"]["dti_prompts"])
-    except DtiError as exc:
-        _config_error(f"data.dti_prompts: {exc}")
-for _name, _spec in SUBJECTS.items():
-    for _set in PROMPT_SETS:  # fail at planning time, naming the file, rather than on a GPU node
-        if is_dti_prompt_set(_set):
-            continue
-        try:
-            load_prompt_set(_set, _spec["kind"], PROMPTS_DIR)
-        except DtiError as exc:
-            _config_error(f"prompt_sets: {exc}")
-    if _spec["source"] == "folder" and not config["data"].get("images_dir"):
-        _config_error(f"subject {_name} has source 'folder' but data.images_dir is not set")
+USES_DTI_PROMPTS = uses_dti_prompts(PROMPT_SETS)
+try:  # fail at planning time, naming the file, rather than on a GPU node (dti.planning)
+    check_dti_prompts(PROMPT_SETS, config["data"].get("dti_prompts"))
+    check_prompt_sets(SUBJECTS, PROMPT_SETS, config["data"].get("images_dir"), PROMPTS_DIR)
+except DtiError as exc:
+    _config_error(str(exc))
 try:  # prompts the text encoders would cut, where a backbone's tokenizer is on this machine (dti.text_windows)
     check_text_windows(
         BACKBONES,
@@ -139,16 +130,11 @@ def run_path(path):
     return f"{RUN_DIR}/{path}"
 
 
-def _summary_prompt_set():
-    labels = [prompt_set_key(s) for s in PROMPT_SETS]
-    wanted = config["aggregate"].get("summary_prompt_set")
-    if wanted is not None and wanted not in labels:
-        _config_error(f"aggregate.summary_prompt_set: {wanted!r} is not one of prompt_sets {labels}")
-    return wanted or labels[0]
-
-
-try:  # the headline tables' checkpoint per backbone (aggregate.summary_step, or each one's last)
-    SUMMARY = {"prompt_set": _summary_prompt_set(), "step": summary_steps(config)}
+try:  # the headline tables' prompt set, and checkpoint per backbone (summary_step, or each one's last)
+    SUMMARY = {
+        "prompt_set": summary_prompt_set(PROMPT_SETS, config["aggregate"].get("summary_prompt_set")),
+        "step": summary_steps(config),
+    }
 except DtiError as exc:
     _config_error(str(exc))
 

@@ -6,6 +6,7 @@ from dti.analysis.fidelity import pick_metrics
 from dti.analysis.magnitude import check_sweep
 from dti.analysis.interpolation import parse_interpolation, schemes_for
 from dti.methods import token_only
+from dti.planning import check_interpolation_pairs, methods_trained_on
 
 
 def _analysis_backbones(value, where):
@@ -58,8 +59,7 @@ def subject_files(names):
 # --- interpolation ---------------------------------------------------------------------------------------
 def pair_methods(backbone, pair):
     """The pair's methods that train on this backbone (a backbone's only_methods may leave some out)."""
-    trained = trained_methods(BACKBONE_METHODS[backbone])
-    return [m for m in PAIRS[pair].methods if m in trained]
+    return methods_trained_on(PAIRS[pair].methods, BACKBONE_METHODS[backbone])
 
 
 def pair_runs(wildcards):
@@ -85,13 +85,10 @@ def pair_schemes(wildcards):
     }
 
 
-for _backbone in INTERPOLATION_BACKBONES:  # every pair interpolates some method on each of its backbones
-    for _pair in PAIRS:
-        if not pair_methods(_backbone, _pair):
-            _config_error(
-                f"interpolation: none of pair {_pair}'s methods ({', '.join(PAIRS[_pair].methods)}) trains "
-                f"on backbone {_backbone} (backbones.{_backbone}.only_methods)"
-            )
+try:  # every pair interpolates some method on each of its backbones
+    check_interpolation_pairs(INTERPOLATION.pairs, INTERPOLATION_BACKBONES, BACKBONE_METHODS)
+except DtiError as exc:
+    _config_error(str(exc))
 
 
 def pair_subject(end):

@@ -4,7 +4,7 @@
 # position row (CLIP), decoding to a text encoder that is a language model (SANA's Gemma-2), attention maps
 # to denoisers whose cross-attention reads the tokenizer's positions (SD, SDXL).
 from dti.analysis.mechanism import check_mechanism
-from dti.families import FAMILIES
+from dti.planning import attention_subjects, mechanism_backbones
 
 try:
     _mechanism = (config.get("analysis") or {}).get("mechanism") or {}
@@ -12,31 +12,14 @@ try:
     MECHANISM_BACKBONES = (
         _analysis_backbones(_mechanism.get("backbones"), "analysis.mechanism.backbones") if MECHANISM else []
     )
+    _measured = mechanism_backbones(BACKBONES, MECHANISM_BACKBONES)  # by family (dti.families)
+    # The subjects whose tokens the attention maps show: `attention.subjects`, or the first two.
+    ATTENTION_SUBJECTS = attention_subjects(MECHANISM, SUBJECTS)
 except DtiError as exc:
     _config_error(str(exc))
-
-
-def _family(backbone):
-    return FAMILIES[BACKBONES[backbone]["family"]]
-
-
-PROBE_BACKBONES = [b for b in MECHANISM_BACKBONES if any(s.positions == "absolute" for s in _family(b).slots)]
-DECODING_BACKBONES = [b for b in MECHANISM_BACKBONES if any(s.language_model for s in _family(b).slots)]
-ATTENTION_BACKBONES = [b for b in MECHANISM_BACKBONES if _family(b).token_attention_maps]
-
-
-def _attention_subjects():
-    """The subjects whose tokens the attention maps show: `attention.subjects`, or the first two."""
-    chosen = MECHANISM["attention"]["subjects"] if MECHANISM else None
-    if chosen is None:
-        return list(SUBJECTS)[:2]
-    for i, name in enumerate(chosen):
-        if name not in SUBJECTS:
-            _config_error(f"analysis.mechanism.attention.subjects[{i}]: unknown subject {name!r}")
-    return list(chosen)
-
-
-ATTENTION_SUBJECTS = _attention_subjects()
+PROBE_BACKBONES = _measured["probe"]
+DECODING_BACKBONES = _measured["decoding"]
+ATTENTION_BACKBONES = _measured["attention"]
 
 
 def mechanism_runs(wildcards):
