@@ -171,11 +171,16 @@ def validate_norms(norms: pd.DataFrame) -> pd.DataFrame:
 
 
 def _sort(table: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
-    """Sort by keys, then by the conventional metric order (unknown metrics last, alphabetically)."""
+    """Sort by keys (methods in registry order, as the cost table lists them; unregistered ones after,
+    alphabetically), then by the conventional metric order (unknown metrics last, alphabetically)."""
     rank = {m: i for i, m in enumerate(METRIC_ORDER)}
     order = table.assign(_metric_rank=table["metric"].map(lambda m: rank.get(m, len(rank))))
+    if "method" in keys:
+        methods = {m: i for i, m in enumerate(_registry_rank(order["method"].unique()))}
+        order = order.assign(_method_rank=order["method"].map(methods))
+        keys = [("_method_rank" if k == "method" else k) for k in keys]
     order = order.sort_values([*keys, "_metric_rank", "metric", "metric_model"], kind="stable")
-    return order.drop(columns="_metric_rank").reset_index(drop=True)
+    return order.drop(columns=[c for c in ("_metric_rank", "_method_rank") if c in order]).reset_index(drop=True)
 
 
 def _subject_means(scores: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
