@@ -258,7 +258,7 @@ def test_table_pages_in_the_built_report_read_like_their_latex(report, default_r
     for method in summary["method"].unique():
         assert f">{html.escape(display_name(method))}<" in page, method
     assert ">dti_trained_norm<" not in page and ">clip_t<" not in page
-    assert page.count("<strong>") == tex.count("\\textbf{") > 0
+    assert page.count('class="num best"') == tex.count("\\textbf{") > 0  # the bold cells (the legend says "Bold" too)
 
 
 # The page's DOM as drawn: a copy without its scripts (the embedded data, megabytes of it, is not drawn).
@@ -274,6 +274,9 @@ def page_problems(dom: str) -> list[str]:
     page = re.sub(r"<script\b.*?</script>", "", dom, flags=re.S)  # what was drawn, not the embedded data
     problems = ['the app drew nothing into <div id="app">'] if '<div id="app"></div>' in page else []
     problems += [f"the menu lacks {section!r}" for section in SECTIONS if f">{html.escape(section)}<" not in page]
+    # The front page (workflow/report/workflow.rst) lists every section as a link to it.
+    problems += [f"the front page does not list {section!r}" for section in SECTIONS
+                 if f">{html.escape(section)}</a>" not in page]
     if ">DTI benchmark report<" not in page:  # the front page, workflow/report/workflow.rst
         problems.append("the front page's title is missing")
     return problems + [f"backbone {b!r} is not named" for b in DEFAULT["backbones"] if b not in page]
@@ -357,6 +360,25 @@ def walk_results(browser: Browser, categories: dict, results: dict, deadline: fl
                     walked["results"][path] = {"kind": results[path]["mime_type"], "shown": shown,
                                                "has_table": _has_table(results[path]["data_uri"])}
     return walked
+
+
+def test_a_results_sidebar_shows_its_caption_before_the_job_parameters(report, chromium, tmp_path):
+    """The sidebar of a result, as a reader opens it: its labels, then its caption (the description), and only
+    then the rule and the job's parameters."""
+    results = embedded(report.read_text(), "results")
+    path = f"{RUN}/analysis/magnitude/{(DEFAULT['analysis']['magnitude'].get('backbones') or ['tiny_sd'])[0]}.png"
+    caption_start = " ".join(html.unescape(re.sub(r"<[^>]+>", " ", results[path]["caption"])).split()[:4])
+    entry = f"results[{json.dumps(path)}]"
+    with drawn_report(chromium, report, tmp_path / "profile") as browser:
+        browser.evaluate(f'app.setView({{navbarMode: "resultinfo", content: "img", contentPath: {entry}.data_uri, '
+                         f"resultPath: {json.dumps(path)}}})")
+        # innerText as shown: the headings are drawn upper-case.
+        text = browser.wait_for("document.querySelector('nav').innerText.toLowerCase()",
+                                time.monotonic() + PAGE_DEADLINE_S,
+                                ready=lambda now: "job parameters" in now and "description" in now)
+    flat, start = " ".join(text.split()), caption_start.lower()
+    assert "description" in flat and "job parameters" in flat and start in flat, flat[:500]
+    assert flat.index("description") < flat.index(start) < flat.index("job parameters"), flat[:800]
 
 
 def test_every_result_shows_in_the_browser(report, chromium, tmp_path):
