@@ -87,5 +87,6 @@ def mechanism_files():
     for b in MECHANISM_BACKBONES:
         files += direction_figures(b, "png") + direction_figures(b, "pdf")
         files += [mechanism_path(f"directions/{name}", b, "parquet") for name in ("points", "nearest")]
-    files += [mechanism_path("decoding", b, "parquet") for b in DECODING_BACKBONES]
+        files.append(mechanism_path("directions/nearest", b, "html"))
+    files += [mechanism_path("decoding", b, ext) for b in DECODING_BACKBONES for ext in ("parquet", "html")]
     return files

@@ -145,6 +145,13 @@ rule semantic_directions:
         ),
         points=run_path("analysis/mechanism/{backbone}/directions/points.parquet"),
         nearest=run_path("analysis/mechanism/{backbone}/directions/nearest.parquet"),
+        words=report(
+            run_path("analysis/mechanism/{backbone}/directions/nearest.html"),
+            caption="../workflow/report/nearest_words.rst",
+            category=REPORT_SECTIONS["Mechanism"],
+            subcategory="Nearest words",
+            labels={"backbone": "{backbone}"},
+        ),
     log:
         "logs/semantic_directions/{backbone}.log",
     benchmark:
@@ -170,7 +177,14 @@ rule token_decoding:
         runs=lambda wc: [r["path"] for r in mechanism_runs(wc)],
         model=model_json,
     output:
-        run_path("analysis/mechanism/{backbone}/decoding.parquet"),
+        table=run_path("analysis/mechanism/{backbone}/decoding.parquet"),
+        page=report(
+            run_path("analysis/mechanism/{backbone}/decoding.html"),
+            caption="../workflow/report/decoding.rst",
+            category=REPORT_SECTIONS["Mechanism"],
+            subcategory="Decoding",
+            labels={"backbone": "{backbone}"},
+        ),
     log:
         "logs/token_decoding/{backbone}.log",
     benchmark:

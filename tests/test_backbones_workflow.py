@@ -79,6 +79,8 @@ def test_the_mechanism_on_sana_measures_gemma_and_decodes_its_tokens(lean_run):
     decoding = pd.read_parquet(folder / "decoding.parquet")
     assert set(decoding["method"]) == {*METHODS, "vocabulary"} and set(decoding["kind"]) == {"next", "lens"}
     assert decoding.loc[decoding["kind"] == "next", "continuation"].notna().all()
+    page = (folder / "decoding.html").read_text()  # the report's table of it
+    assert "<table" in page and ">DTI<" in page and ">vocabulary (initializer)<" in page
     assert not (folder / "positional.parquet").exists() and not (folder / "attention.parquet").exists()
     assert not (lean_run / f"{RUN}/analysis/mechanism/tiny_wan").exists()  # mechanism.backbones names SANA only
 

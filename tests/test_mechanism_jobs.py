@@ -124,6 +124,14 @@ def test_semantic_directions(sdxl_runs, tmp_path):
     own = nearest[(nearest["label"] == init) & (nearest["by"] == "direction")
                   & (nearest["rank"] == nearest["rank"].min())]
     np.testing.assert_allclose(own["cosine"], 1.0, rtol=1e-5)
+    page = (tmp_path / "nearest.html").read_text()  # the report's table: one line per token vector
+    summary = mechanism.nearest_words_summary(nearest)
+    assert len(summary) == nearest.groupby(["subject", "encoder", "label", "vector"]).ngroups
+    assert page.count("<tr>") == len(summary) + 1 and ">DTI<" in page and f">initializer ({initializer})<" in page
+    first = nearest[(nearest["subject"] == "pup") & (nearest["label"] == "dti") & (nearest["by"] == "direction")
+                    & (nearest["encoder"] == "clip_l") & (nearest["vector"] == 0)].sort_values("rank")
+    line = summary[(summary["subject"] == "pup") & (summary["Token"] == "DTI") & (summary["encoder"] == "clip_l")]
+    assert line["Nearest by direction (cosine)"].iloc[0].startswith(f"{first['token'].iloc[0]} ({first['cosine'].iloc[0]:.2f})")
     points = pd.read_parquet(tmp_path / "points.parquet")
     assert set(points.loc[points["kind"] == "token", "label"]) == {"dti", "ti", init}
 
@@ -179,6 +187,11 @@ def test_decoding_job_on_a_language_model_encoder(trained_run, tiny_models, tmp_
     assert set(table["method"]) == {"dti", "vocabulary"} and set(table["encoder"]) == {"gemma2"}
     assert set(table["kind"]) == {"next", "lens"} and table["backbone"].eq("tiny_sana").all()
     assert table.groupby(["method", "kind", "question_id", "vector"], dropna=False).size().eq(3).all()  # top 3
+    page = out.with_suffix(".html").read_text()
+    summary = mechanism.decoding_summary(table)
+    assert page.count("<tr>") == len(summary) + 1 and ">DTI<" in page
+    asked = summary[summary["Input"] == table["question"].dropna().iloc[0]]
+    assert len(asked) == 2 and asked["Answer"].str.len().gt(0).all()  # DTI's token and the reference words
     again = tmp_path / "again.parquet"
     mechanism.write_decoding(str(record), runs, str(again), labels={"backbone": "tiny_sana"}, max_new_tokens=4, top_k=3)
     pd.testing.assert_frame_equal(pd.read_parquet(again), table)  # greedy: the same answers every time

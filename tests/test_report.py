@@ -222,6 +222,7 @@ def expected_results(run_dir: Path) -> set[str]:
     files |= {f"{RUN}/analysis/mechanism/{b}/{kind}.png" for b in measured
               for kind in ("positional", "residual", "context", "attention")}
     files |= {f"{RUN}/analysis/mechanism/{b}/directions/{s}.png" for b in measured for s in subjects}
+    files |= {f"{RUN}/analysis/mechanism/{b}/directions/nearest.html" for b in measured}  # CLIP: no decoding
     assert all((run_dir / f).is_file() for f in files), sorted(f for f in files if not (run_dir / f).is_file())
     return files
 

@@ -2,5 +2,5 @@
 from dti.analysis.mechanism import write_decoding
 from dti.jobs import run_job
 
-run_job(snakemake, write_decoding, snakemake.input.model, snakemake.params.runs, snakemake.output[0], gpu=True,
+run_job(snakemake, write_decoding, snakemake.input.model, snakemake.params.runs, snakemake.output.table, gpu=True,
         labels=snakemake.params.labels)

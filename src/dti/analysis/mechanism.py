@@ -360,8 +360,9 @@ def write_directions(model_json: str, runs: list[dict], out_dir: str, *, labels:
     from dti.analysis.directions import direction_projection, nearest_words_table
     from dti.figures import save_figure
     from dti.figures.directions import directions_panels
-    from dti.io import write_parquet
+    from dti.io import write_parquet, write_text
     from dti.model_record import load_recorded_backbone
+    from dti.report import table_html
     from dti.tokens import initializer_ids
 
     backbone = load_recorded_backbone(model_json, device)
@@ -386,8 +387,38 @@ def write_directions(model_json: str, runs: list[dict], out_dir: str, *, labels:
         fig = directions_panels(projections, title=f"{subject} ({initializer}) on {name}: unit directions of "
                                                    "the learned tokens among the vocabulary")
         save_figure(fig, out / f"{subject}.png", out / f"{subject}.pdf")
-    write_parquet(out / "nearest.parquet", pd.concat(words, ignore_index=True))
+    nearest_table = pd.concat(words, ignore_index=True)
+    write_parquet(out / "nearest.parquet", nearest_table)
     write_parquet(out / "points.parquet", pd.concat(points, ignore_index=True))
+    write_text(out / "nearest.html", table_html(
+        nearest_words_summary(nearest_table), title=f"Nearest vocabulary words: {_named(backbone, labels)}",
+        note="Per subject, text encoder and token (each method's learned token, and its initializer's words): "
+             "the nearest vocabulary words of each vector by direction (cosine, in brackets) and by raw vector "
+             "(Euclidean distance). Every number: directions/nearest.parquet."))
+
+
+def _token_label(label: str) -> str:
+    """'dti' -> 'DTI'; 'initializer/stuffed animal' -> 'initializer (stuffed animal)'."""
+    from dti.terms import display_name
+
+    method, _, detail = label.partition("/")
+    return f"initializer ({detail})" if method == "initializer" else display_name(method)
+
+
+def nearest_words_summary(nearest: pd.DataFrame) -> pd.DataFrame:
+    """nearest_words_table's rows folded to one line per subject, encoder, token and vector: its words by
+    direction (with the cosine) and by vector (with the distance), nearest first."""
+    rows = []
+    for (subject, encoder, label, vector), part in nearest.groupby(["subject", "encoder", "label", "vector"],
+                                                                   sort=False):
+        by = {kind: part[part["by"] == kind].sort_values("rank") for kind in ("direction", "vector")}
+        rows.append({"subject": subject, "encoder": encoder, "Token": _token_label(label), "Vector": str(vector),
+                     "Nearest by direction (cosine)": ", ".join(f"{w} ({c:.2f})" for w, c in zip(by["direction"]["token"],
+                                                                               by["direction"]["cosine"],
+                                                                               strict=True)),
+                     "Nearest by vector (distance)": ", ".join(f"{w} ({d:.2f})" for w, d in zip(by["vector"]["token"],
+                                                                            by["vector"]["distance"], strict=True))})
+    return pd.DataFrame(rows)
 
 
 # --- 5. attention ----------------------------------------------------------------------------------------
@@ -454,8 +485,9 @@ def write_decoding(model_json: str, runs: list[dict], out_file: str, *, labels: 
     initializer's own words (dti.analysis.decoding: greedy answers to questions, next-token and lens top-k),
     one table (out_file, Parquet)."""
     from dti.analysis.decoding import causal_lm_from_encoder, decode_token
-    from dti.io import write_parquet
+    from dti.io import write_parquet, write_text
     from dti.model_record import load_recorded_backbone
+    from dti.report import table_html
     from dti.tokens import initializer_ids
 
     backbone = load_recorded_backbone(model_json, device)
@@ -478,3 +510,29 @@ def write_decoding(model_json: str, runs: list[dict], out_file: str, *, labels: 
     table = pd.concat(frames, ignore_index=True).assign(**labels)
     lead = [*labels, "encoder", "method", "subject"]
     write_parquet(out_file, table[lead + [c for c in table.columns if c not in lead]])
+    write_text(Path(out_file).with_suffix(".html"), table_html(
+        decoding_summary(table), title=f"The text encoder's language model on each token: {_named(backbone, labels)}",
+        note="Per subject and token (each method's, and its initializer's words as the reference): the greedy "
+             "answer to each question and the most likely next words (probability in brackets); for the "
+             "token alone (the lens), the words its own position predicts. Every number: decoding.parquet."))
+
+
+def decoding_summary(decoding: pd.DataFrame) -> pd.DataFrame:
+    """decode_token's rows folded to one line per subject, encoder, token and input: the greedy answer and
+    the top words with their probabilities."""
+    from dti.terms import display_name
+
+    rows = []
+    for (subject, encoder, method), part in decoding.groupby(["subject", "encoder", "method"], sort=False):
+        token = "vocabulary (initializer)" if method == VOCABULARY else display_name(method)
+        for kind, key in (("next", "question_id"), ("lens", "vector")):
+            for _, one in part[part["kind"] == kind].groupby(key, sort=True):
+                one = one.sort_values("rank")
+                first = one.iloc[0]
+                asked = first["question"] if kind == "next" else f"the token alone, vector {int(first['vector'])}"
+                rows.append({"subject": subject, "encoder": encoder, "Token": token, "Input": str(asked),
+                             "Answer": str(first["continuation"]) if kind == "next" else "",
+                             "Top words (probability)": ", ".join(f"{w} ({p:.2f})" for w, p in zip(one["token"],
+                                                                                     one["probability"],
+                                                                                     strict=True))})
+    return pd.DataFrame(rows)
