@@ -71,13 +71,13 @@ Library code only; the caller builds the backbone, installs the token and picks 
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 
 import pandas as pd
 import torch
 from torch import nn
 
+from dti.analysis.modes import eval_mode
 from dti.errors import DtiError
 
 TOKEN_FIELD = "{token}"  # where a question puts the token
@@ -231,18 +231,6 @@ def stop_ids(lm, tokenizer) -> list[int]:
 
 
 # --- the measurement ----------------------------------------------------------------------------------
-@contextmanager
-def _eval_mode(module: nn.Module) -> Iterator[None]:
-    """Eval mode inside the block (no dropout), every submodule's own mode restored after."""
-    modes = [(m, m.training) for m in module.modules()]
-    module.eval()
-    try:
-        yield
-    finally:
-        for m, training in modes:
-            m.training = training
-
-
 def _device(lm) -> torch.device:
     return next(lm.parameters()).device
 
@@ -328,7 +316,7 @@ def decode_token(lm, tokenizer, token: str | Sequence[int], *, questions: Sequen
         return readable(strings[i], byte_level)
 
     rows = []
-    with _eval_mode(lm):
+    with eval_mode(lm):
         for q, question in enumerate(questions):
             ids = question_ids(tokenizer, question, token_ids, chat=use_chat)
             new = greedy_continuation(lm, ids, max_new_tokens=max_new_tokens, stops=stops)

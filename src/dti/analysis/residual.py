@@ -58,6 +58,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from dti.analysis.modes import eval_mode
 from dti.errors import DtiError
 
 # What each family's denoiser reads from its text encoder(s) (dti.backbones: encode_prompts/token_features).
@@ -156,18 +157,6 @@ def token_norm(encoder: nn.Module, token_ids: Sequence[int], norm: float | None)
 
 
 # --- encoding ---------------------------------------------------------------------------------------------
-@contextmanager
-def _eval_mode(module: nn.Module) -> Iterator[None]:
-    """Eval mode inside the block (no dropout), every submodule's own mode restored after."""
-    modes = [(m, m.training) for m in module.modules()]
-    module.eval()
-    try:
-        yield
-    finally:
-        for m, training in modes:
-            m.training = training
-
-
 def _blocks(encoder: nn.Module) -> nn.ModuleList | None:
     """The encoder's list of blocks: the outermost ModuleList of num_hidden_layers modules of one class."""
     n = getattr(encoder.config, "num_hidden_layers", None)
@@ -233,7 +222,7 @@ def token_states(encoder: nn.Module, tokenizer, prompts: Sequence[str], token: s
     padding = "max_length" if max_length else "longest"
     states = []
     try:
-        with _eval_mode(encoder):
+        with eval_mode(encoder):
             for start in range(0, len(prompts), batch_size):
                 batch = list(prompts[start : start + batch_size])
                 tok = tokenizer(batch, padding=padding, max_length=max_length, truncation=True,
