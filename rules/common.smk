@@ -266,6 +266,15 @@ def train_dir(backbone, method, subject):
     return f"results/{backbone}/{trained}/{subject}"
 
 
+def start_token(wildcards):
+    """A second stage's start (Method.starts_from, e.g. core_unet after core): the final token of the run it
+    continues, on the same backbone and subject, which Snakemake trains first; nothing for other methods."""
+    first = get_method(wildcards.method).starts_from
+    if first is None:
+        return []
+    return os.path.join(train_dir(wildcards.backbone, first, wildcards.subject), "learned_embeds.safetensors")
+
+
 def trained_run(wildcards):
     return os.path.join(train_dir(wildcards.backbone, wildcards.method, wildcards.subject), "run.json")
 

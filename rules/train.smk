@@ -6,6 +6,7 @@ rule train:
     input:
         subject=subject_json,
         model=model_json,
+        start=start_token,
     output:
         run="results/{backbone}/{method}/{subject}/run.json",
         embeds="results/{backbone}/{method}/{subject}/learned_embeds.safetensors",

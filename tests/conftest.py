@@ -91,6 +91,28 @@ def fresh_backbone(model: Path):
     return load_backbone(str(model))
 
 
+@pytest.fixture(scope="session")
+def first_stage(tiny_sd, subject_images, tmp_path_factory):
+    """`first_stage(method)`: {"start_from": folder} for a second-stage method (Method.starts_from), the folder
+    of a FAST run of its first stage on tiny_sd (trained once per session); {} for every other method."""
+    from dti.methods import get_method
+    from dti.train import train
+
+    runs: dict[str, Path] = {}
+
+    def settings_for(method: str) -> dict:
+        first = get_method(method).starts_from
+        if first is None:
+            return {}
+        if first not in runs:
+            out = tmp_path_factory.mktemp(f"first-stage-{first}")
+            train(fresh_backbone(tiny_sd), subject_images, fast_settings(method=first), out, progress=False)
+            runs[first] = out
+        return {"start_from": str(runs[first])}
+
+    return settings_for
+
+
 def fast_settings(**overrides):
     """FAST with `overrides`; hyper-parameters (dti.methods.HYPER_PARAMETERS) given by name go into the
     settings' hyper_parameters, None meaning "the method's default"."""

@@ -180,10 +180,11 @@ def test_adamw_variants_differ_only_in_the_retraction(tiny_sd, subject_images, t
 
 
 @pytest.mark.parametrize("method", trainable_methods())
-def test_on_sphere_says_whether_the_norm_stays_m(tiny_sd, subject_images, tmp_path, method):
+def test_on_sphere_says_whether_the_norm_stays_m(tiny_sd, subject_images, tmp_path, method, first_stage):
     """The registry's planning-time fact (interpolation blends on_sphere methods by slerp at m) agrees with
     what the method's unit trains; each magnitude variant sits at its own statistic."""
-    run = train(fresh_backbone(tiny_sd), subject_images, fast_settings(method=method), tmp_path, progress=False)
+    settings = fast_settings(method=method, **first_stage(method))
+    run = train(fresh_backbone(tiny_sd), subject_images, settings, tmp_path, progress=False)
     norm = load_file(str(tmp_path / "learned_embeds.safetensors"))["<subject>"].double().norm(dim=-1)
     norms = saved_token_table(tiny_sd, "clip_l").double().norm(dim=-1)
     norms = norms[norms > 0]

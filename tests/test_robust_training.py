@@ -160,11 +160,12 @@ def _method_settings(name: str) -> dict:
 
 
 @pytest.mark.parametrize("method", trainable_methods())
-def test_every_method_resumes_to_the_identical_result(pristine, images, tmp_path, crash_at, monkeypatch, method):
+def test_every_method_resumes_to_the_identical_result(pristine, images, tmp_path, crash_at, monkeypatch, method,
+                                                       first_stage):
     """Every registered method's state (its trained tensors, its optimizer's own state: RSGD's averages,
-    AdamW's moments and tensor step count, a trained m) goes through the state file and resumes
-    byte-identically after a kill between its two saves."""
-    settings = _method_settings(method)
+    AdamW's moments and tensor step count, a trained m, an adapter or a whole denoiser) goes through the
+    state file and resumes byte-identically after a kill between its two saves."""
+    settings = {**_method_settings(method), **first_stage(method)}
     _run(pristine, images, tmp_path / "straight", **settings)
     crash_at(tmp_path / "resumed", log_line=3)
     with pytest.raises(Crash):

@@ -1,14 +1,20 @@
-"""Adapter weights trained on the denoiser beside a token (LoRA, OFT): attach, save, load and describe them.
+"""Weights trained on the denoiser beside a token (LoRA, OFT, the whole denoiser): attach, save, load and
+describe them.
 
-Both kinds go on the denoiser's attention projections `to_q`, `to_k`, `to_v` (every attention block, self
-and cross, as the DTI authors' `peft_modules`), through peft, which diffusers' models take natively.
+LoRA and OFT go on the denoiser's attention projections `to_q`, `to_k`, `to_v` (every attention block, self
+and cross, as the DTI authors' `peft_modules`), through peft, which diffusers' models take natively. `full`
+trains every weight of the denoiser (CoRe's second stage); its base weights are kept on the CPU, so taking
+it off restores the frozen model.
 Files (docs/method.md, "Token plus weights"): each saved step gets a folder `adapter-steps-{N}/` beside
 `learned_embeds-steps-{N}.safetensors`, and the final adapter is `adapter/`:
 - LoRA: `pytorch_lora_weights.safetensors` in diffusers' layout, loaded by `pipe.load_lora_weights(folder)`;
 - OFT: peft's layout (`adapter_config.json`, `adapter_model.safetensors`), loaded by `load_adapter` here or
-  by peft itself (docs/method.md has the four lines).
+  by peft itself (docs/method.md has the four lines);
+- full: the denoiser in diffusers' layout (`config.json`, `diffusion_pytorch_model.safetensors`), loaded by
+  the denoiser class's `from_pretrained(folder)`.
 The safetensors file carries the token files' provenance (dti.method, dti.base_model, dti.steps,
-dti.code_version, ...) and dti.adapter, dti.adapter_rank, dti.adapter_targets, dti.adapter_parameters.
+dti.code_version, ...) and dti.adapter, dti.adapter_rank (LoRA, OFT), dti.adapter_targets,
+dti.adapter_parameters.
 """
 
 from __future__ import annotations
@@ -26,6 +32,8 @@ TARGETS = ("to_q", "to_k", "to_v")
 ADAPTER_NAME = "dti"  # the peft adapter name: its parameters are `...to_q.lora_A.dti.weight` and the like
 LORA_FILE = "pytorch_lora_weights.safetensors"  # the name diffusers' load_lora_weights looks for
 PEFT_CONFIG, PEFT_WEIGHTS = "adapter_config.json", "adapter_model.safetensors"
+FULL_WEIGHTS = "diffusion_pytorch_model.safetensors"  # the name a diffusers model's from_pretrained looks for
+_BASE = "_dti_base_weights"  # the denoiser attribute holding its frozen weights while `full` is on it
 
 
 def adapter_dir(step: int | None = None) -> str:
@@ -34,13 +42,38 @@ def adapter_dir(step: int | None = None) -> str:
 
 
 class AdapterKind:
-    """One kind of adapter: its peft config, and how its files are written and loaded."""
+    """One kind of adapter: how it goes on the denoiser and off again, and how its files are written and
+    loaded. The base class is a peft adapter named ADAPTER_NAME (`config` gives its peft config)."""
 
     name = ""
     weights_file = ""
+    targets: tuple[str, ...] = TARGETS  # the modules it changes (recorded as dti.adapter_targets)
+    ranked = True  # it has a rank (dti.adapter_rank)
 
     def config(self, rank: int):
         raise NotImplementedError
+
+    def attach(self, denoiser, rank: int) -> None:
+        """Put a fresh adapter on the denoiser; its trainable parameters are those named `.{ADAPTER_NAME}.`."""
+        denoiser.add_adapter(self.config(rank), adapter_name=ADAPTER_NAME)
+
+    def trainable(self, denoiser) -> dict[str, torch.nn.Parameter]:
+        return {name: p for name, p in denoiser.named_parameters() if f".{ADAPTER_NAME}." in name}
+
+    def is_attached(self, denoiser) -> bool:
+        return ADAPTER_NAME in (getattr(denoiser, "peft_config", None) or {})
+
+    def detach(self, denoiser) -> None:
+        denoiser.delete_adapters(ADAPTER_NAME)
+
+    @contextmanager
+    def disabled(self, denoiser):
+        """The frozen model: the adapter bypassed (LoRA's update and OFT's rotation both off), nothing copied."""
+        denoiser.disable_adapters()
+        try:
+            yield
+        finally:
+            denoiser.enable_adapters()
 
     def tensors(self, denoiser, prefix: str) -> dict[str, torch.Tensor]:
         """The adapter's weights as its file holds them."""
@@ -48,8 +81,8 @@ class AdapterKind:
 
         return get_peft_model_state_dict(denoiser, adapter_name=ADAPTER_NAME)
 
-    def write_extra(self, folder: Path, rank: int) -> None:
-        """Files beside the weights (OFT: peft's config)."""
+    def write_extra(self, folder: Path, rank: int, denoiser) -> None:
+        """Files beside the weights (OFT: peft's config; full: the denoiser's config)."""
 
     def load(self, backbone, folder: Path) -> None:
         raise NotImplementedError
@@ -88,7 +121,7 @@ class OFT(AdapterKind):
         return OFTConfig(r=rank, oft_block_size=0, target_modules=list(TARGETS), module_dropout=0.0,
                          init_weights=True)
 
-    def write_extra(self, folder: Path, rank: int) -> None:
+    def write_extra(self, folder: Path, rank: int, denoiser) -> None:
         config = {key: sorted(value) if isinstance(value, set) else value
                   for key, value in self.config(rank).to_dict().items()}
         write_text(folder / PEFT_CONFIG, json.dumps(config, sort_keys=True, indent=2, default=str) + "\n", root=folder)
@@ -102,7 +135,63 @@ class OFT(AdapterKind):
         set_peft_model_state_dict(backbone.denoiser, load_file(folder / PEFT_WEIGHTS), adapter_name=ADAPTER_NAME)
 
 
-KINDS: dict[str, AdapterKind] = {kind.name: kind for kind in (LoRA(), OFT())}
+class FullWeights(AdapterKind):
+    """Every weight of the denoiser trained (CoRe's second stage): no peft. Attaching keeps a CPU copy of the
+    frozen weights on the denoiser, which `detach` writes back, so a backbone is the frozen one again after
+    training or after sampling another run. There is no frozen model beside the trained one, so a loss that
+    needs one (DCO) cannot use it."""
+
+    name, weights_file, targets, ranked = "full", FULL_WEIGHTS, ("all",), False
+
+    def attach(self, denoiser, rank: int) -> None:
+        setattr(denoiser, _BASE, {name: t.detach().to("cpu", copy=True) for name, t in denoiser.state_dict().items()})
+
+    def trainable(self, denoiser) -> dict[str, torch.nn.Parameter]:
+        return dict(denoiser.named_parameters())
+
+    def is_attached(self, denoiser) -> bool:
+        return hasattr(denoiser, _BASE)
+
+    def detach(self, denoiser) -> None:
+        base = getattr(denoiser, _BASE)
+        with torch.no_grad():
+            for name, param in denoiser.named_parameters():
+                param.requires_grad_(False)
+                param.data = base[name].to(param.device)  # its own dtype back too (fp32 while trained)
+            for name, buffer in denoiser.named_buffers():
+                if name in base:  # a non-persistent buffer is in no state dict, and training leaves it alone
+                    buffer.copy_(base[name])
+        delattr(denoiser, _BASE)
+
+    @contextmanager
+    def disabled(self, denoiser):
+        raise DtiError("a full fine-tune of the denoiser keeps no frozen model beside it to compare with; "
+                       "a loss that needs one (DCO) takes a LoRA or OFT adapter")
+        yield  # unreachable: makes this a generator, as contextmanager wants
+
+    def tensors(self, denoiser, prefix: str) -> dict[str, torch.Tensor]:
+        return {name: t.detach().float() for name, t in denoiser.state_dict().items()}
+
+    def write_extra(self, folder: Path, rank: int, denoiser) -> None:
+        config = {key: value for key, value in dict(denoiser.config).items() if not key.startswith("_")}
+        config["_class_name"] = type(denoiser).__name__
+        write_text(folder / "config.json", json.dumps(config, sort_keys=True, indent=2, default=str) + "\n",
+                   root=folder)
+
+    def load(self, backbone, folder: Path) -> None:
+        from safetensors.torch import load_file
+
+        denoiser = backbone.denoiser
+        self.attach(denoiser, 0)
+        try:
+            # strict: every weight named, none left over; each cast to the loaded model's dtype
+            denoiser.load_state_dict(load_file(folder / FULL_WEIGHTS), strict=True)
+        except Exception:
+            self.detach(denoiser)
+            raise
+
+
+KINDS: dict[str, AdapterKind] = {kind.name: kind for kind in (LoRA(), OFT(), FullWeights())}
 
 
 def adapter_kind(name: str) -> AdapterKind:
@@ -117,31 +206,27 @@ class AttachedAdapter:
     Gaussian A) is drawn from torch's CPU generator seeded by `seed`, where peft draws it, so a run's
     adapter starts the same whatever ran before it in the process."""
 
-    def __init__(self, backbone, kind: str, rank: int, seed: int = 0):
-        self.backbone, self.kind, self.rank = backbone, adapter_kind(kind), int(rank)
+    def __init__(self, backbone, kind: str, rank: int | None, seed: int = 0):
+        self.kind = adapter_kind(kind)
+        self.backbone, self.rank = backbone, int(rank) if self.kind.ranked else None
         denoiser = backbone.denoiser
-        if ADAPTER_NAME in (getattr(denoiser, "peft_config", None) or {}):
+        if attached_kind(denoiser) is not None:
             raise DtiError(f"the {backbone.denoiser_name} already has a {ADAPTER_NAME!r} adapter attached")
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            denoiser.add_adapter(self.kind.config(self.rank), adapter_name=ADAPTER_NAME)
+            self.kind.attach(denoiser, self.rank)
         self.parameters: dict[str, torch.nn.Parameter] = {}
-        for name, param in denoiser.named_parameters():
-            if f".{ADAPTER_NAME}." in name:
-                param.data = param.data.float()
-                self.parameters[name] = param.requires_grad_(True)
+        for name, param in self.kind.trainable(denoiser).items():
+            param.data = param.data.float()
+            self.parameters[name] = param.requires_grad_(True)
         if not self.parameters:
+            self.kind.detach(denoiser)
             raise DtiError(f"the {backbone.denoiser_name} has no {', '.join(TARGETS)} projections for "
                            f"a {self.kind.name} adapter")
 
-    @contextmanager
     def disabled(self):
-        """The frozen model: the adapter bypassed (LoRA's update and OFT's rotation both off), nothing copied."""
-        self.backbone.denoiser.disable_adapters()
-        try:
-            yield
-        finally:
-            self.backbone.denoiser.enable_adapters()
+        """The frozen model, where the kind has one beside the trained weights (LoRA, OFT: bypassed)."""
+        return self.kind.disabled(self.backbone.denoiser)
 
     def remove(self) -> None:
         """Take the adapter off the denoiser again (a backbone reused after training is the frozen one)."""
@@ -155,19 +240,27 @@ class AttachedAdapter:
         from dti.tensor_files import safetensors_bytes
 
         target = Path(out_dir) / adapter_dir(step)
-        meta = {**metadata, "dti.adapter": self.kind.name, "dti.adapter_rank": self.rank,
-                "dti.adapter_targets": ",".join(TARGETS), "dti.adapter_parameters": self.parameter_count()}
+        meta = {**metadata, "dti.adapter": self.kind.name, "dti.adapter_targets": ",".join(self.kind.targets),
+                "dti.adapter_parameters": self.parameter_count()}
+        if self.rank is not None:
+            meta["dti.adapter_rank"] = self.rank
         with atomic_dir(target, root=out_dir) as tmp:
             tensors = self.kind.tensors(self.backbone.denoiser, self.backbone.denoiser_name)
             write_bytes(tmp / self.kind.weights_file, safetensors_bytes(tensors, meta), root=tmp)
-            self.kind.write_extra(tmp, self.rank)
+            self.kind.write_extra(tmp, self.rank, self.backbone.denoiser)
         return target
 
 
+def attached_kind(denoiser) -> AdapterKind | None:
+    """The kind of dti's adapter on the denoiser, or None."""
+    return next((kind for kind in KINDS.values() if kind.is_attached(denoiser)), None)
+
+
 def remove_adapter(backbone) -> None:
-    """Take dti's adapter off the backbone's denoiser, if it has one."""
-    if ADAPTER_NAME in (getattr(backbone.denoiser, "peft_config", None) or {}):
-        backbone.denoiser.delete_adapters(ADAPTER_NAME)
+    """Take dti's adapter off the backbone's denoiser, if it has one (`full`: its frozen weights back)."""
+    kind = attached_kind(backbone.denoiser)
+    if kind is not None:
+        kind.detach(backbone.denoiser)
 
 
 def read_adapter(folder: str | Path) -> tuple[str, dict[str, torch.Tensor], dict[str, str]]:
@@ -204,7 +297,9 @@ def describe_adapter(folder: str | Path) -> dict:
     R - I, the rotation's distance from the identity)."""
     kind, tensors, meta = read_adapter(folder)
     update = 0.0
-    if kind == "lora":
+    if kind == "full":  # the update is measured against the base model, which the folder does not hold
+        update = None
+    elif kind == "lora":
         downs = {k[: -len("lora.down.weight")]: v for k, v in tensors.items() if k.endswith("lora.down.weight")}
         for stem, down in downs.items():
             up = tensors[stem + "lora.up.weight"]
@@ -212,10 +307,10 @@ def describe_adapter(folder: str | Path) -> dict:
     else:
         for value in tensors.values():
             update += float(_oft_rotation_offset(value.float()) ** 2)
-    layers = {key.rsplit(".", 3 if kind == "lora" else 2)[0] for key in tensors}
+    layers = {key.rsplit(".", {"lora": 3, "oft": 2, "full": 1}[kind])[0] for key in tensors}
     return {"kind": kind, "rank": meta.get("dti.adapter_rank"), "targets": meta.get("dti.adapter_targets"),
             "layers": len(layers), "parameters": sum(t.numel() for t in tensors.values()),
-            "update_norm": update ** 0.5, "metadata": meta}
+            "update_norm": None if update is None else update ** 0.5, "metadata": meta}
 
 
 def _oft_rotation_offset(packed: torch.Tensor) -> torch.Tensor:

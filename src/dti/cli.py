@@ -195,7 +195,7 @@ def cmd_train(args) -> None:
         method=args.method, hyper_parameters=given, placeholder=args.placeholder, initializer=args.initializer,
         steps=args.steps, batch_size=args.batch_size, grad_accum=args.grad_accum, resolution=args.resolution,
         seed=args.seed, save_every=args.save_every, mixed_precision=args.mixed_precision,
-        latent_cache=not args.no_latent_cache, name=name, zero_pad=args.zero_pad)
+        latent_cache=not args.no_latent_cache, name=name, zero_pad=args.zero_pad, start_from=args.start_from)
     settings.validate()  # bad settings fail before any image or model is loaded
     images = [load_image(p) for p in list_images(args.images)]
     device = args.device or default_device()
@@ -304,6 +304,8 @@ def build_parser() -> argparse.ArgumentParser:
     # Two switches, off unless given: latent_cache is on by default (the flag turns it off) and zero_pad off
     # (the flag turns it on); tests/test_defaults.py checks that the dataclass still says so.
     p.add_argument("--no-latent-cache", action="store_true", help="re-encode images every step (slower)")
+    p.add_argument("--start-from", metavar="RUN", help="the run folder whose final token a second-stage method "
+                   "starts from (core_unet: a core run's --out)")
     p.add_argument("--zero-pad", action="store_true", help="prepend 0-15 all-zero padding tokens to each training "
                    "prompt (the DTI authors' SANA runs; docs/method.md)")
     group = p.add_argument_group("hyper-parameters", "default: the method's published value; giving a method "

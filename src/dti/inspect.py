@@ -594,8 +594,9 @@ def _provenance_lines(info: dict) -> list[str]:
 
 
 # --- adapters (dti.adapters) -------------------------------------------------------------------------
-_ADAPTER_NAMES = {"lora": "LoRA", "oft": "OFT"}
-_UPDATES = {"lora": "Frobenius norm of B A", "oft": "Frobenius norm of R - I, the rotation's distance from I"}
+_ADAPTER_NAMES = {"lora": "LoRA", "oft": "OFT", "full": "the whole denoiser"}
+_UPDATES = {"lora": "Frobenius norm of B A", "oft": "Frobenius norm of R - I, the rotation's distance from I",
+            "full": "needs the base model's weights, which the folder does not hold"}
 # How each kind loads (docs/method.md, "Token plus weights"); `dti sample --embeds RUN` takes the run's token
 # with its adapter (dti.sample.load_step_adapter).
 ADAPTER_LOADERS = {
@@ -603,11 +604,13 @@ ADAPTER_LOADERS = {
     "oft": "dti sample --embeds RUN (token and adapter); dti.adapters.load_adapter(backbone, FOLDER); peft: "
            "denoiser.add_adapter(OFTConfig.from_pretrained(FOLDER)), then set_peft_model_state_dict(denoiser, "
            "load_file(FOLDER/adapter_model.safetensors)) (docs/method.md, \"Token plus weights\")",
+    "full": "dti sample --embeds RUN (token and denoiser); diffusers: UNet2DConditionModel.from_pretrained(FOLDER), "
+            "passed to the pipeline as unet=",
 }
 
 
 def adapter_weights(folder: str | Path) -> Path | None:
-    """The weights file that makes `folder` an adapter's (dti.adapters' LoRA or OFT layout), or None."""
+    """The weights file that makes `folder` an adapter's (dti.adapters' LoRA, OFT or full layout), or None."""
     from dti.adapters import KINDS
 
     candidates = [Path(folder) / kind.weights_file for kind in KINDS.values()]
@@ -644,9 +647,12 @@ def format_adapter(info: dict) -> str:
     kind = info["kind"]
     rank = "not recorded" if info["rank"] is None else visible(info["rank"], LIMIT)
     targets = ", ".join(visible(t, LIMIT) for t in info["targets"]) if info["targets"] else "not recorded"
-    lines = [info["folder"], f"  adapter: {_ADAPTER_NAMES[kind]} ({info['weights_file']}), rank {rank}",
+    norm = info["update_norm"]
+    update = f"not measured ({_UPDATES[kind]})" if norm is None else f"{norm:.6g} ({_UPDATES[kind]}, layers in quadrature)"
+    lines = [info["folder"], f"  adapter: {_ADAPTER_NAMES[kind]} ({info['weights_file']})"
+             + ("" if kind == "full" else f", rank {rank}"),
              f"  targets: {targets}; {info['layers']} adapted layers, {info['parameters']} trainable parameters",
-             f"  update norm: {info['update_norm']:.6g} ({_UPDATES[kind]}, layers in quadrature)",
+             f"  update norm: {update}",
              *_provenance_lines(info), f"  loads with: {info['loads_with']}"]
     return "\n".join(visible(line) for line in lines)
 
@@ -659,10 +665,11 @@ def _described(path: Path) -> tuple[list[Path], Path | None]:
     if adapter_weights(path) is not None:
         return [], path
     if not (path / "learned_embeds.safetensors").is_file():
-        from dti.adapters import LORA_FILE, PEFT_WEIGHTS
+        from dti.adapters import KINDS
 
+        files = " or ".join(kind.weights_file for kind in KINDS.values())
         raise DtiError(f"{path}: neither a run folder (no learned_embeds.safetensors) nor an adapter folder (no "
-                       f"{LORA_FILE} or {PEFT_WEIGHTS})")
+                       f"{files})")
     files = sorted((p for p in path.glob("learned_embeds*.safetensors")
                     if "-steps-" not in p.name and file_position(p) is not None), key=file_position)
     return files, (path / "adapter" if (path / "adapter").is_dir() else None)

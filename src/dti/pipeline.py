@@ -114,7 +114,8 @@ def fetch_metrics(out_json: str, *, metric_specs: dict, tiny_dirs: dict | None =
 
 # --- training ---------------------------------------------------------------------------------------
 def train_subject(subject_json: str, model_json: str, out_dir: str, *, method: str, hyper_parameters: dict,
-                  train: dict, seed: int, placeholder: str, initializer: str, device: str | None = None) -> dict:
+                  train: dict, seed: int, placeholder: str, initializer: str, device: str | None = None,
+                  start_from: str | None = None) -> dict:
     from dti.export import how_to_use
     from dti.images import load_image
     from dti.subjects import load_subject
@@ -126,7 +127,8 @@ def train_subject(subject_json: str, model_json: str, out_dir: str, *, method: s
     # The single file's name is its trigger word in AUTOMATIC1111 and the like: method and subject, never a word
     # that occurs in prompts by chance, and each method's file can share a client's folder with the others'.
     settings = TrainSettings(method=method, hyper_parameters=hyper_parameters, placeholder=placeholder,
-                             initializer=initializer, seed=seed, name=f"{method}-{subject['name']}", **train)
+                             initializer=initializer, seed=seed, name=f"{method}-{subject['name']}",
+                             start_from=start_from, **train)
     run = run_training(load_recorded_backbone(model_json, device), images, settings, out_dir, progress=False,
                        root=output_root(out_dir))
     print(how_to_use(out_dir, settings.placeholder, settings.export_name, run["family"]))

@@ -30,7 +30,7 @@ from dti import __version__
 from dti.adapters import adapter_dir
 from dti.backbones.base import Backbone
 from dti.errors import DtiError
-from dti.export import diffusers_file, save_diffusers, save_single_file
+from dti.export import diffusers_file, load_diffusers, read_metadata, save_diffusers, save_single_file
 from dti.io import LineLog, check_target, ensure_folder, write_json, write_text
 from dti.latents import CachedLatents, EncodeEveryStep
 from dti.methods import ResolvedMethod, resolve_method
@@ -71,6 +71,9 @@ class TrainSettings:
     # n = floor(min(X, 15)) with X exponential of scale 2, drawn per sample (docs/method.md).
     zero_pad: bool = False
     name: str | None = None  # the single file's name, its trigger word; default: {method}-{placeholder w/o <>}
+    # A second stage's first: the folder of the run whose final token it starts from (a method with
+    # `starts_from`, e.g. core_unet continues a core run); None for every other method.
+    start_from: str | None = None
     speedups: Speedups = field(default_factory=Speedups)  # GPU switches (dti.speedups); None = device default
 
     def resolve(self) -> ResolvedMethod:
@@ -97,7 +100,12 @@ class TrainSettings:
         if self.mixed_precision not in ("auto", "no", "bf16"):
             raise DtiError(f"mixed_precision must be auto, no or bf16, got {self.mixed_precision!r}")
         check_name(self.export_name, "export file name" + ("" if self.name else " (from the placeholder; set name)"))
-        self.resolve()
+        first = self.resolve().method.starts_from
+        if first and not self.start_from:
+            raise DtiError(f"method {self.method!r} continues a {first!r} run: give that run's folder as start_from")
+        if self.start_from and not first:
+            raise DtiError(f"start_from {self.start_from}: method {self.method!r} starts from its own "
+                           "initialization; only a method that continues another run takes start_from")
 
 
 @dataclass
@@ -195,12 +203,13 @@ class Trainer:
     def _setup_tokens(self) -> None:
         s = self.settings
         self.slots: dict[str, SlotTokens] = {}
+        saved = self._saved_rows()
         for slot in self.backbone.slots:
             table = slot.encoder.get_input_embeddings().weight
             ph = add_placeholder(slot.tokenizer, slot.name, s.placeholder, s.initializer)
             self._check_text_window(slot, ph)
             ctx = SlotContext(slot.name, table, slot.encoder, slot.tokenizer, s.initializer, ph, self.device,
-                              slot.text_length, start_generator(s.seed, slot.name))
+                              slot.text_length, start_generator(s.seed, slot.name), saved.get(slot.name))
             start = self.unit.start_rows(ctx)
             start = Start(start.rows.float().to(self.device), start.anchor.float().to(self.device))
             layer, m = self.unit.install(ctx, start)
@@ -211,6 +220,21 @@ class Trainer:
         if len(texts) != 1:
             raise DtiError(f"the text encoders split the initializer differently: {sorted(texts)}")
         self.prompt_token = texts.pop()
+
+    def _saved_rows(self) -> dict[str, torch.Tensor]:
+        """{slot: final rows} of the run this one continues (settings.start_from), read before the backbone's
+        tokenizers change; that run must be of the method this one starts from, on a model of this family."""
+        if not self.settings.start_from:
+            return {}
+        folder, first = Path(self.settings.start_from), self.method.starts_from
+        slots = self.backbone.slots
+        widths = {slot.name: slot.encoder.get_input_embeddings().embedding_dim for slot in slots}
+        _, vectors = load_diffusers(folder, [slot.name for slot in slots], family=self.backbone.family, widths=widths)
+        trained = read_metadata(folder / diffusers_file(0)).get("dti.method")
+        if trained != first:
+            raise DtiError(f"start_from {folder}: its token was trained by {trained or 'another tool'}; method "
+                           f"{self.settings.method!r} continues a {first!r} run")
+        return vectors
 
     def _make_optimizer(self):
         """The method's optimizer of the rows (none if it trains no rows) and its adapter's, as one."""
@@ -434,6 +458,8 @@ class Trainer:
         for img in self.images:
             h.update(f"{img.mode} {img.size}".encode())
             h.update(img.tobytes())
+        for tokens in self.slots.values():  # a second stage's start is another run's token: its values count
+            h.update(tokens.start.rows.detach().cpu().numpy().tobytes())
         return h.hexdigest()
 
     @property

@@ -251,9 +251,12 @@ class Backbone:
             if getattr(speedups, name) and name not in self.speedups_supported:
                 raise DtiError(f"speedups.{name}: not available for {self.family} models (they support "
                                f"{sorted(self.speedups_supported) or 'none'}); set it to false or null")
-        if getattr(self.denoiser, "peft_config", None):
-            # diffusers fuses q, k, v from the base weights and then calls the fused layer, bypassing
-            # adapters on to_q/to_k/to_v (dti.adapters): most of a LoRA or OFT would silently do nothing.
+        from dti.adapters import attached_kind
+
+        if attached_kind(self.denoiser) is not None:
+            # diffusers fuses q, k, v from the weights it finds and then calls the fused layer, bypassing
+            # adapters on to_q/to_k/to_v (dti.adapters): most of a LoRA or OFT would silently do nothing, and
+            # a fully fine-tuned denoiser's q, k, v would stop training.
             if speedups.fuse_qkv:
                 raise DtiError("speedups.fuse_qkv: the fused projections bypass the adapter on the "
                                f"{self.denoiser_name}'s to_q/to_k/to_v; set it to false or null")

@@ -4,6 +4,7 @@ CoRe learns a raw token embedding as Textual Inversion does (AdamW), adds two co
 (dti.methods.context_regularization) on a regularization prompt drawn each step, and holds the vector's
 norm over a window of steps (its "embedding rescaling"). DTI + CoRe keeps DTI's start, its fixed norm m
 and its Riemannian SGD with the vMF prior, and adds the same two regularizers; its norm needs no hold.
+CoRe + UNet is CoRe's second stage: the first stage's token frozen, every weight of the denoiser trained.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from dti.methods.context_regularization import (
 )
 from dti.methods.core_prompts import REGULARIZATION_PROMPTS
 from dti.methods.directional import DTI
-from dti.methods.units import StepInputs, TokenMethod
+from dti.methods.units import FrozenRows, SavedToken, StepInputs, TokenMethod
 
 
 class ContextRegularized:
@@ -100,3 +101,13 @@ class CoRe(ContextRegularized, TokenMethod):
 
 class DirectionalCoRe(ContextRegularized, DTI):
     """DTI (its start, fixed m and Riemannian SGD with the vMF prior) with CoRe's context regularizers."""
+
+
+class CoReUNet(TokenMethod):
+    """CoRe's second stage, as its authors' train.sh runs it after the embedding stage: the rows of the CoRe run
+    it continues, frozen, and every weight of the denoiser fine-tuned by AdamW (adapter_lr) on the plain
+    denoising loss; the regularizers are off in this stage, as theirs."""
+
+    start = SavedToken()
+    parameterization = FrozenRows()
+    adapter = "full"

@@ -39,6 +39,9 @@ class Method:
     # None: a token alone. Analyses that use a token without its adapter (interpolation, the magnitude sweep)
     # leave such methods out.
     adapter: str | None = None
+    # A second stage: the method whose final token (same backbone and subject) its rows start from; the
+    # workflow trains that run first and hands its folder over (TrainSettings.start_from).
+    starts_from: str | None = None
 
     def check_family(self, family: str, where: str) -> None:
         """A DtiError, naming `where`, if this method is not defined for backbones of `family`."""
@@ -102,6 +105,11 @@ METHODS: dict[str, Method] = {m.name: m for m in [
     Method("dti_core", "DTI + CoRe", "DTI's direction at fixed m with CoRe's context regularizers",
            "dti.methods.core:DirectionalCoRe", {**_DTI_DEFAULTS, **_CORE_DEFAULTS}, (*_DTI_HP, *_CORE_HP),
            on_sphere=True, **_CORE_FAMILIES),
+    # CoRe's second stage (the authors' train.sh, stage 2): the CoRe token frozen, the whole UNet fine-tuned by
+    # AdamW at 2e-6 with the plain denoising loss (their regularizers are off in that stage).
+    Method("core_unet", "CoRe + UNet", "CoRe's second stage: a core run's token, frozen, and every weight of "
+           "the denoiser fine-tuned", "dti.methods.core:CoReUNet", {"adapter_lr": 2e-6}, ("adapter_lr",),
+           adapter="full", starts_from="core", **_CORE_FAMILIES),
     Method("dco", "DCO", "a LoRA on the denoiser's attention trained with the DCO loss; the token is the "
            "initializer's rows, untrained", f"{_FT}:DCO", _DCO_DEFAULTS, _DCO_HP, adapter="lora"),
     Method("oft", "OFT", "orthogonal fine-tuning of the denoiser's attention; the token is the initializer's "
@@ -154,6 +162,9 @@ def register(method: Method, *, replace: bool = False) -> Method:
         raise DtiError(f"method {method.name!r} needs either a unit class or trained_as, not both")
     if method.trained_as is not None and method.trained_as not in METHODS:
         raise DtiError(f"method {method.name!r} reuses unknown method {method.trained_as!r}")
+    if method.starts_from is not None and (method.starts_from not in METHODS
+                                           or METHODS[method.starts_from].trained_as is not None):
+        raise DtiError(f"method {method.name!r} starts from {method.starts_from!r}, which is no trainable method")
     _check_values(method.name, method.accepts, method.defaults)
     METHODS[method.name] = method
     return method

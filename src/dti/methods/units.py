@@ -3,15 +3,15 @@
 A method is a `TokenMethod` subclass that chooses one part of each kind (docs/method.md):
 - `start`: where its rows start, and the anchor it regards as its initialization (the vMF prior's mean
   direction, CrossInit's pull target): the initializer's vocabulary rows, CrossInit's encoder output,
-  a seeded random vector or the vocabulary's mean row;
+  a seeded random vector, the vocabulary's mean row, or the final token of another run (a second stage);
 - `parameterization`: what is trained (a raw vector; a direction on the unit sphere times a fixed m; a
   direction times a trained m), installed in the text encoder as a `PlaceholderEmbedding`;
 - `optimizer`: Riemannian SGD with the vMF prior, or AdamW (optionally retracted to the sphere);
 - `extra_loss`: a term added to the denoising loss (CrossInit's pull, CoRe's context regularizers), given
   the step's `StepInputs`; none by default;
 - `before_update` / `after_update`: called around each optimizer step (CoRe's norm rescaling);
-- `adapter`: weights trained on the denoiser beside the rows (a kind of dti.adapters: LoRA, OFT; None by
-  default), with their own AdamW, and `denoising_loss`, the loss the step minimizes before any extra term
+- `adapter`: weights trained on the denoiser beside the rows (a kind of dti.adapters: LoRA, OFT, every
+  weight; None by default), with their own AdamW, and `denoising_loss`, the loss the step minimizes before any extra term
   (the plain denoising MSE by default; DCO's consistency loss for the DCO methods).
 The trainer (dti.train) calls these hooks and knows no method by name; the optimizer state that a
 resumed run restores is whatever the method's optimizer keeps (dti.train checks it against a probe).
@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from dti.errors import DtiError
 from dti.optim import RetractedAdamW, RiemannianSGD
 from dti.sphere import normalize
 from dti.tokens import (
@@ -49,6 +50,7 @@ class SlotContext:
     device: torch.device
     text_length: int  # tokens per prompt
     generator: torch.Generator  # seeded by the run's seed and the slot: a random start is reproducible
+    saved_rows: torch.Tensor | None = None  # the rows of the run training starts from (TrainSettings.start_from)
 
 
 @dataclass
@@ -102,6 +104,21 @@ class RandomRows:
         anchor = token_init(ctx.table, ctx.placeholder.init_ids)
         rows = torch.randn(anchor.shape, generator=ctx.generator).to(anchor.device)
         return Start(rows, anchor)
+
+
+class SavedToken:
+    """The final rows of the run this one continues (a second stage: TrainSettings.start_from), which are
+    the anchor too."""
+
+    def __call__(self, ctx: SlotContext) -> Start:
+        if ctx.saved_rows is None:
+            raise DtiError("this method continues another run: give the run folder it starts from (start_from)")
+        k = len(ctx.placeholder.init_ids)
+        if ctx.saved_rows.shape[0] != k:
+            raise DtiError(f"the run it starts from has {ctx.saved_rows.shape[0]} vector(s) for the {ctx.name} "
+                           f"text encoder; initializer {ctx.initializer!r} gives {k}: train both with one initializer")
+        rows = ctx.saved_rows.detach().float().to(ctx.device)
+        return Start(rows, rows)
 
 
 class VocabularyMean:
@@ -199,7 +216,7 @@ class TokenMethod:
     start = InitializerRows()
     parameterization = RawVector()
     optimizer = AdamWSteps()
-    adapter: str | None = None  # a kind of dti.adapters (lora, oft) trained on the denoiser beside the rows
+    adapter: str | None = None  # a kind of dti.adapters (lora, oft, full) trained on the denoiser beside the rows
     metadata_keys: tuple[str, ...] = ()  # hyper-parameters also written as `dti.<key>` into every file
 
     def __init__(self, hyper_parameters: dict):
@@ -216,13 +233,13 @@ class TokenMethod:
         return self.optimizer(layers, starts, self.hp)
 
     def attach_adapter(self, backbone, seed: int):
-        """Put the method's adapter (rank adapter_rank, its random start drawn from `seed`) on the backbone's
-        denoiser; None if it has none."""
+        """Put the method's adapter (rank adapter_rank where its kind has one, its random start drawn from
+        `seed`) on the backbone's denoiser; None if it has none."""
         if self.adapter is None:
             return None
         from dti.adapters import AttachedAdapter
 
-        return AttachedAdapter(backbone, self.adapter, self.hp["adapter_rank"], seed)
+        return AttachedAdapter(backbone, self.adapter, self.hp.get("adapter_rank"), seed)
 
     def make_adapter_optimizer(self, adapter) -> torch.optim.Optimizer:
         return torch.optim.AdamW(list(adapter.parameters.values()), lr=self.hp["adapter_lr"], **ADAPTER_ADAMW)
