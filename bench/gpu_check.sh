@@ -40,3 +40,8 @@ part "${SD_SAMPLE_S:-60}" python3 bench/sample_throughput.py --family sd --core-
 # minutes one device command may run. Alone: SDXL_SAMPLE_S=0 TRAIN_S=0 CORE_S=0 SD_SAMPLE_S=0 ADAPTER_S=150.
 [ -n "${ADAPTER_S:-}" ] && part "$ADAPTER_S" python3 bench/train_step.py --family sdxl --steps "${STEPS:-6}" \
   --rounds 2 --configs dti dti_dco dti_oft --json "$OUT/train_sdxl_adapters.json" 2>&1 | quiet
+# CoRe's two stages against TI on full-size SDXL, plain: the CoRe step (its regularizers) and the second stage's
+# (all 2.6 B UNet weights in fp32 with AdamW: about 41 GB more memory). Opt-in (CORE_UNET_S=150), alone like
+# ADAPTER_S: SDXL_SAMPLE_S=0 TRAIN_S=0 CORE_S=0 SD_SAMPLE_S=0 CORE_UNET_S=150.
+[ -n "${CORE_UNET_S:-}" ] && part "$CORE_UNET_S" python3 bench/train_step.py --family sdxl --steps "${STEPS:-6}" \
+  --rounds 2 --configs ti core core_unet --json "$OUT/train_sdxl_core_unet.json" 2>&1 | quiet

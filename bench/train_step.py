@@ -1,5 +1,5 @@
 """Training-step benchmark: DTI vs TI step time, CoRe's regularizers against TI and DTI, DTI + DCO and DTI + OFT
-(an adapter on the denoiser beside the token) against DTI, the latent cache vs encoding every step, and the GPU
+(an adapter on the denoiser beside the token) against DTI, CoRe's second stage (the whole UNet) against TI, the latent cache vs encoding every step, and the GPU
 speed switches (dti.speedups) on and off, with MFU from FLOPs counted with torch.utils.flop_counter, and on a
 GPU each configuration's peak memory.
 
@@ -29,6 +29,7 @@ from gpu_common import PeakMemory, count_flops, kernel_breakdown, peak_tflops
 from PIL import Image
 
 from dti.backbones.catalog import backbone_class
+from dti.export import save_diffusers
 from dti.families import family_names
 from dti.methods import get_method
 from dti.speedups import CPU_DEFAULTS, Speedups
@@ -44,11 +45,13 @@ CONFIGS = {"ti": ("ti", True, "off"), "dti": ("dti", True, "off"), "dti_no_cache
            # Token plus weights with the registry's defaults (rank 4 on to_q/to_k/to_v): a LoRA trained with the
            # DCO loss (one more denoiser pass per step, without gradients) or OFT. Plain only: fused QKV, a GPU
            # job's default, bypasses the adapters' to_q/to_k/to_v (bench/README.md).
-           "dti_dco": ("dti_dco", True, "off"), "dti_oft": ("dti_oft", True, "off")}
+           "dti_dco": ("dti_dco", True, "off"), "dti_oft": ("dti_oft", True, "off"),
+           # CoRe's second stage: every UNet weight trained in fp32 with AdamW (from a core token made here)
+           "core_unet": ("core_unet", True, "off")}
 # CoRe's and the adapters' configurations are timed on request (--configs dti dti_dco dti_oft ...): a CoRe step
 # costs several TI steps and each adapter configuration holds a copy of the denoiser, so the default run (make
 # bench, gpu_check.sh's TRAIN_S part) leaves them out and bench/gpu_check.sh gives each group a part of its own.
-OPT_IN = ("core", "dti_core", "core_fast", "dti_dco", "dti_oft")
+OPT_IN = ("core", "dti_core", "core_fast", "dti_dco", "dti_oft", "core_unet")
 DEFAULT_CONFIGS = [name for name in CONFIGS if name not in OPT_IN]
 # The published training recipes on a GPU (resolution, batch): docs/protocol.md and docs/backbones.md.
 GPU_RECIPES = {"sd": (512, 4), "sdxl": (768, 4), "sana": (1024, 2), "wan": (512, 2)}
@@ -67,7 +70,7 @@ RATIOS = {"DTI/TI": ("dti", "ti"), "DTI/TI fast": ("dti_fast", "ti_fast"), "no-c
           "TI plain/fast": ("ti", "ti_fast"), "DTI plain/fast": ("dti", "dti_fast"),
           "fast/fast+channels_last": ("dti_fast", "dti_fast_channels_last"),
           "CoRe/TI": ("core", "ti"), "DTI+CoRe/DTI": ("dti_core", "dti"), "CoRe/TI fast": ("core_fast", "ti_fast"),
-          "DTI+DCO/DTI": ("dti_dco", "dti"), "DTI+OFT/DTI": ("dti_oft", "dti")}
+          "DTI+DCO/DTI": ("dti_dco", "dti"), "DTI+OFT/DTI": ("dti_oft", "dti"), "CoRe+UNet/TI": ("core_unet", "ti")}
 
 
 def make_images(n: int, size: int) -> list[Image.Image]:
@@ -86,6 +89,24 @@ def build_backbone(family: str, device: str):
         pipe = build_tiny_pipeline(family)
     pipe.vae.to(torch.float32)  # as in training: the VAE encodes in fp32
     return backbone_class(family).from_pipeline(pipe.to(device), f"bench-{family}")
+
+
+def first_stage(backbone, images, method: str, name: str) -> str | None:
+    """For a second-stage method (core_unet), a folder with the token of the method it continues after one
+    step of it (the step's cost does not depend on the token's values); None for every other method."""
+    first = get_method(method).starts_from
+    if first is None:
+        return None
+    folder = tempfile.mkdtemp()
+    settings = TrainSettings(method=first, placeholder=f"<bench-{name}-start>", initializer="stuffed animal")
+    originals = [slot.encoder.get_input_embeddings() for slot in backbone.slots]
+    start = Trainer(backbone, images[:1], settings, folder)
+    start.train_step()
+    save_diffusers(Path(folder), settings.placeholder, start.vectors(), start.provenance())
+    start.release()
+    for slot, original in zip(backbone.slots, originals, strict=True):  # its rows out again, as main() does
+        slot.encoder.set_input_embeddings(original)
+    return folder
 
 
 def time_steps(trainer: Trainer, steps: int, device: str) -> float:
@@ -205,7 +226,7 @@ def main() -> None:
             originals = [slot.encoder.get_input_embeddings() for slot in backbone.slots]
             settings = TrainSettings(method=method, placeholder=f"<bench-{name}>", initializer="stuffed animal",
                                      steps=10**6, batch_size=batch, resolution=resolution, latent_cache=cache,
-                                     speedups=speedups)
+                                     speedups=speedups, start_from=first_stage(backbone, images, method, name))
             trainer = Trainer(owners[owner], images, settings, tempfile.mkdtemp())
             trainers[name] = (trainer, [slot.encoder.get_input_embeddings() for slot in backbone.slots])
             cost = trainer.cost()  # what run.json's "cost" says of a run of this method
