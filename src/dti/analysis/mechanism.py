@@ -139,13 +139,6 @@ def token_text(backbone, name: str, k: int) -> str:
     return backbone.prompt_text(placeholder_tokens(name, k))
 
 
-def vocab_norm(slot) -> float:
-    """m: the mean norm of the slot's vocabulary rows (dti.tokens.resolve_magnitude)."""
-    from dti.tokens import resolve_magnitude
-
-    return float(resolve_magnitude(slot.encoder.get_input_embeddings().weight, "mean"))
-
-
 # --- 1. positional attenuation --------------------------------------------------------------------------
 def probe_slots(backbone) -> list:
     """The backbone's text encoders that add a learned position row to each token (family table)."""
@@ -202,11 +195,12 @@ def positional_table(backbone, probes: dict, tokens: list[dict], scales: Sequenc
     import torch
 
     from dti.analysis.positional import HELD_OUT_NOUNS, _tokenize, probe_corpus, scale_sweep
+    from dti.analysis.residual import vocab_mean_norm
 
     prompts = probe_corpus(HELD_OUT_NOUNS)
     frames = []
     for slot in probe_slots(backbone):
-        m = vocab_norm(slot)
+        m = vocab_mean_norm(slot.encoder)
         learned = {}
         for token in tokens:
             learned.setdefault(token["method"], []).append(token["vectors"][slot.name])
@@ -247,11 +241,11 @@ def encoder_sweeps(backbone, tokens: list[dict], templates: Sequence[str], scale
     encoder, as trained and at each k x m: the raw residual and distance tables, with `encoder`, `method`,
     `subject` and prompt ids made unique per subject (so a bootstrap over prompts resamples (subject,
     prompt) units and a distance never pairs two subjects)."""
-    from dti.analysis.residual import FEATURES, norm_sweep
+    from dti.analysis.residual import FEATURES, norm_sweep, vocab_mean_norm
     from dti.prompts import render
 
     residual, context = [], []
-    m = {slot.name: vocab_norm(slot) for slot in backbone.slots}  # before any install grows the tables
+    m = {slot.name: vocab_mean_norm(slot.encoder) for slot in backbone.slots}  # before any install grows the tables
     everything = [*tokens, *vocabulary_tokens(backbone, tokens)]
     subjects = {s: i for i, s in enumerate(dict.fromkeys(t["subject"] for t in everything))}
     for token in everything:
