@@ -18,43 +18,22 @@ Variants (config files given after the default, as `--configfile` merges them):
 from __future__ import annotations
 
 import argparse
-import io
-import resource
 import shutil
 import statistics
-import subprocess
-import sys
-import tarfile
 import tempfile
-import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
+from tree_timing import SNAKEMAKE, committed_tree, timed, torch_import_cpu
+
 VARIANTS = {
     "default": None,
     "vit-b32-clip": "metrics:\n  clip: {enabled: true, backend: open_clip, model: ViT-B-32, pretrained: null}\n",
 }
 
 
-def committed_tree(into: Path) -> None:
-    """HEAD's files (what a clean clone holds), without results of earlier runs."""
-    archive = subprocess.run(["git", "archive", "--format=tar", "HEAD"], cwd=REPO, check=True,
-                             capture_output=True).stdout
-    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
-        tar.extractall(into, filter="data")
-
-
-def children_cpu() -> float:
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
-
-
-def timed(command: list[str], cwd: Path) -> tuple[float, float]:
+def succeeded(command: list[str], cwd: Path) -> tuple[float, float]:
     """Wall and CPU seconds of `command` and everything it started (it must succeed)."""
-    cpu, start = children_cpu(), time.perf_counter()
-    done = subprocess.run(command, cwd=cwd, capture_output=True, text=True)
-    wall, cpu = time.perf_counter() - start, children_cpu() - cpu
+    wall, cpu, done = timed(command, cwd)
     if done.returncode != 0:
         raise SystemExit(f"{' '.join(command)} failed in {cwd}:\n{done.stderr[-3000:]}")
     return wall, cpu
@@ -70,10 +49,10 @@ def run_demo(variant: str, cores: int, scratch: Path) -> dict:
         override = tree / f"bench-{variant}.yaml"
         override.write_text(VARIANTS[variant])
         extra = ["--configfile", "config/config.yaml", str(override)]
-    calibration = timed([sys.executable, "-c", "import torch"], tree)[1]
-    workflow = timed([SNAKEMAKE, "--profile", "profiles/local", "--cores", str(cores), "--resources",
-                      f"gpu={cores}", *extra], tree)
-    report = timed([SNAKEMAKE, "--report", "report.html", *extra], tree)
+    calibration = torch_import_cpu(tree)
+    workflow = succeeded([SNAKEMAKE, "--profile", "profiles/local", "--cores", str(cores), "--resources",
+                          f"gpu={cores}", *extra], tree)
+    report = succeeded([SNAKEMAKE, "--report", "report.html", *extra], tree)
     return {"variant": variant, "wall": workflow[0] + report[0], "cpu": workflow[1] + report[1],
             "import_torch": calibration}
 

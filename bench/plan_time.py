@@ -16,45 +16,19 @@ minimum wall time, the median CPU time and calibration, and whether the median w
 from __future__ import annotations
 
 import argparse
-import io
 import re
-import resource
 import statistics
-import subprocess
-import sys
-import tarfile
 import tempfile
-import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
+from tree_timing import REPO, SNAKEMAKE, committed_tree, timed, torch_import_cpu
+
 CONFIGS = ["config/paper.yaml", "config/paper-ablations.yaml", "config/paper-finetune.yaml"]
 TOTAL = re.compile(r"^total\s+(\d+)\s*$", re.MULTILINE)
 
 
-def committed_tree(into: Path) -> None:
-    """HEAD's files (what a clean clone holds), without results of earlier runs."""
-    archive = subprocess.run(["git", "archive", "--format=tar", "HEAD"], cwd=REPO, check=True,
-                             capture_output=True).stdout
-    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
-        tar.extractall(into, filter="data")
-
-
-def children_cpu() -> float:
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
-
-
-def timed(command: list[str], cwd: Path) -> tuple[float, float, subprocess.CompletedProcess]:
-    """Wall and CPU seconds of `command` and everything it started, and its captured output."""
-    cpu, start = children_cpu(), time.perf_counter()
-    done = subprocess.run(command, cwd=cwd, capture_output=True, text=True)
-    return time.perf_counter() - start, children_cpu() - cpu, done
-
-
 def plan(config: str, tree: Path) -> dict:
-    calibration = timed([sys.executable, "-c", "import torch"], tree)[1]
+    calibration = torch_import_cpu(tree)
     wall, cpu, done = timed([SNAKEMAKE, "-n", "--configfile", config], tree)
     output = done.stdout + done.stderr
     totals = TOTAL.findall(output)
