@@ -57,6 +57,24 @@ def test_local_model_folder_is_recorded_without_download(tiny_sd, tmp_path):
     assert json.loads(out.read_text())["model"] == str(tiny_sd.resolve())
 
 
+def test_a_tiny_model_is_recorded_relative_so_a_moved_working_folder_loads_its_own(tiny_sd, tmp_path):
+    """The workflow builds tiny models in the working folder (resources/models/tiny/<family>) and records them
+    beside the record; after the folder is moved, the record names the moved copy, not the old place."""
+    import shutil
+
+    from dti.model_record import load_recorded_backbone, read_model_record
+
+    work = tmp_path / "work"
+    shutil.copytree(tiny_sd, work / "resources/models/tiny/sd")
+    record = work / "resources/models/tiny_sd.json"
+    fetch_model(str(record), model="tiny", family="sd", revision=None, tiny_dir=str(work / "resources/models/tiny/sd"))
+    assert json.loads(record.read_text())["model"] == "tiny/sd"
+    moved = tmp_path / "moved"
+    work.rename(moved)
+    assert read_model_record(moved / "resources/models/tiny_sd.json")["model"] == str(moved / "resources/models/tiny/sd")
+    assert load_recorded_backbone(moved / "resources/models/tiny_sd.json", "cpu").family == "sd"
+
+
 def test_work_offline_keeps_an_explicit_user_choice(monkeypatch):
     from dti.jobs import work_offline
 

@@ -14,6 +14,7 @@ the DTI authors' prompt lists (dti.dti_prompts.read_extracted) and the DreamBoot
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 from dti.devices import default_device
@@ -69,8 +70,8 @@ def prepare(image_paths: list[str], out_json: str, *, name: str, class_noun: str
 # --- models -----------------------------------------------------------------------------------------
 def fetch_model(out_json: str, *, model: str, family: str, revision: str | None, tiny_dir: str | None) -> None:
     """Make the backbone available offline (login node) and record the folder GPU jobs load from."""
-    if tiny_dir is not None:
-        path = str(Path(tiny_dir).resolve())
+    if tiny_dir is not None:  # built in the working folder: recorded relative to the record, so a moved or
+        path = os.path.relpath(Path(tiny_dir).resolve(), Path(out_json).resolve().parent)  # copied folder works
     elif (folder := local_path(model)) is not None:
         from dti.backbones.base import check_model_exists  # imports torch: only where a folder is checked
 
