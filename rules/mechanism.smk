@@ -61,60 +61,34 @@ rule positional_attenuation:
         "../workflow/scripts/positional_attenuation.py"
 
 
-rule residual_updates:
+# Both measures read the same passes of the text encoders (every token, every scale): one job writes both.
+rule encoder_measures:
     input:
         runs=lambda wc: [r["path"] for r in mechanism_runs(wc)],
         model=model_json,
     output:
-        figure=report(
+        residual_figure=report(
             run_path("analysis/mechanism/{backbone}/residual.png"),
             caption="../workflow/report/residual.rst",
             category=REPORT_SECTIONS["Mechanism"],
             subcategory="Residual updates",
             labels={"backbone": "{backbone}"},
         ),
-        pdf=run_path("analysis/mechanism/{backbone}/residual.pdf"),
-        table=run_path("analysis/mechanism/{backbone}/residual.parquet"),
-    log:
-        "logs/residual_updates/{backbone}.log",
-    benchmark:
-        "benchmarks/residual_updates/{backbone}.tsv"
-    conda:
-        DTI_ENV
-    threads: 1
-    resources:
-        gpu=1,
-        runtime=gpu_runtime(30),
-    params:
-        measure="residual",
-        runs=mechanism_runs,
-        labels=mechanism_labels,
-        scales=lambda wc: MECHANISM["scales"],
-        templates=lambda wc: MECHANISM["prompts"],
-        out_stem=lambda wildcards, output: os.path.splitext(output.table)[0],
-        code_version=CODE_VERSION,
-    script:
-        "../workflow/scripts/encoder_measure.py"
-
-
-rule contextualization:
-    input:
-        runs=lambda wc: [r["path"] for r in mechanism_runs(wc)],
-        model=model_json,
-    output:
-        figure=report(
+        residual_pdf=run_path("analysis/mechanism/{backbone}/residual.pdf"),
+        residual_table=run_path("analysis/mechanism/{backbone}/residual.parquet"),
+        context_figure=report(
             run_path("analysis/mechanism/{backbone}/context.png"),
             caption="../workflow/report/context.rst",
             category=REPORT_SECTIONS["Mechanism"],
             subcategory="Contextualization",
             labels={"backbone": "{backbone}"},
         ),
-        pdf=run_path("analysis/mechanism/{backbone}/context.pdf"),
-        table=run_path("analysis/mechanism/{backbone}/context.parquet"),
+        context_pdf=run_path("analysis/mechanism/{backbone}/context.pdf"),
+        context_table=run_path("analysis/mechanism/{backbone}/context.parquet"),
     log:
-        "logs/contextualization/{backbone}.log",
+        "logs/encoder_measures/{backbone}.log",
     benchmark:
-        "benchmarks/contextualization/{backbone}.tsv"
+        "benchmarks/encoder_measures/{backbone}.tsv"
     conda:
         DTI_ENV
     threads: 1
@@ -122,15 +96,15 @@ rule contextualization:
         gpu=1,
         runtime=gpu_runtime(30),
     params:
-        measure="context",
         runs=mechanism_runs,
         labels=mechanism_labels,
         scales=lambda wc: MECHANISM["scales"],
         templates=lambda wc: MECHANISM["prompts"],
-        out_stem=lambda wildcards, output: os.path.splitext(output.table)[0],
+        residual_stem=lambda wildcards, output: os.path.splitext(output.residual_table)[0],
+        context_stem=lambda wildcards, output: os.path.splitext(output.context_table)[0],
         code_version=CODE_VERSION,
     script:
-        "../workflow/scripts/encoder_measure.py"
+        "../workflow/scripts/encoder_measures.py"
 
 
 rule semantic_directions:

@@ -36,8 +36,8 @@ SWEEP_BACKBONES = SWEEP.get("backbones") or BACKBONES
 SLOTS = {"sd": ["clip_l"], "sdxl": ["clip_l", "clip_g"]}
 ANALYSIS_RULES = ("interpolate", "score_interpolation", "interpolation_outputs", "norm_analysis", "magnitude_sweep",
                   "score_magnitude_sweep", "magnitude_outputs", "sample_grids", "report_tables", "checkpoint_sweep",
-                  "position_probe", "positional_attenuation", "residual_updates", "contextualization",
-                  "semantic_directions", "attention_maps")
+                  "position_probe", "positional_attenuation", "encoder_measures", "semantic_directions",
+                  "attention_maps")
 
 pytestmark = pytest.mark.slow
 
@@ -236,7 +236,7 @@ def test_paper_configs_plan_the_analyses_and_the_report(tmp_path, config, interp
         assert counts[rule] == 1, rule
     # The mechanism, on the one backbone: the probe where an encoder adds position rows (CLIP), attention
     # maps where the UNet reads the tokenizer's positions, decoding where the encoder is a language model.
-    for rule in ("residual_updates", "contextualization", "semantic_directions"):
+    for rule in ("encoder_measures", "semantic_directions"):
         assert counts[rule] == 1, rule
     for rule in ("position_probe", "positional_attenuation", "attention_maps"):
         assert counts[rule] == int(clip), rule

@@ -4,6 +4,7 @@ its construction fixes (a vocabulary row rescaled to k x m has norm ratio k; DTI
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -69,13 +70,20 @@ def test_position_probe_is_refused_where_no_encoder_adds_positions(tiny_models, 
     assert not (tmp_path / "p.safetensors").exists()
 
 
-@pytest.mark.parametrize("measure", ["residual", "context"])
-def test_encoder_measures(sdxl_runs, tmp_path, measure):
+@pytest.fixture(scope="module")
+def encoder_measures(sdxl_runs, tmp_path_factory) -> Path:
+    """The folder where one job wrote residual.* and context.* from one sweep."""
     record, runs, _ = sdxl_runs
-    stem = tmp_path / measure
-    mechanism.write_encoder_measure(str(record), runs, str(stem), measure=measure, labels={"backbone": "tiny_sdxl"},
-                                    scales=SCALES, templates=TEMPLATES)
-    table = pd.read_parquet(f"{stem}.parquet")
+    out = tmp_path_factory.mktemp("encoder_measures")
+    mechanism.write_encoder_measures(str(record), runs, str(out / "residual"), str(out / "context"),
+                                     labels={"backbone": "tiny_sdxl"}, scales=SCALES, templates=TEMPLATES)
+    return out
+
+
+@pytest.mark.parametrize("measure", ["residual", "context"])
+def test_encoder_measures(encoder_measures, measure):
+    tmp_path = encoder_measures
+    table = pd.read_parquet(tmp_path / f"{measure}.parquet")
     assert all((tmp_path / f"{measure}.{ext}").stat().st_size > 0 for ext in ("png", "pdf"))
     assert set(table["method"]) == {"vocabulary", "dti", "ti"} and set(table["encoder"]) == {"clip_l", "clip_g"}
     assert ((table["ci_low"] <= table["mean"] + 1e-12) & (table["mean"] <= table["ci_high"] + 1e-12)).all()
@@ -100,13 +108,6 @@ def test_encoder_measures(sdxl_runs, tmp_path, measure):
     # Bootstrap units are (subject, prompt): the vocabulary reference has a token per subject, each method one.
     units = table.set_index("method")["n_prompts"]
     assert set(units[["dti", "ti"]]) == {len(TEMPLATES)} and set(units[["vocabulary"]]) == {2 * len(TEMPLATES)}
-
-
-def test_unknown_encoder_measure_is_refused(sdxl_runs, tmp_path):
-    record, runs, _ = sdxl_runs
-    with pytest.raises(DtiError, match="unknown encoder measure 'attention'"):
-        mechanism.write_encoder_measure(str(record), runs, str(tmp_path / "x"), measure="attention", labels={},
-                                        scales=SCALES, templates=TEMPLATES)
 
 
 def test_semantic_directions(sdxl_runs, tmp_path):

@@ -50,9 +50,8 @@ _MEASURED = len(DEFAULT["analysis"]["mechanism"].get("backbones") or BACKBONES) 
 ANALYSIS_RERUN = Counter({"interpolate": _INTERPOLATED, "score_interpolation": _INTERPOLATED,
                           "magnitude_sweep": _SWEPT, "score_magnitude_sweep": _SWEPT, "interpolation_outputs": 1,
                           "norm_analysis": 1, "magnitude_outputs": 1, "sample_grids": 1, "report_tables": 1,
-                          "checkpoint_sweep": 1, "positional_attenuation": _MEASURED, "residual_updates": _MEASURED,
-                          "contextualization": _MEASURED, "semantic_directions": _MEASURED,
-                          "attention_maps": _MEASURED})
+                          "checkpoint_sweep": 1, "positional_attenuation": _MEASURED, "encoder_measures": _MEASURED,
+                          "semantic_directions": _MEASURED, "attention_maps": _MEASURED})
 # What any new score reruns: the report's table pages and its figure of scores over checkpoints.
 REPORT_RERUN = Counter({"report_tables": 1, "checkpoint_sweep": 1})
 

@@ -306,25 +306,22 @@ def _labelled(table: pd.DataFrame, labels: dict, first: list[str]) -> pd.DataFra
     return table[lead + [c for c in table.columns if c not in lead]].reset_index(drop=True)
 
 
-def write_encoder_measure(model_json: str, runs: list[dict], out_stem: str, *, measure: str, labels: dict,
-                          scales: Sequence[float], templates: Sequence[str] | None,
-                          device: str | None = None) -> None:
-    """`measure` "residual" (the residual-update ratio) or "context" (the contextualization distance) of
-    every method's tokens on one backbone: out_stem.parquet, .png, .pdf."""
+def write_encoder_measures(model_json: str, runs: list[dict], residual_stem: str, context_stem: str, *,
+                           labels: dict, scales: Sequence[float], templates: Sequence[str] | None,
+                           device: str | None = None) -> None:
+    """The residual-update ratio (residual_stem.parquet, .png, .pdf) and the contextualization distance
+    (context_stem.*) of every method's tokens on one backbone, from one sweep of its text encoders: both
+    read the same encoder passes."""
     from dti.model_record import load_recorded_backbone
 
-    if measure not in ("residual", "context"):
-        raise DtiError(f"unknown encoder measure {measure!r}; one of residual, context")
     backbone = load_recorded_backbone(model_json, device)
     tokens = run_tokens(runs, [s.name for s in backbone.slots])
     residual, context = encoder_sweeps(backbone, tokens, measured_templates(templates), scales)
     name = _named(backbone, labels)
-    if measure == "residual":
-        _write(residual_summary(residual, labels=labels), out_stem, "residual_figure",
-               f"Residual-update ratio at the token: {name}")
-    else:
-        _write(context_summary(context, labels=labels), out_stem, "context_figure",
-               f"How much the token's output changes with its prompt: {name}")
+    _write(residual_summary(residual, labels=labels), residual_stem, "residual_figure",
+           f"Residual-update ratio at the token: {name}")
+    _write(context_summary(context, labels=labels), context_stem, "context_figure",
+           f"How much the token's output changes with its prompt: {name}")
 
 
 def _named(backbone, labels: dict) -> str:
