@@ -58,6 +58,18 @@ def test_train_then_sample_round_trip(tiny_models, subject_dir, tmp_path, capsys
             assert img.size == ((96, 64) if family == "wan" else (64, 64))
 
 
+def test_a_second_stage_trains_from_the_run_given_by_start_from(tiny_sd, subject_dir, tmp_path, capsys):
+    """core_unet from the command line: --start-from a core run's folder; the run says how to load both."""
+    first, second = tmp_path / "core", tmp_path / "stage2"
+    assert main(_train_args(tiny_sd, subject_dir, first, method="core")) == 0
+    assert main(_train_args(tiny_sd, subject_dir, second, method="core_unet", **{"start-from": first})) == 0
+    assert json.loads((second / "run.json").read_text())["settings"]["start_from"] == str(first)
+    assert "with its full adapter" in capsys.readouterr().out and (second / "adapter").is_dir()
+    assert main(_train_args(tiny_sd, subject_dir, tmp_path / "none", method="core_unet")) == 2
+    assert "method 'core_unet' continues a 'core' run: give that run's folder" in capsys.readouterr().err
+    assert _nothing_written(tmp_path / "none")
+
+
 def test_hyper_parameter_flags_travel_as_one_dict(tiny_sd, subject_dir, tmp_path):
     """Every hyper-parameter has a flag (from dti.methods), and the ones given reach run.json as the overrides
     of the method's defaults."""
