@@ -20,6 +20,7 @@ from dti.benchmark_config import (
     check_config,
     enabled_backbones,
     eval_steps,
+    initializer_field,
     initializers,
     load_config_files,
     run_dir,
@@ -190,6 +191,28 @@ def test_a_summary_step_some_backbone_does_not_score_is_named(paper):
         summary_steps(config)
     config["only_backbones"] = ["sana", "wan"]
     assert summary_steps(config) == {"sana": 500, "wan": 500}
+
+
+def test_a_second_stage_needs_its_first_on_its_backbone_and_starts_from_its_words():
+    """core_unet continues each core run: planning refuses it where core does not run, and its initializer is
+    core's (the vector count must match), never one of its own."""
+    config = yaml.safe_load((CONFIG / "config.yaml").read_text())
+    config["methods"]["core_unet"] = {}
+    with pytest.raises(DtiError, match="^methods: 'core_unet' continues the 'core' runs of the same backbone; "
+                                       "add 'core' beside it$"):
+        planned(config)
+    config["methods"]["core"] = {}
+    config["backbones"]["tiny_sd"]["only_methods"] = ["dti", "core_unet"]
+    with pytest.raises(DtiError, match="^backbones.tiny_sd.only_methods: 'core_unet' continues the 'core' runs"):
+        planned(config)
+    config["backbones"]["tiny_sd"]["only_methods"] = ["dti", "core", "core_unet"]
+    config["backbones"]["tiny_sd"]["initializer_from"] = {"core_unet": "initializer"}
+    with pytest.raises(DtiError, match="^backbones.tiny_sd.initializer_from.core_unet: 'core_unet' continues the "
+                                       "token of 'core' and starts from its words; set that one$"):
+        planned(config)
+    config["backbones"]["tiny_sd"]["initializer_from"] = {"core": "authors_initialization"}
+    assert initializer_field(config, "tiny_sd", "core_unet") == "authors_initialization"
+    assert initializer_field(config, "tiny_sd", "dti") == "initializer"
 
 
 def test_a_backbone_starting_from_a_phrase_the_subjects_lack_is_named():

@@ -258,6 +258,12 @@ def backbone_methods(config: dict, backbone: str) -> dict[str, dict]:
             raise DtiError(f"{where}.{name}: {name!r} does not run on {backbone} ({', '.join(methods)}); a "
                            "backbone only changes the settings of the methods that run on it")
     settings = {name: {**(hp or {}), **(overrides.get(name) or {})} for name, hp in methods.items()}
+    for name in settings:  # a second stage trains from its first stage's runs on the same backbone
+        first = get_method(name).starts_from
+        if first is not None and first not in settings:
+            where = f"backbones.{backbone}.only_methods" if only is not None else "methods"
+            raise DtiError(f"{where}: {name!r} continues the {first!r} runs of the same backbone; add {first!r} "
+                           "beside it")
     for name in overrides:
         try:
             check_hyper_parameters(name, settings[name])
@@ -298,7 +304,9 @@ def summary_steps(config: dict) -> dict[str, int]:
 
 def initializer_field(config: dict, backbone: str, method: str) -> str:
     """The subject field `method`'s tokens start from on `backbone` (`backbones.<name>.initializer_from`:
-    one field for every method, or {method: field} with `initializer` for the methods it leaves out)."""
+    one field for every method, or {method: field} with `initializer` for the methods it leaves out); a
+    second stage's is its first stage's, whose token it continues."""
+    method = get_method(method).starts_from or method
     chosen = config["backbones"][backbone].get("initializer_from") or "initializer"
     if isinstance(chosen, dict):
         chosen = chosen.get(method) or "initializer"
@@ -318,6 +326,9 @@ def initializers(config: dict, subjects: dict[str, dict]) -> dict[str, dict[str,
             if method not in trained:
                 raise DtiError(f"{where}.{method}: {method!r} is not a method this config trains "
                                f"({', '.join(trained)})")
+            if get_method(method).starts_from:
+                raise DtiError(f"{where}.{method}: {method!r} continues the token of "
+                               f"{get_method(method).starts_from!r} and starts from its words; set that one")
         for field in [chosen] if isinstance(chosen, str) else list(named.values()):
             if field not in INITIALIZER_FIELDS:
                 raise DtiError(f"{where}: unknown subject field {field!r}; one of {list(INITIALIZER_FIELDS)}")
