@@ -350,8 +350,8 @@ def test_what_was_downloaded_is_checked_where_it_is_used(ctx, case):
 @contextlib.contextmanager
 def _full_disk(name: str, nth: int = 1):
     """The disk fills while the nth write of the file named `name` is under way: half its bytes reach the
-    disk, then ENOSPC. Atomic writes write their temporary file with Path.write_bytes (dti.io), the train
-    log its lines with os.write."""
+    disk, then ENOSPC. Atomic writes write their temporary file with Path.write_bytes (dti.io) or, tensor
+    by tensor, with os.write (dti.tensor_files); the train log its lines with os.write."""
     real_write_bytes, real_write = Path.write_bytes, os.write
     count = [0]
 
@@ -370,7 +370,8 @@ def _full_disk(name: str, nth: int = 1):
             target = os.readlink(f"/proc/self/fd/{fd}")
         except OSError:
             target = ""
-        if target.endswith(f"/{name}") and due():
+        temporary = Path(target).name.startswith(f".{name}.") and target.endswith(".tmp")
+        if (target.endswith(f"/{name}") or temporary) and due():
             real_write(fd, bytes(data[: len(data) // 2]))
             raise OSError(errno.ENOSPC, NO_SPACE)
         return real_write(fd, data)

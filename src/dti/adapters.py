@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from dti.errors import DtiError
-from dti.io import atomic_dir, write_bytes, write_text
+from dti.io import atomic_dir, write_text
 
 TARGETS = ("to_q", "to_k", "to_v")
 ADAPTER_NAME = "dti"  # the peft adapter name: its parameters are `...to_q.lora_A.dti.weight` and the like
@@ -237,7 +237,7 @@ class AttachedAdapter:
 
     def save(self, out_dir: Path, step: int | None, metadata: dict) -> Path:
         """Write the adapter's folder for `step` (None: the final one) atomically into out_dir."""
-        from dti.tensor_files import safetensors_bytes
+        from dti.tensor_files import write_safetensors
 
         target = Path(out_dir) / adapter_dir(step)
         meta = {**metadata, "dti.adapter": self.kind.name, "dti.adapter_targets": ",".join(self.kind.targets),
@@ -246,7 +246,7 @@ class AttachedAdapter:
             meta["dti.adapter_rank"] = self.rank
         with atomic_dir(target, root=out_dir) as tmp:
             tensors = self.kind.tensors(self.backbone.denoiser, self.backbone.denoiser_name)
-            write_bytes(tmp / self.kind.weights_file, safetensors_bytes(tensors, meta), root=tmp)
+            write_safetensors(tmp / self.kind.weights_file, tensors, meta, as_float=True, root=tmp)
             self.kind.write_extra(tmp, self.rank, self.backbone.denoiser)
         return target
 

@@ -22,10 +22,9 @@ from safetensors import SafetensorError, safe_open
 
 from dti.errors import DtiError
 from dti.inspect import check_trained_family
-from dti.io import write_bytes
 from dti.numbers import provenance_problems
 from dti.sphere import normalize
-from dti.tensor_files import safetensors_bytes
+from dti.tensor_files import write_safetensors
 
 
 def diffusers_file(position: int, step: int | None = None) -> str:
@@ -35,7 +34,7 @@ def diffusers_file(position: int, step: int | None = None) -> str:
 
 
 def _save(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
-    write_bytes(path, safetensors_bytes(tensors, metadata))  # atomically, never through a link (dti.io)
+    write_safetensors(path, tensors, metadata, as_float=True)  # atomically, never through a link (dti.io)
 
 
 def save_diffusers(out_dir: Path, placeholder: str, vectors: dict[str, torch.Tensor], metadata: dict,

@@ -21,10 +21,8 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save
 
-from dti.io import write_bytes
-from dti.tensor_files import canonical_bytes
+from dti.tensor_files import write_safetensors
 
 FORMAT = 2  # 1: rows.<slot> only (read as unreadable: training starts over)
 _META_KEY = "dti.state"
@@ -45,18 +43,19 @@ class TrainingState:
 def save_state(path: Path, state: TrainingState, *, root: Path | None = None) -> None:
     """Write the state atomically; `root` (default: the file's folder) is the folder nothing may be written
     outside of: a symbolic link between it and the file is refused (dti.io)."""
-    tensors = {f"param.{name}": value.detach().float().cpu().contiguous() for name, value in state.parameters.items()}
+    # Left on their device: the writer takes them to the host one at a time (a whole denoiser's state is
+    # tens of GB).
+    tensors = {f"param.{name}": value.detach().float() for name, value in state.parameters.items()}
     other: dict[str, dict] = {}
     for index, entries in state.optimizer_state.items():
         other[str(index)] = {}
         for key, value in entries.items():
             if isinstance(value, torch.Tensor):
-                tensors[f"optimizer.{index}.{key}"] = value.detach().cpu().contiguous()
+                tensors[f"optimizer.{index}.{key}"] = value.detach()
             else:
                 other[str(index)][key] = value
     meta = {"format": FORMAT, "fingerprint": state.fingerprint, "step": state.step, "optimizer": other}
-    blob = save(tensors, metadata={_META_KEY: json.dumps(meta, sort_keys=True)})
-    write_bytes(path, canonical_bytes(blob), root=root)  # the same state gives the same bytes
+    write_safetensors(path, tensors, {_META_KEY: json.dumps(meta, sort_keys=True)}, root=root)  # same state, same bytes
 
 
 def read_state(path: Path) -> TrainingState:

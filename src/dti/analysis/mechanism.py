@@ -156,9 +156,8 @@ def write_probes(model_json: str, out_file: str, *, steps: int, batch_size: int,
     import torch
 
     from dti.analysis.positional import probe_corpus, train_probe
-    from dti.io import write_bytes
     from dti.model_record import load_recorded_backbone
-    from dti.tensor_files import safetensors_bytes
+    from dti.tensor_files import write_safetensors
 
     backbone = load_recorded_backbone(model_json, device)
     slots = probe_slots(backbone)
@@ -172,7 +171,7 @@ def write_probes(model_json: str, out_file: str, *, steps: int, batch_size: int,
             probe = train_probe(slot.encoder, slot.tokenizer, corpus, seed=seed, steps=steps, batch_size=batch_size)
         tensors.update({f"{slot.name}.{k}": v.contiguous() for k, v in probe.state.items()})
         meta[slot.name] = probe.meta
-    write_bytes(out_file, safetensors_bytes(tensors, {"dti.probes": json.dumps(meta, sort_keys=True)}))
+    write_safetensors(out_file, tensors, {"dti.probes": json.dumps(meta, sort_keys=True)}, as_float=True)
 
 
 def read_probes(path: str) -> dict:
