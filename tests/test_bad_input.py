@@ -32,6 +32,7 @@ from dti.errors import DtiError
 from dti.methods import HYPER_PARAMETERS
 from dti.names import NAME_PATTERN, check_name
 from dti.subject_schema import SUBJECT_SCHEMA, subject_problem
+from dti.tensor_files import write_safetensors
 from dti.terms import SUBJECT_KINDS, SUBJECT_SOURCES
 
 SCHEMA = REPO / "config" / "schema.yaml"
@@ -130,14 +131,21 @@ def test_out_naming_a_file_is_refused_and_left_alone(tiny_sd, subject_dir, tmp_p
 
 def test_a_full_disk_is_one_line_naming_the_file(tiny_sd, subject_dir, tmp_path, capsys, monkeypatch):
     out = tmp_path / "out"
-    real = Path.write_bytes
+    real, real_write = Path.write_bytes, os.write
 
     def full_disk(self, data):
         if self.is_relative_to(out):
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         return real(self, data)
 
+    def full_disk_stream(fd, data):  # the temporary files dti.tensor_files writes tensor by tensor
+        target = Path(os.readlink(f"/proc/self/fd/{fd}"))
+        if target.is_relative_to(out) and target.name.endswith(".tmp"):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_write(fd, data)
+
     monkeypatch.setattr(Path, "write_bytes", full_disk)
+    monkeypatch.setattr(os, "write", full_disk_stream)
     assert main(_train_args(tiny_sd, subject_dir, out)) == 2
     line = _one_error_line(capsys.readouterr().err)
     assert f"cannot write {out / 'learned_embeds-steps-2.safetensors'}: No space left on device" in line
@@ -145,6 +153,7 @@ def test_a_full_disk_is_one_line_naming_the_file(tiny_sd, subject_dir, tmp_path,
 
 
 WRITERS = {
+    "write_safetensors": lambda path: write_safetensors(path, {"x": torch.ones(2)}, {}),
     "write_text": lambda path: dti_io.write_text(path, "x"),
     "write_json": lambda path: dti_io.write_json(path, {"a": 1}),
     "write_parquet": lambda path: dti_io.write_parquet(path, pd.DataFrame({"a": [1]})),
