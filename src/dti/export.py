@@ -108,6 +108,13 @@ def load_diffusers(out_dir: Path, slots: list[str], step: int | None = None, *, 
     return names.pop(), vectors
 
 
+def load_for_backbone(backbone, out_dir: Path, step: int | None = None) -> tuple[str, dict[str, torch.Tensor]]:
+    """load_diffusers for a dti.backbones Backbone: its slots in order, each file checked against the backbone's
+    family and its encoder's embedding width."""
+    widths = {s.name: s.encoder.get_input_embeddings().embedding_dim for s in backbone.slots}
+    return load_diffusers(out_dir, [s.name for s in backbone.slots], step, family=backbone.family, widths=widths)
+
+
 def _checked_rows(path: Path, rows: torch.Tensor, width: int | None) -> torch.Tensor:
     if not rows.is_floating_point() or rows.dim() not in (1, 2) or rows.numel() == 0:
         raise DtiError(f"{path}: expected float rows [k, width], got {rows.dtype} of shape {tuple(rows.shape)}")

@@ -20,7 +20,7 @@ import torch
 
 from dti.backbones.base import Backbone
 from dti.errors import DtiError
-from dti.export import diffusers_file, load_diffusers, rescale
+from dti.export import diffusers_file, load_for_backbone, rescale
 from dti.io import check_target, save_image
 from dti.speedups import Speedups, attention_backend
 from dti.token_names import normalize_placeholder, short_text, token_count
@@ -69,9 +69,7 @@ def load_learned_token(backbone: Backbone, embeds_dir: Path, *, rescale_to: str 
 
     `rescale_to` (TI-rescaled) sets every row's norm to that vocabulary statistic of its encoder first.
     """
-    slots = [slot.name for slot in backbone.slots]
-    widths = {s.name: s.encoder.get_input_embeddings().embedding_dim for s in backbone.slots}
-    placeholder, vectors = load_diffusers(embeds_dir, slots, step, family=backbone.family, widths=widths)
+    placeholder, vectors = load_for_backbone(backbone, embeds_dir, step)
     placeholder = normalize_placeholder(placeholder)  # a key with capitals (other tools) would get one vector
     if rescale_to is not None:
         magnitudes = {s.name: resolve_magnitude(s.encoder.get_input_embeddings().weight, rescale_to)

@@ -30,7 +30,7 @@ from dti import __version__
 from dti.adapters import adapter_dir
 from dti.backbones.base import Backbone
 from dti.errors import DtiError
-from dti.export import diffusers_file, load_diffusers, read_metadata, save_diffusers, save_single_file
+from dti.export import diffusers_file, load_for_backbone, read_metadata, save_diffusers, save_single_file
 from dti.io import LineLog, check_target, ensure_folder, write_json, write_text
 from dti.latents import CachedLatents, EncodeEveryStep
 from dti.methods import ResolvedMethod, resolve_method
@@ -227,9 +227,7 @@ class Trainer:
         if not self.settings.start_from:
             return {}
         folder, first = Path(self.settings.start_from), self.method.starts_from
-        slots = self.backbone.slots
-        widths = {slot.name: slot.encoder.get_input_embeddings().embedding_dim for slot in slots}
-        _, vectors = load_diffusers(folder, [slot.name for slot in slots], family=self.backbone.family, widths=widths)
+        _, vectors = load_for_backbone(self.backbone, folder)
         trained = read_metadata(folder / diffusers_file(0)).get("dti.method")
         if trained != first:
             raise DtiError(f"start_from {folder}: its token was trained by {trained or 'another tool'}; method "
