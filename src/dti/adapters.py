@@ -49,6 +49,12 @@ class AdapterKind:
     weights_file = ""
     targets: tuple[str, ...] = TARGETS  # the modules it changes (recorded as dti.adapter_targets)
     ranked = True  # it has a rank (dti.adapter_rank)
+    key_parts = 1  # dotted parts at the end of a file key that name a tensor within its layer
+
+    def update_norm(self, tensors: dict[str, torch.Tensor]) -> float | None:
+        """The norm of the update the file's weights make, over its layers in quadrature; None where it
+        cannot be told from the file alone."""
+        return None
 
     def config(self, rank: int):
         raise NotImplementedError
@@ -92,7 +98,14 @@ class LoRA(AdapterKind):
     """Low-rank updates B A (rank r, alpha = r so the scale is 1, A Gaussian and B zero at the start: the
     authors' LoraConfig)."""
 
-    name, weights_file = "lora", LORA_FILE
+    name, weights_file, key_parts = "lora", LORA_FILE, 3
+
+    def update_norm(self, tensors: dict[str, torch.Tensor]) -> float:
+        """The Frobenius norm of B A."""
+        ends = "lora.down.weight"
+        downs = {k[: -len(ends)]: v for k, v in tensors.items() if k.endswith(ends)}
+        return sum(float((tensors[stem + "lora.up.weight"].float() @ down.float()).norm() ** 2)
+                   for stem, down in downs.items()) ** 0.5
 
     def config(self, rank: int):
         from peft import LoraConfig
@@ -113,7 +126,11 @@ class OFT(AdapterKind):
     """Orthogonal fine-tuning: each projection's weight is multiplied by a block-diagonal orthogonal matrix
     of r blocks, the identity at the start (the authors' OFTConfig: r, block size from r, no dropout)."""
 
-    name, weights_file = "oft", PEFT_WEIGHTS
+    name, weights_file, key_parts = "oft", PEFT_WEIGHTS, 2
+
+    def update_norm(self, tensors: dict[str, torch.Tensor]) -> float:
+        """The Frobenius norm of R - I, the rotation's distance from the identity."""
+        return sum(float(_oft_rotation_offset(value.float()) ** 2) for value in tensors.values()) ** 0.5
 
     def config(self, rank: int):
         from peft import OFTConfig
@@ -170,7 +187,7 @@ class FullWeights(AdapterKind):
         yield  # unreachable: makes this a generator, as contextmanager wants
 
     def tensors(self, denoiser, prefix: str) -> dict[str, torch.Tensor]:
-        return {name: t.detach().float() for name, t in denoiser.state_dict().items()}
+        return denoiser.state_dict()  # written as fp32 tensor by tensor (AttachedAdapter.save)
 
     def write_extra(self, folder: Path, rank: int, denoiser) -> None:
         config = {key: value for key, value in dict(denoiser.config).items() if not key.startswith("_")}
@@ -294,23 +311,12 @@ def load_adapter(backbone, folder: str | Path) -> str:
 def describe_adapter(folder: str | Path) -> dict:
     """What `dti inspect` says of an adapter folder: kind, rank, targets, trainable parameters, and the
     norm of the update it makes (LoRA: the Frobenius norm of B A summed over layers in quadrature; OFT: of
-    R - I, the rotation's distance from the identity)."""
+    R - I, the rotation's distance from the identity; full: None, the base model is not in the folder)."""
     kind, tensors, meta = read_adapter(folder)
-    update = 0.0
-    if kind == "full":  # the update is measured against the base model, which the folder does not hold
-        update = None
-    elif kind == "lora":
-        downs = {k[: -len("lora.down.weight")]: v for k, v in tensors.items() if k.endswith("lora.down.weight")}
-        for stem, down in downs.items():
-            up = tensors[stem + "lora.up.weight"]
-            update += float((up.float() @ down.float()).norm() ** 2)
-    else:
-        for value in tensors.values():
-            update += float(_oft_rotation_offset(value.float()) ** 2)
-    layers = {key.rsplit(".", {"lora": 3, "oft": 2, "full": 1}[kind])[0] for key in tensors}
+    layers = {key.rsplit(".", KINDS[kind].key_parts)[0] for key in tensors}
     return {"kind": kind, "rank": meta.get("dti.adapter_rank"), "targets": meta.get("dti.adapter_targets"),
             "layers": len(layers), "parameters": sum(t.numel() for t in tensors.values()),
-            "update_norm": None if update is None else update ** 0.5, "metadata": meta}
+            "update_norm": KINDS[kind].update_norm(tensors), "metadata": meta}
 
 
 def _oft_rotation_offset(packed: torch.Tensor) -> torch.Tensor:

@@ -326,9 +326,9 @@ def initializers(config: dict, subjects: dict[str, dict]) -> dict[str, dict[str,
             if method not in trained:
                 raise DtiError(f"{where}.{method}: {method!r} is not a method this config trains "
                                f"({', '.join(trained)})")
-            if get_method(method).starts_from:
-                raise DtiError(f"{where}.{method}: {method!r} continues the token of "
-                               f"{get_method(method).starts_from!r} and starts from its words; set that one")
+            if first := get_method(method).starts_from:
+                raise DtiError(f"{where}.{method}: {method!r} continues the token of {first!r} and starts from "
+                               "its words; set that one")
         for field in [chosen] if isinstance(chosen, str) else list(named.values()):
             if field not in INITIALIZER_FIELDS:
                 raise DtiError(f"{where}: unknown subject field {field!r}; one of {list(INITIALIZER_FIELDS)}")

@@ -644,13 +644,15 @@ def inspect_adapter(folder: str | Path) -> dict:
 
 def format_adapter(info: dict) -> str:
     """The human-readable form of `inspect_adapter`'s result; text from the file through dti.terminal.visible."""
+    from dti.adapters import adapter_kind
+
     kind = info["kind"]
     rank = "not recorded" if info["rank"] is None else visible(info["rank"], LIMIT)
     targets = ", ".join(visible(t, LIMIT) for t in info["targets"]) if info["targets"] else "not recorded"
     norm = info["update_norm"]
     update = f"not measured ({_UPDATES[kind]})" if norm is None else f"{norm:.6g} ({_UPDATES[kind]}, layers in quadrature)"
     lines = [info["folder"], f"  adapter: {_ADAPTER_NAMES[kind]} ({info['weights_file']})"
-             + ("" if kind == "full" else f", rank {rank}"),
+             + (f", rank {rank}" if adapter_kind(kind).ranked else ""),
              f"  targets: {targets}; {info['layers']} adapted layers, {info['parameters']} trainable parameters",
              f"  update norm: {update}",
              *_provenance_lines(info), f"  loads with: {info['loads_with']}"]
