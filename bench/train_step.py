@@ -1,6 +1,6 @@
 """Training-step benchmark: DTI vs TI step time, CoRe's regularizers against TI and DTI, DTI + DCO and DTI + OFT
-(an adapter on the denoiser beside the token) against DTI, CoRe's second stage (the whole UNet) against TI, the latent cache vs encoding every step, and the GPU
-speed switches (dti.speedups) on and off, with MFU from FLOPs counted with torch.utils.flop_counter, and on a
+(an adapter on the denoiser beside the token) against DTI, CoRe's second stage (the whole UNet) against TI,
+the latent cache vs encoding every step, and the GPU speed switches (dti.speedups) on and off, with MFU from FLOPs counted with torch.utils.flop_counter, and on a
 GPU each configuration's peak memory.
 
 Every configuration is timed side by side in one process, interleaved over several rounds, and the
@@ -21,6 +21,7 @@ import json
 import statistics
 import tempfile
 import time
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
@@ -91,6 +92,18 @@ def build_backbone(family: str, device: str):
     return backbone_class(family).from_pipeline(pipe.to(device), f"bench-{family}")
 
 
+@contextmanager
+def plain_embeddings(backbone):
+    """Each trainer installs its own placeholder rows in the shared text encoders: put the plain tables back
+    after the block."""
+    originals = [slot.encoder.get_input_embeddings() for slot in backbone.slots]
+    try:
+        yield
+    finally:
+        for slot, original in zip(backbone.slots, originals, strict=True):
+            slot.encoder.set_input_embeddings(original)
+
+
 def first_stage(backbone, images, method: str, name: str) -> str | None:
     """For a second-stage method (core_unet), a folder with the token of the method it continues after one
     step of it (the step's cost does not depend on the token's values); None for every other method."""
@@ -99,13 +112,11 @@ def first_stage(backbone, images, method: str, name: str) -> str | None:
         return None
     folder = tempfile.mkdtemp()
     settings = TrainSettings(method=first, placeholder=f"<bench-{name}-start>", initializer="stuffed animal")
-    originals = [slot.encoder.get_input_embeddings() for slot in backbone.slots]
-    start = Trainer(backbone, images[:1], settings, folder)
-    start.train_step()
-    save_diffusers(Path(folder), settings.placeholder, start.vectors(), start.provenance())
-    start.release()
-    for slot, original in zip(backbone.slots, originals, strict=True):  # its rows out again, as main() does
-        slot.encoder.set_input_embeddings(original)
+    with plain_embeddings(backbone):
+        start = Trainer(backbone, images[:1], settings, folder)
+        start.train_step()
+        save_diffusers(Path(folder), settings.placeholder, start.vectors(), start.provenance())
+        start.release()
     return folder
 
 
@@ -222,17 +233,15 @@ def main() -> None:
             if owner not in owners:
                 denoiser = {backbone.denoiser_name: copy.deepcopy(backbone.denoiser)}
                 owners[owner] = type(backbone)({**backbone.components, **denoiser}, backbone.model_id)
-            # Each trainer installs its own placeholder rows; restore the encoders' plain embeddings after.
-            originals = [slot.encoder.get_input_embeddings() for slot in backbone.slots]
-            settings = TrainSettings(method=method, placeholder=f"<bench-{name}>", initializer="stuffed animal",
-                                     steps=10**6, batch_size=batch, resolution=resolution, latent_cache=cache,
-                                     speedups=speedups, start_from=first_stage(backbone, images, method, name))
-            trainer = Trainer(owners[owner], images, settings, tempfile.mkdtemp())
-            trainers[name] = (trainer, [slot.encoder.get_input_embeddings() for slot in backbone.slots])
-            cost = trainer.cost()  # what run.json's "cost" says of a run of this method
-            parameters[name] = {"token": cost["token_parameters"], "adapter": cost["adapter_parameters"]}
-            for slot, original in zip(backbone.slots, originals, strict=True):
-                slot.encoder.set_input_embeddings(original)
+            start_from = first_stage(backbone, images, method, name)
+            with plain_embeddings(backbone):
+                settings = TrainSettings(method=method, placeholder=f"<bench-{name}>", initializer="stuffed animal",
+                                         steps=10**6, batch_size=batch, resolution=resolution, latent_cache=cache,
+                                         speedups=speedups, start_from=start_from)
+                trainer = Trainer(owners[owner], images, settings, tempfile.mkdtemp())
+                trainers[name] = (trainer, [slot.encoder.get_input_embeddings() for slot in backbone.slots])
+                cost = trainer.cost()  # what run.json's "cost" says of a run of this method
+                parameters[name] = {"token": cost["token_parameters"], "adapter": cost["adapter_parameters"]}
         configs = trainers
         times = {name: [] for name in configs}
         failed: dict = {}
